@@ -1,0 +1,43 @@
+"""Each proxied route and its middleware chain, read top to bottom: the one file that shows a request's path.
+
+Every chain runs after the app-wide context middleware. Auth (issue: identity) and usage capture slot in above
+the rewrite as they land; adding an upstream is adding a route here, not editing the proxy.
+"""
+
+from __future__ import annotations
+
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from gateway.middleware.rewrite import BodyRewriteMiddleware
+from gateway.proxy import ReverseProxy
+from gateway.rewrites import OcrDocumentFromUrl, force_stream_usage
+from gateway.settings import Settings
+from gateway.upstreams import MISTRAL, OPENAI, UpstreamClients, configured_upstreams
+
+
+def proxied_routes(settings: Settings, clients: UpstreamClients) -> list[Route]:
+    """The proxied routes with their chains."""
+    upstreams = configured_upstreams(settings)
+    return [
+        Route(
+            "/v1/chat/completions",
+            ReverseProxy(upstreams[OPENAI], clients=clients, path="/v1/chat/completions"),
+            methods=["POST"],
+            middleware=[
+                Middleware(BodyRewriteMiddleware, rewrite=force_stream_usage, max_bytes=settings.max_request_bytes),
+            ],
+        ),
+        Route(
+            "/v1/ocr",
+            ReverseProxy(upstreams[MISTRAL], clients=clients, path="/v1/ocr"),
+            methods=["POST"],
+            middleware=[
+                Middleware(
+                    BodyRewriteMiddleware,
+                    rewrite=OcrDocumentFromUrl(default_model=settings.mistral_ocr_model),
+                    max_bytes=settings.max_request_bytes,
+                ),
+            ],
+        ),
+    ]

@@ -1,0 +1,1 @@
+"""Storage: the engine, the models and the migrations runner."""

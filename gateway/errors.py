@@ -1,0 +1,212 @@
+"""The error tree, the JSON envelope, and the one place that renders an error as a response.
+
+```
+GatewayError                       status, code, public message -> the OpenAI-style envelope
+├── ClientError (4xx)
+│   ├── InvalidRequestError      400  malformed body or parameters
+│   ├── AuthenticationError      401  missing, invalid, expired or revoked credential
+│   ├── PermissionDeniedError    403  scope missing, foreign namespace or agent
+│   ├── NotFoundError            404
+│   ├── MethodNotAllowedError    405  (with Allow)
+│   ├── ConflictError            409
+│   ├── PayloadTooLargeError     413
+│   └── QuotaExceededError       429  quota, budget or rate limit (Retry-After)
+├── UpstreamError (5xx)
+│   ├── UpstreamUnavailableError 502  connect, read or protocol failure
+│   └── UpstreamTimeoutError     504  no response headers in time
+└── InternalError                500  unexpected; logged with traceback, generic body
+```
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.middleware.context import REQUEST_ID_HEADER, RequestContext
+
+logger = logging.getLogger("gateway.errors")
+
+
+class GatewayError(Exception):
+    """An error with a status, a machine-readable code and a message safe to show the client."""
+
+    status_code = 500
+    error_type = "server_error"
+    code = "internal_error"
+    message = "The gateway failed to handle the request."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.message = message or self.message
+        self.code = code or self.code
+        self.param = param
+        self.headers = dict(headers or {})
+        super().__init__(self.message)
+
+
+class ClientError(GatewayError):
+    """The request cannot be served as sent (4xx)."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+    message = "The request is invalid."
+
+
+class InvalidRequestError(ClientError):
+    """Malformed body or parameters."""
+
+
+class AuthenticationError(ClientError):
+    """Missing, invalid, expired or revoked credential."""
+
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_credential"
+    message = "A valid credential is required."
+
+
+class PermissionDeniedError(ClientError):
+    """The credential is valid but may not do this."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+    message = "This credential may not do that."
+
+
+class NotFoundError(ClientError):
+    """No such route or resource (or one the caller may not know of)."""
+
+    status_code = 404
+    error_type = "not_found_error"
+    code = "not_found"
+    message = "Not found."
+
+
+class MethodNotAllowedError(ClientError):
+    """A known path called with a method it does not serve."""
+
+    status_code = 405
+    code = "method_not_allowed"
+    message = "Method not allowed."
+
+
+class ConflictError(ClientError):
+    """The request conflicts with the resource's current state."""
+
+    status_code = 409
+    code = "conflict"
+    message = "Conflict."
+
+
+class PayloadTooLargeError(ClientError):
+    """The body is over the configured limit."""
+
+    status_code = 413
+    code = "payload_too_large"
+    message = "The request body is too large."
+
+
+class QuotaExceededError(ClientError):
+    """A quota, budget or rate limit is spent."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "quota_exceeded"
+    message = "Too many requests."
+
+
+class UpstreamError(GatewayError):
+    """The upstream could not give an answer (5xx)."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    code = "upstream_error"
+    message = "The upstream failed."
+
+
+class UpstreamUnavailableError(UpstreamError):
+    """The upstream refused, dropped or never accepted the connection."""
+
+    code = "upstream_unavailable"
+    message = "The upstream service is unavailable."
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The upstream sent no response headers within the read timeout."""
+
+    status_code = 504
+    code = "upstream_timeout"
+    message = "The upstream service did not answer in time."
+
+
+class InternalError(GatewayError):
+    """Something unexpected; the details go to the log, never to the client."""
+
+
+# Statuses Starlette's router raises on its own, as our codes.
+HTTP_STATUS_ERRORS: dict[int, type[GatewayError]] = {
+    400: InvalidRequestError,
+    404: NotFoundError,
+    405: MethodNotAllowedError,
+    413: PayloadTooLargeError,
+}
+
+
+def envelope(error: GatewayError) -> bytes:
+    """The OpenAI error envelope for `error`, as JSON bytes."""
+    body = {"error": {"message": error.message, "type": error.error_type, "code": error.code, "param": error.param}}
+    return orjson.dumps(body)
+
+
+def error_response(error: GatewayError) -> Response:
+    """The response a client sees for `error`."""
+    return Response(envelope(error), status_code=error.status_code, headers=error.headers,
+                    media_type="application/json")
+
+
+async def handle_gateway_error(request: Request, exc: Exception) -> Response:
+    """Starlette exception handler for our own errors."""
+    assert isinstance(exc, GatewayError)
+    return error_response(exc)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette exception handler for the router's own 404/405 (and any other HTTPException)."""
+    assert isinstance(exc, HTTPException)
+    error_class = HTTP_STATUS_ERRORS.get(exc.status_code, ClientError if exc.status_code < 500 else GatewayError)
+    error = error_class(headers=exc.headers)
+    error.status_code = exc.status_code
+    return error_response(error)
+
+
+async def handle_unexpected_error(request: Request, exc: Exception) -> Response:
+    """Starlette's last-resort handler: a generic 500 envelope (the server logs the traceback after it).
+
+    It runs outside the context middleware, so it sets the request id header itself.
+    """
+    context = RequestContext.of(request.scope)
+    logger.error("unhandled %s on %s %s (request %s)", type(exc).__name__, request.method, request.url.path,
+                 context.request_id if context else "-")
+    headers = {REQUEST_ID_HEADER: context.request_id} if context else None
+    return error_response(InternalError(headers=headers))
+
+
+EXCEPTION_HANDLERS = {
+    GatewayError: handle_gateway_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected_error,
+}

@@ -1,0 +1,65 @@
+"""Per-request context: the request id every response carries, under the one scope key `scope["gateway"]`."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+SCOPE_KEY = "gateway"
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_RAW = REQUEST_ID_HEADER.lower().encode("latin-1")
+# A client's id is echoed only when it is short and plain enough to be safe in logs and headers.
+SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+=/-]{1,128}")
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What the chain learns about one request; middleware further down fill in their part."""
+
+    request_id: str
+    started_at: float = field(default_factory=time.perf_counter)
+    principal: Any = None
+
+    @staticmethod
+    def of(scope: Scope) -> RequestContext | None:
+        """The context of a request that went through `ContextMiddleware`, if it did."""
+        context = scope.get(SCOPE_KEY)
+        return context if isinstance(context, RequestContext) else None
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's `X-Request-ID` when it is sane, otherwise a fresh one."""
+    for name, value in headers:
+        if name == _REQUEST_ID_RAW and SANE_REQUEST_ID.fullmatch(value):
+            return value.decode("ascii")
+    return uuid.uuid4().hex
+
+
+class ContextMiddleware:
+    """Opens every HTTP request: attaches a `RequestContext` and puts `X-Request-ID` on the response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        context = RequestContext(request_id=request_id_from(scope["headers"]))
+        scope[SCOPE_KEY] = context
+        request_id_header = (_REQUEST_ID_RAW, context.request_id.encode("ascii"))
+
+        async def send_with_request_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != _REQUEST_ID_RAW]
+                headers.append(request_id_header)
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_request_id)

@@ -1,0 +1,91 @@
+"""Request-body rewriting: read the JSON body once, within the size limit, change it, replay it downstream."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import InvalidRequestError, PayloadTooLargeError
+
+JsonObject = dict[str, Any]
+# Returns the rewritten body, or None when the body is to go on byte for byte as the client sent it.
+BodyRewrite = Callable[[JsonObject], JsonObject | None]
+
+
+class BodyRewriteMiddleware:
+    """Applies `rewrite` to a JSON-object body; 400 `invalid_json` when it is not one, 413 past `max_bytes`."""
+
+    def __init__(self, app: ASGIApp, *, rewrite: BodyRewrite, max_bytes: int) -> None:
+        self.app = app
+        self.rewrite = rewrite
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        body = await self._read_body(scope, receive)
+        if body is None:
+            return  # the client went away before sending its whole body
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise InvalidRequestError("The request body is not valid JSON.", code="invalid_json") from None
+        if not isinstance(document, dict):
+            raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
+
+        rewritten = self.rewrite(document)
+        if rewritten is not None:
+            body = orjson.dumps(rewritten)
+            scope = dict(scope)
+            scope["headers"] = [
+                *((k, v) for k, v in scope["headers"] if k.lower() not in (b"content-length", b"transfer-encoding")),
+                (b"content-length", str(len(body)).encode("latin-1")),
+            ]
+
+        replayed = False
+
+        async def receive_rewritten_body() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body, only the disconnect is left to hear
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, receive_rewritten_body, send)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            raise self._too_large()
+        chunks: list[bytes] = []
+        size = 0
+        more_body = True
+        while more_body:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise self._too_large()
+            chunks.append(chunk)
+            more_body = message.get("more_body", False)
+        return b"".join(chunks)
+
+    def _too_large(self) -> PayloadTooLargeError:
+        return PayloadTooLargeError(f"The request body is over the limit of {self.max_bytes} bytes.")
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                raise InvalidRequestError("Content-Length is not a number.") from None
+    return None

@@ -1,0 +1,1 @@
+"""The Alembic migrations, shipped as `gateway.migrations`."""

@@ -1,0 +1,1 @@
+"""Migration scripts, named by date and slug."""
