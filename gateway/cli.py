@@ -31,6 +31,8 @@ def uvicorn_options() -> dict[str, Any]:
         "http": "httptools",
         "lifespan": "on",
         "server_header": False,
+        # The proxy appends the TCP peer to X-Forwarded-For itself; uvicorn must not rewrite the peer from it.
+        "proxy_headers": False,
         "log_config": log_config,
     }
 

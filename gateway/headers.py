@@ -22,8 +22,10 @@ HOP_BY_HOP = frozenset(
 )
 # The client's credentials are for the gateway; the upstream gets the gateway's own key instead.
 CLIENT_CREDENTIALS = frozenset({b"authorization", b"cookie", b"x-usage-key", b"x-api-key", b"api-key"})
-# Set again by the proxy for the upstream's address and on the client's behalf.
-REQUEST_REPLACED = frozenset({b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+# Set again by the proxy: for the upstream's address, on the client's behalf, and the gateway's request id.
+REQUEST_REPLACED = frozenset(
+    {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"}
+)
 # The upstream's cookies would land on the gateway's origin (and could shadow its session cookie);
 # the server stamps its own date; the request id is the gateway's (the upstream's is kept aside).
 RESPONSE_DROPPED = frozenset({b"set-cookie", b"date", b"server", b"x-request-id"})
