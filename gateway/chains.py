@@ -25,7 +25,9 @@ def proxied_routes(settings: Settings, clients: UpstreamClients) -> list[Route]:
             ReverseProxy(upstreams[OPENAI], clients=clients, path="/v1/chat/completions"),
             methods=["POST"],
             middleware=[
-                Middleware(BodyRewriteMiddleware, rewrite=force_stream_usage, max_bytes=settings.max_request_bytes),
+                Middleware(
+                    BodyRewriteMiddleware, rewrite=force_stream_usage, max_bytes=settings.max_request_bytes
+                ),
             ],
         ),
         Route(

@@ -78,8 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve_parser = commands.add_parser("serve", help="serve the gateway (migrating the embedded SQLite first)")
-    serve_parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    serve_parser = commands.add_parser(
+        "serve", help="serve the gateway (migrating the embedded SQLite first)"
+    )
+    serve_parser.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})"
+    )
     serve_parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     serve_parser.add_argument("--workers", type=_positive, default=1, help="worker processes (default 1)")
     serve_parser.set_defaults(run=serve)

@@ -168,14 +168,22 @@ HTTP_STATUS_ERRORS: dict[int, type[GatewayError]] = {
 
 def envelope(error: GatewayError) -> bytes:
     """The OpenAI error envelope for `error`, as JSON bytes."""
-    body = {"error": {"message": error.message, "type": error.error_type, "code": error.code, "param": error.param}}
+    body = {
+        "error": {
+            "message": error.message,
+            "type": error.error_type,
+            "code": error.code,
+            "param": error.param,
+        }
+    }
     return orjson.dumps(body)
 
 
 def error_response(error: GatewayError) -> Response:
     """The response a client sees for `error`."""
-    return Response(envelope(error), status_code=error.status_code, headers=error.headers,
-                    media_type="application/json")
+    return Response(
+        envelope(error), status_code=error.status_code, headers=error.headers, media_type="application/json"
+    )
 
 
 async def handle_gateway_error(request: Request, exc: Exception) -> Response:
@@ -187,7 +195,9 @@ async def handle_gateway_error(request: Request, exc: Exception) -> Response:
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     """Starlette exception handler for the router's own 404/405 (and any other HTTPException)."""
     assert isinstance(exc, HTTPException)
-    error_class = HTTP_STATUS_ERRORS.get(exc.status_code, ClientError if exc.status_code < 500 else GatewayError)
+    error_class = HTTP_STATUS_ERRORS.get(
+        exc.status_code, ClientError if exc.status_code < 500 else GatewayError
+    )
     error = error_class(headers=exc.headers)
     error.status_code = exc.status_code
     return error_response(error)
@@ -199,8 +209,13 @@ async def handle_unexpected_error(request: Request, exc: Exception) -> Response:
     It runs outside the context middleware, so it sets the request id header itself.
     """
     context = RequestContext.of(request.scope)
-    logger.error("unhandled %s on %s %s (request %s)", type(exc).__name__, request.method, request.url.path,
-                 context.request_id if context else "-")
+    logger.error(
+        "unhandled %s on %s %s (request %s)",
+        type(exc).__name__,
+        request.method,
+        request.url.path,
+        context.request_id if context else "-",
+    )
     headers = {REQUEST_ID_HEADER: context.request_id} if context else None
     return error_response(InternalError(headers=headers))
 

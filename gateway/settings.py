@@ -111,10 +111,13 @@ def parse_database_url(url: str, *, variable: str = "DATABASE_URL") -> str:
     driver = DATABASE_SCHEMES.get(scheme.lower()) if sep else None
     if driver is None:
         raise SettingsError(
-            variable, "expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB (or their +aiosqlite/+asyncpg forms)"
+            variable,
+            "expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB (or their +aiosqlite/+asyncpg forms)",
         )
     if driver.startswith("sqlite") and not rest.startswith("/"):
-        raise SettingsError(variable, "a SQLite URL needs a path: sqlite:///relative.db or sqlite:////absolute.db")
+        raise SettingsError(
+            variable, "a SQLite URL needs a path: sqlite:///relative.db or sqlite:////absolute.db"
+        )
     if driver.startswith("postgresql") and not urlsplit(f"x://{rest}").hostname:
         raise SettingsError(variable, "a PostgreSQL URL needs a host")
     return f"{driver}://{rest}"

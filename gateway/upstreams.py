@@ -57,8 +57,9 @@ class UpstreamClients:
 
     def __init__(self, names: list[str], *, connect_timeout: float, read_timeout: float) -> None:
         self.names = names
-        self.timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout,
-                                     pool=connect_timeout)
+        self.timeout = httpx.Timeout(
+            connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
+        )
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._stack = AsyncExitStack()
 

@@ -43,7 +43,11 @@ class BodyRewriteMiddleware:
             body = orjson.dumps(rewritten)
             scope = dict(scope)
             scope["headers"] = [
-                *((k, v) for k, v in scope["headers"] if k.lower() not in (b"content-length", b"transfer-encoding")),
+                *(
+                    (k, v)
+                    for k, v in scope["headers"]
+                    if k.lower() not in (b"content-length", b"transfer-encoding")
+                ),
                 (b"content-length", str(len(body)).encode("latin-1")),
             ]
 

@@ -34,7 +34,11 @@ class Health:
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     def _status(self, status: str) -> dict[str, object]:
-        return {"status": status, "version": __version__, "uptime_s": round(time.monotonic() - self.started_at, 3)}
+        return {
+            "status": status,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+        }
 
     async def _check_database(self) -> dict[str, object]:
         if self.engine is None:

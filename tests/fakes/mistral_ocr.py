@@ -18,5 +18,11 @@ class FakeMistral:
     async def ocr(self, request: Request) -> JSONResponse:
         body = (await self.recorder.record(request)).json()
         pages = [{"index": i, "markdown": f"# page {i}", "images": [], "dimensions": None} for i in range(2)]
-        return JSONResponse({"pages": pages, "model": body.get("model"), "document_annotation": None,
-                             "usage_info": {"pages_processed": 2, "doc_size_bytes": 1234}})
+        return JSONResponse(
+            {
+                "pages": pages,
+                "model": body.get("model"),
+                "document_annotation": None,
+                "usage_info": {"pages_processed": 2, "doc_size_bytes": 1234},
+            }
+        )

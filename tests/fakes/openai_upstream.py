@@ -34,7 +34,11 @@ def completion(model: str) -> dict[str, Any]:
         "created": 1_700_000_000,
         "model": model,
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "".join(DELTAS)}, "finish_reason": "stop"}
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(DELTAS)},
+                "finish_reason": "stop",
+            }
         ],
         "usage": USAGE,
     }
@@ -42,8 +46,14 @@ def completion(model: str) -> dict[str, Any]:
 
 def chunk(model: str, content: str | None, *, usage: dict[str, int] | None = None) -> bytes:
     choices = [] if content is None else [{"index": 0, "delta": {"content": content}, "finish_reason": None}]
-    body = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model,
-            "choices": choices, "usage": usage}
+    body = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000,
+        "model": model,
+        "choices": choices,
+        "usage": usage,
+    }
     return f"data: {json.dumps(body)}\n\n".encode()
 
 
@@ -60,14 +70,21 @@ class FakeOpenAI:
         if model == "never-answer":
             return NeverAnswer(self.recorder)  # type: ignore[return-value]
         if model == "rate-limited":
-            error = {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded",
-                               "param": None}}
+            error = {
+                "error": {
+                    "message": "Rate limit reached",
+                    "type": "requests",
+                    "code": "rate_limit_exceeded",
+                    "param": None,
+                }
+            }
             return JSONResponse(error, status_code=429, headers={**headers, "retry-after": "7"})
         if not body.get("stream"):
             return JSONResponse(completion(model), headers=headers)
         include_usage = (body.get("stream_options") or {}).get("include_usage") is True
-        return StreamingResponse(self.stream(model, include_usage=include_usage), headers=headers,
-                                 media_type="text/event-stream")
+        return StreamingResponse(
+            self.stream(model, include_usage=include_usage), headers=headers, media_type="text/event-stream"
+        )
 
     async def stream(self, model: str, *, include_usage: bool) -> AsyncIterator[bytes]:
         try:

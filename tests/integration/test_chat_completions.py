@@ -34,7 +34,9 @@ def test_sync_client_gets_the_upstream_completion(gateway: LiveServer, fake_open
     assert fake_openai.recorder.last.path == "/v1/chat/completions"  # the base URL's /v1 was not doubled
 
 
-async def test_async_client_gets_the_upstream_completion(gateway: LiveServer, fake_openai: FakeOpenAI) -> None:
+async def test_async_client_gets_the_upstream_completion(
+    gateway: LiveServer, fake_openai: FakeOpenAI
+) -> None:
     async with async_client(gateway) as client:
         completion = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
 
@@ -61,7 +63,9 @@ async def test_async_stream_arrives_whole(gateway: LiveServer, fake_openai: Fake
     assert text == "".join(DELTAS)
 
 
-async def test_stream_is_forwarded_before_the_upstream_finishes(gateway: LiveServer, fake_openai: FakeOpenAI) -> None:
+async def test_stream_is_forwarded_before_the_upstream_finishes(
+    gateway: LiveServer, fake_openai: FakeOpenAI
+) -> None:
     async with async_client(gateway) as client:
         stream = await client.chat.completions.create(model="slow-stream", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
         first = await anext(aiter(stream))
@@ -80,25 +84,37 @@ def test_streams_force_include_usage_and_keep_other_stream_options(
     gateway: LiveServer, fake_openai: FakeOpenAI
 ) -> None:
     with sync_client(gateway) as client:
-        list(client.chat.completions.create(
-            model="gpt-4o-mini", messages=MESSAGES, stream=True,  # type: ignore[arg-type]
-            stream_options={"include_usage": False, "include_obfuscation": False},
-        ))
+        list(
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=MESSAGES,
+                stream=True,  # type: ignore[arg-type]
+                stream_options={"include_usage": False, "include_obfuscation": False},
+            )
+        )
 
-    assert fake_openai.recorder.last.json()["stream_options"] == {"include_usage": True, "include_obfuscation": False}
+    assert fake_openai.recorder.last.json()["stream_options"] == {
+        "include_usage": True,
+        "include_obfuscation": False,
+    }
 
 
-def test_stream_without_stream_options_gets_include_usage(gateway: LiveServer, fake_openai: FakeOpenAI) -> None:
+def test_stream_without_stream_options_gets_include_usage(
+    gateway: LiveServer, fake_openai: FakeOpenAI
+) -> None:
     with sync_client(gateway) as client:
         list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))  # type: ignore[arg-type]
 
     assert fake_openai.recorder.last.json()["stream_options"] == {"include_usage": True}
 
 
-def test_non_streamed_body_reaches_the_upstream_byte_for_byte(gateway: LiveServer, fake_openai: FakeOpenAI) -> None:
+def test_non_streamed_body_reaches_the_upstream_byte_for_byte(
+    gateway: LiveServer, fake_openai: FakeOpenAI
+) -> None:
     body = b'{"model":  "gpt-4o-mini", "messages": [{"role": "user", "content": "caf\\u00e9"}], "temperature": 0.5}'
-    response = httpx.post(f"{gateway.url}/v1/chat/completions", content=body,
-                          headers={"content-type": "application/json"})
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
 
     assert response.status_code == 200
     assert fake_openai.recorder.last.body == body
@@ -117,9 +133,14 @@ def test_upstream_key_replaces_the_client_credential(gateway: LiveServer, fake_o
     assert UPSTREAM_OPENAI_KEY not in body_text
 
 
-def test_cookies_and_usage_keys_do_not_reach_the_upstream(gateway: LiveServer, fake_openai: FakeOpenAI) -> None:
-    httpx.post(f"{gateway.url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MESSAGES},
-               headers={"cookie": "gw_session=secret-session", "x-usage-key": "usage-secret"})
+def test_cookies_and_usage_keys_do_not_reach_the_upstream(
+    gateway: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": MESSAGES},
+        headers={"cookie": "gw_session=secret-session", "x-usage-key": "usage-secret"},
+    )
 
     seen = fake_openai.recorder.last.headers
     assert "cookie" not in seen and "x-usage-key" not in seen
@@ -138,21 +159,32 @@ def test_hop_by_hop_headers_stay_behind(gateway: LiveServer, fake_openai: FakeOp
     response = httpx.post(
         f"{gateway.url}/v1/chat/completions",
         json={"model": "gpt-4o-mini", "messages": MESSAGES},
-        headers={"connection": "keep-alive, x-private-hop", "x-private-hop": "1", "keep-alive": "timeout=5",
-                 "te": "trailers", "proxy-authorization": "Basic c2VjcmV0", "x-kept": "yes"},
+        headers={
+            "connection": "keep-alive, x-private-hop",
+            "x-private-hop": "1",
+            "keep-alive": "timeout=5",
+            "te": "trailers",
+            "proxy-authorization": "Basic c2VjcmV0",
+            "x-kept": "yes",
+        },
     )
 
     assert response.status_code == 200
     seen = fake_openai.recorder.last.headers
     for name in ("x-private-hop", "keep-alive", "te", "proxy-authorization"):
         assert name not in seen, name
-    assert seen.get("connection", "keep-alive") == "keep-alive"  # the gateway's own connection, not the client's
+    assert (
+        seen.get("connection", "keep-alive") == "keep-alive"
+    )  # the gateway's own connection, not the client's
     assert seen["x-kept"] == "yes"
 
 
 def test_forwarded_headers_name_the_client(gateway: LiveServer, fake_openai: FakeOpenAI) -> None:
-    httpx.post(f"{gateway.url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MESSAGES},
-               headers={"x-forwarded-for": "203.0.113.9"})
+    httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": MESSAGES},
+        headers={"x-forwarded-for": "203.0.113.9"},
+    )
 
     seen = fake_openai.recorder.last.headers
     assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
@@ -162,8 +194,11 @@ def test_forwarded_headers_name_the_client(gateway: LiveServer, fake_openai: Fak
 def test_response_carries_the_gateway_request_id_and_no_upstream_cookies(
     gateway: LiveServer, fake_openai: FakeOpenAI
 ) -> None:
-    response = httpx.post(f"{gateway.url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MESSAGES},
-                          headers={"x-request-id": "client-chosen-id"})
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": MESSAGES},
+        headers={"x-request-id": "client-chosen-id"},
+    )
 
     assert response.headers["x-request-id"] == "client-chosen-id"
     assert response.headers["x-upstream-request-id"] == UPSTREAM_REQUEST_ID
@@ -206,8 +241,10 @@ def test_json_that_is_not_an_object_is_400(gateway: LiveServer, fake_openai: Fak
 
 
 def test_stream_options_that_are_not_an_object_are_400(gateway: LiveServer, fake_openai: FakeOpenAI) -> None:
-    response = httpx.post(f"{gateway.url}/v1/chat/completions",
-                          json={"model": "m", "messages": MESSAGES, "stream": True, "stream_options": "yes"})
+    response = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": "m", "messages": MESSAGES, "stream": True, "stream_options": "yes"},
+    )
 
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "stream_options"
@@ -215,10 +252,14 @@ def test_stream_options_that_are_not_an_object_are_400(gateway: LiveServer, fake
 
 def test_body_over_the_limit_is_413(start_gateway, fake_openai: FakeOpenAI) -> None:  # type: ignore[no-untyped-def]
     with start_gateway(MAX_REQUEST_BYTES="2000") as gateway:
-        declared = httpx.post(f"{gateway.url}/v1/chat/completions",
-                              json={"model": "m", "messages": [{"role": "user", "content": "x" * 3000}]})
-        streamed = httpx.post(f"{gateway.url}/v1/chat/completions",
-                              content=iter([b'{"model": "m", "pad": "', b"x" * 1500, b"x" * 1500, b'"}']))
+        declared = httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "x" * 3000}]},
+        )
+        streamed = httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            content=iter([b'{"model": "m", "pad": "', b"x" * 1500, b"x" * 1500, b'"}']),
+        )
         within = httpx.post(f"{gateway.url}/v1/chat/completions", json={"model": "m", "messages": MESSAGES})
 
     for response in (declared, streamed):

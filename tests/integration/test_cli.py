@@ -32,8 +32,13 @@ def serving(cwd: Path, *args: str, env: dict[str, str]) -> Iterator[str]:
     port = free_port()
     log = cwd / "serve.log"
     with log.open("w") as output:
-        process = subprocess.Popen([GATEWAY, "serve", "--port", str(port), *args], cwd=cwd, env=env,
-                                   stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [GATEWAY, "serve", "--port", str(port), *args],
+            cwd=cwd,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_SECONDS
@@ -87,12 +92,23 @@ def test_serve_with_two_workers_answers(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("MAX_REQUEST_BYTES", "ten"), ("UPSTREAM_READ_TIMEOUT", "-1"), ("API_AUTH_REQUIRED", "maybe"),
-     ("OPENAI_BASE_URL", "api.openai.com"), ("DATABASE_URL", "mysql://root@localhost/db")],
+    [
+        ("MAX_REQUEST_BYTES", "ten"),
+        ("UPSTREAM_READ_TIMEOUT", "-1"),
+        ("API_AUTH_REQUIRED", "maybe"),
+        ("OPENAI_BASE_URL", "api.openai.com"),
+        ("DATABASE_URL", "mysql://root@localhost/db"),
+    ],
 )
 def test_a_bad_setting_stops_start_up_naming_the_variable(tmp_path: Path, variable: str, value: str) -> None:
-    result = subprocess.run([GATEWAY, "serve", "--port", str(free_port())], cwd=tmp_path, capture_output=True,
-                            text=True, env=clean_env(**{variable: value}), timeout=30)
+    result = subprocess.run(
+        [GATEWAY, "serve", "--port", str(free_port())],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=clean_env(**{variable: value}),
+        timeout=30,
+    )
 
     assert result.returncode == 2
     assert variable in result.stderr
@@ -101,8 +117,14 @@ def test_a_bad_setting_stops_start_up_naming_the_variable(tmp_path: Path, variab
 
 def test_migrate_applies_the_migrations_to_postgres(tmp_path: Path, postgres_url: str) -> None:
     plain_url = postgres_url.replace("postgresql+asyncpg://", "postgres://")  # the plain form is accepted
-    result = subprocess.run([GATEWAY, "migrate"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                            env=clean_env(DATABASE_URL=plain_url))
+    result = subprocess.run(
+        [GATEWAY, "migrate"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(DATABASE_URL=plain_url),
+    )
 
     assert result.returncode == 0, result.stderr
     assert "migrations applied" in result.stderr

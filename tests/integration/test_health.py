@@ -52,6 +52,7 @@ def test_unknown_path_is_a_json_404(gateway: LiveServer) -> None:
     response = httpx.get(f"{gateway.url}/v1/unknown", headers={"x-request-id": "trace-404"})
 
     assert response.status_code == 404
-    assert response.json() == {"error": {"message": "Not found.", "type": "not_found_error", "code": "not_found",
-                                         "param": None}}
+    assert response.json() == {
+        "error": {"message": "Not found.", "type": "not_found_error", "code": "not_found", "param": None}
+    }
     assert response.headers["x-request-id"] == "trace-404"

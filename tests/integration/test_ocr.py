@@ -11,15 +11,24 @@ from tests.serving import LiveServer, free_port
 
 
 def ocr(gateway: LiveServer, body: object, **headers: str) -> httpx.Response:
-    return httpx.post(f"{gateway.url}/v1/ocr", json=body, headers={"authorization": "Bearer client", **headers})
+    return httpx.post(
+        f"{gateway.url}/v1/ocr", json=body, headers={"authorization": "Bearer client", **headers}
+    )
 
 
 @pytest.mark.parametrize(
     "url",
-    ["https://example.com/scan.png", "https://example.com/a/photo.JPG?sig=1", "https://x.test/p.webp#frag",
-     "https://x.test/f.tiff", "data:image/png;base64,iVBORw0KGgo="],
+    [
+        "https://example.com/scan.png",
+        "https://example.com/a/photo.JPG?sig=1",
+        "https://x.test/p.webp#frag",
+        "https://x.test/f.tiff",
+        "data:image/png;base64,iVBORw0KGgo=",
+    ],
 )
-def test_image_url_becomes_an_image_document(gateway: LiveServer, fake_mistral: FakeMistral, url: str) -> None:
+def test_image_url_becomes_an_image_document(
+    gateway: LiveServer, fake_mistral: FakeMistral, url: str
+) -> None:
     response = ocr(gateway, {"url": url})
 
     assert response.status_code == 200
@@ -28,8 +37,14 @@ def test_image_url_becomes_an_image_document(gateway: LiveServer, fake_mistral: 
     assert "url" not in sent
 
 
-@pytest.mark.parametrize("url", ["https://arxiv.org/pdf/2201.04234", "https://example.com/report.pdf",
-                                 "https://example.com/png/readme.txt"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://arxiv.org/pdf/2201.04234",
+        "https://example.com/report.pdf",
+        "https://example.com/png/readme.txt",
+    ],
+)
 def test_other_url_becomes_a_document_url(gateway: LiveServer, fake_mistral: FakeMistral, url: str) -> None:
     ocr(gateway, {"url": url})
 
@@ -51,7 +66,9 @@ def test_url_with_model_keeps_it(gateway: LiveServer, fake_mistral: FakeMistral)
     assert fake_mistral.recorder.last.json()["model"] == "mistral-ocr-2505"
 
 
-def test_default_model_comes_from_the_settings(start_gateway: GatewayFactory, fake_mistral: FakeMistral) -> None:
+def test_default_model_comes_from_the_settings(
+    start_gateway: GatewayFactory, fake_mistral: FakeMistral
+) -> None:
     with start_gateway(MISTRAL_OCR_MODEL="mistral-ocr-custom") as gateway:
         ocr(gateway, {"url": "https://example.com/a.pdf"})
 

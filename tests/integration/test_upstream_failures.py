@@ -23,9 +23,12 @@ def client_for(gateway: LiveServer, **options: object) -> openai.OpenAI:
 
 
 def test_refused_connection_is_502_upstream_unavailable(start_gateway: GatewayFactory) -> None:
-    with start_gateway(OPENAI_BASE_URL=f"http://127.0.0.1:{free_port()}") as gateway:
-        with client_for(gateway) as client, pytest.raises(openai.APIStatusError) as caught:
-            client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+    with (
+        start_gateway(OPENAI_BASE_URL=f"http://127.0.0.1:{free_port()}") as gateway,
+        client_for(gateway) as client,
+        pytest.raises(openai.APIStatusError) as caught,
+    ):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
 
     assert caught.value.status_code == 502
     assert caught.value.response.json()["error"]["code"] == "upstream_unavailable"
@@ -37,8 +40,11 @@ def test_upstream_that_accepts_but_never_answers_is_504_within_the_timeout(
 ) -> None:
     with start_gateway(UPSTREAM_READ_TIMEOUT="1") as gateway:
         began = time.monotonic()
-        response = httpx.post(f"{gateway.url}/v1/chat/completions", timeout=10,
-                              json={"model": "never-answer", "messages": MESSAGES})
+        response = httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            timeout=10,
+            json={"model": "never-answer", "messages": MESSAGES},
+        )
         elapsed = time.monotonic() - began
 
     assert response.status_code == 504
@@ -66,8 +72,9 @@ def test_upstream_that_hangs_up_without_answering_is_502(start_gateway: GatewayF
             async def scenario() -> httpx.Response:
                 hang_up = asyncio.create_task(accept_and_hang_up())
                 async with httpx.AsyncClient() as client:
-                    response = await client.post(f"{gateway.url}/v1/chat/completions",
-                                                 json={"model": "m", "messages": MESSAGES})
+                    response = await client.post(
+                        f"{gateway.url}/v1/chat/completions", json={"model": "m", "messages": MESSAGES}
+                    )
                 await hang_up
                 return response
 

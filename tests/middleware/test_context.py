@@ -49,7 +49,9 @@ def test_a_sane_client_request_id_is_echoed_and_shared_with_the_app(server: Live
     assert response.json() == {"request_id": "trace:01J9-abc_def.1"}
 
 
-@pytest.mark.parametrize("sent", ["x" * 129, "has space", "quote\"d", "semi;colon", "ünïcode".encode().decode()])
+@pytest.mark.parametrize(
+    "sent", ["x" * 129, "has space", 'quote"d', "semi;colon", "ünïcode".encode().decode()]
+)
 def test_an_insane_client_request_id_is_replaced(server: LiveServer, sent: str) -> None:
     response = httpx.get(f"{server.url}/context", headers={"x-request-id": sent.encode("utf-8")})
 

@@ -26,15 +26,24 @@ def add_flag(body: dict[str, Any]) -> dict[str, Any] | None:
 
 async def describe_body(request: Request) -> JSONResponse:
     body = await request.body()
-    return JSONResponse({"body": body.decode(), "content_length": request.headers.get("content-length"),
-                         "transfer_encoding": request.headers.get("transfer-encoding")})
+    return JSONResponse(
+        {
+            "body": body.decode(),
+            "content_length": request.headers.get("content-length"),
+            "transfer_encoding": request.headers.get("transfer-encoding"),
+        }
+    )
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[LiveServer]:
     # As in gateway.chains: the middleware sits on the route, inside the app's error handling.
-    route = Route("/", describe_body, methods=["POST"],
-                  middleware=[Middleware(BodyRewriteMiddleware, rewrite=add_flag, max_bytes=LIMIT)])
+    route = Route(
+        "/",
+        describe_body,
+        methods=["POST"],
+        middleware=[Middleware(BodyRewriteMiddleware, rewrite=add_flag, max_bytes=LIMIT)],
+    )
     app = Starlette(routes=[route], exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
     with LiveServer(app) as live:
         yield live

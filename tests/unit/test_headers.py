@@ -21,8 +21,10 @@ def test_request_drops_hop_by_hop_credentials_and_connection_listed_headers() ->
         (b"Content-Type", b"application/json"),
     ]
 
-    assert request_headers_for_upstream(headers) == [(b"OpenAI-Organization", b"org"),
-                                                      (b"Content-Type", b"application/json")]
+    assert request_headers_for_upstream(headers) == [
+        (b"OpenAI-Organization", b"org"),
+        (b"Content-Type", b"application/json"),
+    ]
 
 
 def test_response_drops_hop_by_hop_and_cookies_and_keeps_the_upstream_request_id_aside() -> None:
@@ -45,7 +47,10 @@ def test_response_drops_hop_by_hop_and_cookies_and_keeps_the_upstream_request_id
 
 def test_forwarded_for_appends_the_peer_to_the_chain() -> None:
     assert forwarded_for([], "10.0.0.2") == b"10.0.0.2"
-    assert forwarded_for([(b"x-forwarded-for", b"1.1.1.1, 2.2.2.2")], "10.0.0.2") == b"1.1.1.1, 2.2.2.2, 10.0.0.2"
+    assert (
+        forwarded_for([(b"x-forwarded-for", b"1.1.1.1, 2.2.2.2")], "10.0.0.2")
+        == b"1.1.1.1, 2.2.2.2, 10.0.0.2"
+    )
     assert forwarded_for([(b"X-Forwarded-For", b"1.1.1.1"), (b"x-forwarded-for", b"2.2.2.2")], None) == (
         b"1.1.1.1, 2.2.2.2"
     )

@@ -22,14 +22,16 @@ def test_stream_gets_include_usage_and_keeps_the_rest() -> None:
     body = {"stream": True, "stream_options": {"include_obfuscation": False, "include_usage": False}}
 
     assert force_stream_usage(body) == {
-        "stream": True, "stream_options": {"include_obfuscation": False, "include_usage": True}
+        "stream": True,
+        "stream_options": {"include_obfuscation": False, "include_usage": True},
     }
     assert body["stream_options"] == {"include_obfuscation": False, "include_usage": False}  # input untouched
 
 
 def test_null_stream_options_become_an_object() -> None:
     assert force_stream_usage({"stream": True, "stream_options": None}) == {
-        "stream": True, "stream_options": {"include_usage": True}
+        "stream": True,
+        "stream_options": {"include_usage": True},
     }
 
 
@@ -52,9 +54,16 @@ def test_ocr_null_model_gets_the_default() -> None:
 
 @pytest.mark.parametrize(
     ("url", "image"),
-    [("https://e.x/a.PNG", True), ("https://e.x/a.avif?x=1", True), ("https://e.x/a.bmp", True),
-     ("https://e.x/png", False), ("https://e.x/a.png.pdf", False), ("data:image/jpeg;base64,AA", True),
-     ("data:application/pdf;base64,AA", False), ("https://e.x/", False)],
+    [
+        ("https://e.x/a.PNG", True),
+        ("https://e.x/a.avif?x=1", True),
+        ("https://e.x/a.bmp", True),
+        ("https://e.x/png", False),
+        ("https://e.x/a.png.pdf", False),
+        ("data:image/jpeg;base64,AA", True),
+        ("data:application/pdf;base64,AA", False),
+        ("https://e.x/", False),
+    ],
 )
 def test_image_urls_are_told_by_extension(url: str, image: bool) -> None:
     assert is_image_url(url) is image

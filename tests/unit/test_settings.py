@@ -55,14 +55,17 @@ def test_base_url_aliases() -> None:
 
 
 def test_the_primary_name_wins_over_its_alias() -> None:
-    settings = Settings.from_env({"OPENAI_BASE_URL": "https://a.test", "OPENAI_API_BASE": "https://b.test"},
-                                 env_file=None)
+    settings = Settings.from_env(
+        {"OPENAI_BASE_URL": "https://a.test", "OPENAI_API_BASE": "https://b.test"}, env_file=None
+    )
 
     assert settings.openai_base_url == "https://a.test"
 
 
-@pytest.mark.parametrize(("raw", "expected"), [("1", True), ("TRUE", True), ("yes", True), ("0", False),
-                                               ("false", False), ("", False)])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("1", True), ("TRUE", True), ("yes", True), ("0", False), ("false", False), ("", False)],
+)
 def test_booleans(raw: str, expected: bool) -> None:
     assert Settings.from_env({"API_AUTH_REQUIRED": raw}, env_file=None).api_auth_required is expected
 
@@ -104,8 +107,9 @@ def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:
 
 
 def test_secrets_stay_out_of_the_repr() -> None:
-    settings = Settings.from_env({"OPENAI_API_KEY": "sk-secret-1", "MISTRAL_API_KEY": "mk-secret-2"},
-                                 env_file=None)
+    settings = Settings.from_env(
+        {"OPENAI_API_KEY": "sk-secret-1", "MISTRAL_API_KEY": "mk-secret-2"}, env_file=None
+    )
 
     assert "sk-secret-1" not in repr(settings) and "mk-secret-2" not in repr(settings)
     assert settings.openai_api_key == "sk-secret-1"

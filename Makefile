@@ -1,0 +1,38 @@
+# Everyday commands. `make install` once; the others assume it (and `make test` does it for you).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run migrate test lint format bench clean
+
+$(BIN)/gateway: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/gateway
+
+run: install  ## serve on 127.0.0.1:8080, on the embedded SQLite unless DATABASE_URL says otherwise
+	$(BIN)/gateway serve
+
+migrate: install  ## apply the migrations to DATABASE_URL
+	$(BIN)/gateway migrate
+
+test: install  ## the whole suite (needs the local Postgres; see README)
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check gateway tests migrations bench
+	$(BIN)/ruff format --check gateway tests migrations bench
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format gateway tests migrations bench
+	$(BIN)/ruff check --fix gateway tests migrations bench
+
+bench: install  ## load benchmark against the upstream hit directly; see docs/BENCHMARKS.md
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
