@@ -23,8 +23,9 @@ HOP_BY_HOP = frozenset(
 # The client's credentials are for the gateway; the upstream gets the gateway's own key instead.
 CLIENT_CREDENTIALS = frozenset({b"authorization", b"cookie", b"x-usage-key", b"x-api-key", b"api-key"})
 # Set again by the proxy: for the upstream's address, on the client's behalf, and the gateway's request id.
+# `Expect: 100-continue` was answered by our own server already; the upstream gets the body straight away.
 REQUEST_REPLACED = frozenset(
-    {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id"}
+    {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"expect"}
 )
 # The upstream's cookies would land on the gateway's origin (and could shadow its session cookie);
 # the server stamps its own date; the request id is the gateway's (the upstream's is kept aside).

@@ -33,6 +33,7 @@ class ReverseProxy:
         self.upstream = upstream
         self.clients = clients
         self.url = upstream.url(path)
+        self.timeout = clients.timeout.as_dict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert scope["type"] == "http"
@@ -43,7 +44,7 @@ class ReverseProxy:
             self._target(scope),
             headers=self._headers(scope),
             content=await exchange.request_body(),
-            extensions={"timeout": client.timeout.as_dict()},
+            extensions={"timeout": self.timeout},
         )
         await exchange.run(client, request)
 

@@ -86,7 +86,7 @@ class UpstreamClients:
             cookie_jar=aiohttp.DummyCookieJar(),
             # Send what the client sent: no defaults of aiohttp's own (a forced Accept-Encoding would
             # make the upstream compress for a client that never asked for it).
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             auto_decompress=False,
             trust_env=False,
         )

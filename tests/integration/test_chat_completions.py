@@ -179,6 +179,28 @@ def test_hop_by_hop_headers_stay_behind(gateway: LiveServer, fake_openai: FakeOp
     assert seen["x-kept"] == "yes"
 
 
+def test_the_upstream_sees_the_client_headers_and_only_the_proxy_own_additions(
+    gateway: LiveServer, fake_openai: FakeOpenAI
+) -> None:
+    client_headers = {
+        "accept": "application/json",
+        "user-agent": "my-app/1.0",
+        "x-custom": "kept",
+        "expect": "100-continue",
+        "authorization": "Bearer client",
+    }
+    httpx.post(
+        f"{gateway.url}/v1/chat/completions", content=b'{"model": "gpt-4o-mini"}', headers=client_headers
+    )
+
+    seen = fake_openai.recorder.last
+    added_by_httpx = {"accept-encoding", "content-length"}
+    added_by_the_gateway = {"host", "authorization", "x-forwarded-for", "x-forwarded-proto", "x-request-id"}
+    expected = {"accept", "user-agent", "x-custom"} | added_by_httpx | added_by_the_gateway
+    assert set(seen.headers) == expected  # no content-type, user-agent or accept of the proxy's own
+    assert seen.headers["user-agent"] == "my-app/1.0"
+
+
 def test_forwarded_headers_name_the_client(gateway: LiveServer, fake_openai: FakeOpenAI) -> None:
     httpx.post(
         f"{gateway.url}/v1/chat/completions",
