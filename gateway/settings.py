@@ -6,7 +6,10 @@ A bad value raises `SettingsError`, whose message names the variable, so that st
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,7 @@ DEFAULT_OPENAI_BASE_URL = "https://api.openai.com"
 DEFAULT_MISTRAL_BASE_URL = "https://api.mistral.ai"
 DEFAULT_MISTRAL_OCR_MODEL = "mistral-ocr-latest"
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+MIN_KEY_BYTES = 32
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 # The plain URL forms API.md accepts, and the async drivers they mean.
@@ -53,6 +57,17 @@ class Settings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 300.0
+    # Identity. Secrets left unset are generated once into the data directory (`gateway.keys`).
+    platform_jwt_secret: bytes | None = field(default=None, repr=False)
+    platform_jwks_url: str | None = None
+    platform_jwt_public_key: str | None = None
+    platform_jwt_issuer: str | None = None
+    platform_jwt_audience: str | None = None
+    token_hash_key: bytes | None = field(default=None, repr=False)
+    cookie_secure: bool = True
+    allow_signup: bool = False
+    access_token_ttl_seconds: int = 15 * 60
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -97,7 +112,31 @@ class Settings:
             max_request_bytes=reader.positive_int("MAX_REQUEST_BYTES", default=DEFAULT_MAX_REQUEST_BYTES),
             upstream_connect_timeout=reader.seconds("UPSTREAM_CONNECT_TIMEOUT", default=10.0),
             upstream_read_timeout=reader.seconds("UPSTREAM_READ_TIMEOUT", default=300.0),
+            platform_jwt_secret=reader.secret("PLATFORM_JWT_SECRET"),
+            platform_jwks_url=reader.url("PLATFORM_JWKS_URL", default="") or None,
+            platform_jwt_public_key=reader.text("PLATFORM_JWT_PUBLIC_KEY"),
+            platform_jwt_issuer=reader.text("PLATFORM_JWT_ISSUER"),
+            platform_jwt_audience=reader.text("PLATFORM_JWT_AUDIENCE"),
+            token_hash_key=reader.key_bytes("TOKEN_HASH_KEY"),
+            cookie_secure=reader.boolean("COOKIE_SECURE", default=True),
+            allow_signup=reader.boolean("ALLOW_SIGNUP", default=False),
+            access_token_ttl_seconds=reader.positive_int("ACCESS_TOKEN_TTL_SECONDS", default=15 * 60),
+            refresh_token_ttl_seconds=reader.positive_int(
+                "REFRESH_TOKEN_TTL_SECONDS", default=30 * 24 * 3600
+            ),
         )
+
+
+def decode_key(text: str) -> bytes | None:
+    """Key bytes from hex or base64 (standard or url-safe, padding optional); None when it is neither."""
+    if re.fullmatch(r"(?:[0-9a-fA-F]{2})+", text):
+        return bytes.fromhex(text)
+    try:
+        return base64.b64decode(
+            text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True
+        )
+    except binascii.Error:
+        return None
 
 
 def sqlite_url(path: Path) -> str:
@@ -146,6 +185,25 @@ class _Reader:
                 raise SettingsError(name, f"expected an http:// or https:// URL, got {value!r}")
             return value.rstrip("/")
         return default
+
+    def secret(self, name: str) -> bytes | None:
+        """A shared secret of at least 32 bytes (HS256 keys shorter than the hash are weak)."""
+        raw = self.text(name)
+        if raw is None:
+            return None
+        if len(raw.encode()) < MIN_KEY_BYTES:
+            raise SettingsError(name, f"expected at least {MIN_KEY_BYTES} bytes")
+        return raw.encode()
+
+    def key_bytes(self, name: str) -> bytes | None:
+        """Random key material given as hex or base64 (standard or url-safe), at least 32 bytes of it."""
+        raw = self.text(name)
+        if raw is None:
+            return None
+        key = decode_key(raw)
+        if key is None or len(key) < MIN_KEY_BYTES:
+            raise SettingsError(name, f"expected {MIN_KEY_BYTES}+ bytes as hex or base64")
+        return key
 
     def boolean(self, name: str, *, default: bool) -> bool:
         raw = self._env.get(name)

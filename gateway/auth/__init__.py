@@ -1,0 +1,1 @@
+"""Who is calling: passwords, tokens, JWTs, sessions and principals."""
