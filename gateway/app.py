@@ -2,50 +2,131 @@
 
 from __future__ import annotations
 
-import logging
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from gateway.auth.authenticator import Authenticator
+from gateway.auth.jwt import ExternalTokens, PlatformTokens, TokenVerifier
+from gateway.auth.principals import PrincipalCache
+from gateway.auth.revocations import Revocations
+from gateway.auth.sessions import SessionService
+from gateway.auth.throttle import LoginThrottle
+from gateway.auth.tokens import TokenCodec
 from gateway.chains import proxied_routes
-from gateway.db.engine import create_engine, prepare_data_dir
+from gateway.db.engine import Database, prepare_data_dir
 from gateway.errors import EXCEPTION_HANDLERS
+from gateway.keys import load_server_keys
+from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.context import ContextMiddleware
 from gateway.routes.health import Health
+from gateway.routes.sessions import SessionRoutes
+from gateway.routes.tokens import TokenRoutes
 from gateway.settings import Settings
 from gateway.upstreams import UpstreamClients, configured_upstreams
 
-logger = logging.getLogger("gateway")
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Everything that answers "who is calling", built once per app."""
+
+    authenticator: Authenticator
+    revocations: Revocations
+    sessions: SessionService
+    codec: TokenCodec
+
+
+def build_identity(settings: Settings, database: Database) -> Identity:
+    keys = load_server_keys(settings)
+    codec = TokenCodec(keys.token_hash_key)
+    platform = PlatformTokens(keys.platform_jwt_secret)
+    external = None
+    if settings.platform_jwks_url or settings.platform_jwt_public_key:
+        external = ExternalTokens(
+            jwks_url=settings.platform_jwks_url,
+            public_key_pem=settings.platform_jwt_public_key,
+            issuer=settings.platform_jwt_issuer,
+            audience=settings.platform_jwt_audience,
+        )
+    cache = PrincipalCache()
+    revocations = Revocations(database, cache)
+    sessions = SessionService(
+        database,
+        codec,
+        platform,
+        revocations,
+        access_ttl_seconds=settings.access_token_ttl_seconds,
+        refresh_ttl_seconds=settings.refresh_token_ttl_seconds,
+    )
+    authenticator = Authenticator(database, codec, TokenVerifier(platform, external), cache)
+    return Identity(authenticator, revocations, sessions, codec)
+
+
+def identity_routes(settings: Settings, database: Database, identity: Identity) -> list[BaseRoute]:
+    """The session and API token routes, each behind the auth it needs."""
+    sessions = SessionRoutes(
+        database,
+        identity.sessions,
+        LoginThrottle(),
+        secure_cookies=settings.cookie_secure,
+        allow_signup=settings.allow_signup,
+    )
+    tokens = TokenRoutes(database, identity.codec, identity.revocations)
+    user = [Middleware(AuthMiddleware, authenticator=identity.authenticator)]
+    platform_user = [Middleware(AuthMiddleware, authenticator=identity.authenticator, platform_only=True)]
+    return [
+        Route("/api/v1/auth/login", sessions.login, methods=["POST"]),
+        Route("/api/v1/auth/refresh", sessions.refresh, methods=["POST"]),
+        Route("/api/v1/auth/logout", sessions.logout, methods=["POST"]),
+        Route("/api/v1/auth/signup", sessions.signup, methods=["POST"]),
+        Route("/api/v1/auth/me", sessions.me, methods=["GET"], middleware=user),
+        Route("/v1/api-tokens", tokens.list, methods=["GET"], middleware=platform_user),
+        Route("/v1/api-tokens", tokens.create, methods=["POST"], middleware=platform_user),
+        Route("/v1/api-tokens/{token_id}", tokens.revoke, methods=["DELETE"], middleware=platform_user),
+    ]
 
 
 def create_app(settings: Settings) -> Starlette:
-    """A gateway for `settings`. Nothing is opened until the lifespan starts."""
+    """A gateway for `settings`. Nothing is connected until the lifespan starts."""
+    prepare_data_dir(settings)
+    database = Database(settings.database_url)
+    identity = build_identity(settings, database)
     clients = UpstreamClients(
         list(configured_upstreams(settings)),
         connect_timeout=settings.upstream_connect_timeout,
         read_timeout=settings.upstream_read_timeout,
     )
-    health = Health()
+    health = Health(database)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        prepare_data_dir(settings)
-        engine = create_engine(settings.database_url)
-        health.engine = engine
+        database.open()
+        background = [
+            asyncio.create_task(identity.revocations.listen(), name="revocation listener"),
+            asyncio.create_task(identity.authenticator.run_last_used_writer(), name="last-used writer"),
+        ]
         try:
             async with clients:
                 yield
         finally:
-            health.engine = None
-            await engine.dispose()
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await database.close()
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/health", health.health, methods=["GET"]),
         Route("/ready", health.ready, methods=["GET"]),
-        *proxied_routes(settings, clients),
+        *identity_routes(settings, database, identity),
+        *proxied_routes(settings, clients, identity.authenticator),
     ]
     app = Starlette(
         routes=routes,

@@ -1,7 +1,7 @@
 """Each proxied route and its middleware chain, read top to bottom: the one file that shows a request's path.
 
-Every chain runs after the app-wide context middleware. Auth (issue: identity) and usage capture slot in above
-the rewrite as they land; adding an upstream is adding a route here, not editing the proxy.
+Every chain runs after the app-wide context middleware. Usage capture slots in between auth and the rewrite;
+adding an upstream is adding a route here, not editing the proxy.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from gateway.auth.authenticator import Authenticator
+from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.rewrite import BodyRewriteMiddleware
 from gateway.proxy import ReverseProxy
 from gateway.rewrites import OcrDocumentFromUrl, force_stream_usage
@@ -16,15 +18,17 @@ from gateway.settings import Settings
 from gateway.upstreams import MISTRAL, OPENAI, UpstreamClients, configured_upstreams
 
 
-def proxied_routes(settings: Settings, clients: UpstreamClients) -> list[Route]:
+def proxied_routes(settings: Settings, clients: UpstreamClients, authenticator: Authenticator) -> list[Route]:
     """The proxied routes with their chains."""
     upstreams = configured_upstreams(settings)
+    optional = not settings.api_auth_required
     return [
         Route(
             "/v1/chat/completions",
             ReverseProxy(upstreams[OPENAI], clients=clients, path="/v1/chat/completions"),
             methods=["POST"],
             middleware=[
+                Middleware(AuthMiddleware, authenticator=authenticator, required=not optional, scope="ocr"),
                 Middleware(
                     BodyRewriteMiddleware, rewrite=force_stream_usage, max_bytes=settings.max_request_bytes
                 ),
@@ -35,6 +39,7 @@ def proxied_routes(settings: Settings, clients: UpstreamClients) -> list[Route]:
             ReverseProxy(upstreams[MISTRAL], clients=clients, path="/v1/ocr"),
             methods=["POST"],
             middleware=[
+                Middleware(AuthMiddleware, authenticator=authenticator, required=not optional, scope="ocr"),
                 Middleware(
                     BodyRewriteMiddleware,
                     rewrite=OcrDocumentFromUrl(default_model=settings.mistral_ocr_model),

@@ -10,6 +10,7 @@ GatewayError                       status, code, public message -> the OpenAI-st
 │   ├── MethodNotAllowedError    405  (with Allow)
 │   ├── ConflictError            409
 │   ├── PayloadTooLargeError     413
+│   ├── UnsupportedMediaTypeError 415
 │   └── QuotaExceededError       429  quota, budget or rate limit (Retry-After)
 ├── UpstreamError (5xx)
 │   ├── UpstreamUnavailableError 502  connect, read or protocol failure
@@ -118,6 +119,14 @@ class PayloadTooLargeError(ClientError):
     status_code = 413
     code = "payload_too_large"
     message = "The request body is too large."
+
+
+class UnsupportedMediaTypeError(ClientError):
+    """The body is not of the content type the route takes."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+    message = "Send the body as application/json."
 
 
 class QuotaExceededError(ClientError):

@@ -14,9 +14,13 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
 from gateway.app import create_app
+from gateway.auth.users import create_user
+from gateway.db.engine import Database, prepare_data_dir
+from gateway.db.migrate import upgrade
 from gateway.cli import uvicorn_options
 from gateway.settings import Settings, sqlite_url
 from tests.fakes.mistral_ocr import FakeMistral
@@ -116,15 +120,64 @@ def gateway_env(
 
 @pytest.fixture(scope="session")
 def start_gateway(gateway_env: dict[str, str]) -> GatewayFactory:
-    """`with start_gateway(VAR=value, ...) as gateway:` serves a gateway whose settings differ from the default."""
+    """`with start_gateway(VAR=value, ...) as gateway:` serves a gateway whose settings differ from the default.
 
-    def start(**overrides: str) -> AbstractContextManager[LiveServer]:
+    Its database is migrated first, as `gateway serve` or `gateway migrate` would; gateways that keep the
+    default DATABASE_URL share one SQLite file (and so one set of users and tokens).
+    """
+
+    def start(*, migrate: bool = True, **overrides: str) -> AbstractContextManager[LiveServer]:
         settings = Settings.from_env({**gateway_env, **overrides}, env_file=None)
+        if migrate:
+            prepare_data_dir(settings)
+            asyncio.run(upgrade(settings.database_url))
         options = uvicorn_options()
         options.pop("log_config")
         return LiveServer(create_app(settings), **options)
 
     return start
+
+
+@pytest.fixture(scope="session")
+def user_login(gateway_env: dict[str, str], gateway: LiveServer) -> dict[str, str]:
+    """An ordinary user in the default gateway's database, as a login body."""
+    login = {"email": "alice@example.com", "password": "correct horse battery staple"}
+    asyncio.run(add_user(Settings.from_env(gateway_env, env_file=None).database_url, **login))
+    return login
+
+
+@pytest.fixture(scope="session")
+def access_token(gateway: LiveServer, user_login: dict[str, str]) -> str:
+    """A platform JWT for the user, from the login route."""
+    response = httpx.post(f"{gateway.url}/api/v1/auth/login", json=user_login)
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+@pytest.fixture(scope="session")
+def api_token(gateway: LiveServer, access_token: str) -> str:
+    """An API token with every proxy scope, created through the API as a user would."""
+    response = httpx.post(
+        f"{gateway.url}/v1/api-tokens",
+        json={"name": "tests"},
+        headers={"authorization": f"Bearer {access_token}"},
+    )
+    assert response.status_code == 201, response.text
+    token: str = response.json()["token"]
+    return token
+
+
+async def add_user(database_url: str, *, email: str, password: str, is_admin: bool = False) -> str:
+    """Creates a user as `gateway users create` does; returns the id."""
+    database = Database(database_url)
+    database.open()
+    try:
+        async with database.session() as session, session.begin():
+            user = await create_user(session, email=email, password=password, is_admin=is_admin)
+            return user.id
+    finally:
+        await database.close()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -76,12 +77,18 @@ def looks_like_jwt(token: str) -> bool:
     return JWT_SHAPE.fullmatch(token) is not None
 
 
-def _decode(token: str, key: Any, *, algorithms: Sequence[str], **options: Any) -> Claims:
-    """`jwt.decode` with pyjwt's errors mapped to ours: the one place a foreign error becomes ours."""
+@contextmanager
+def _token_errors() -> Iterator[None]:
+    """pyjwt's errors as ours: the one place a foreign error becomes an `InvalidTokenError`."""
     try:
-        return Claims.from_payload(jwt.decode(token, key, algorithms=list(algorithms), **options))
+        yield
+    except InvalidTokenError:
+        raise
     except jwt.ExpiredSignatureError:
         raise InvalidTokenError("The token has expired.") from None
+    except jwt.PyJWKClientConnectionError as exc:
+        logger.warning("JWKS fetch failed: %s", exc)
+        raise InvalidTokenError() from exc
     except (jwt.PyJWTError, ValueError, TypeError) as exc:
         raise InvalidTokenError() from exc
 
@@ -97,7 +104,12 @@ class PlatformTokens:
         self._secret = secret
         self.issuer = issuer
         self.audience = audience
-        self.leeway_seconds = leeway_seconds
+        self._checks: dict[str, Any] = {
+            "issuer": issuer,
+            "audience": audience,
+            "leeway": leeway_seconds,
+            "options": {"require": ["exp", "iat", "sub", "iss", "aud"]},
+        }
 
     def issue(self, subject: str, *, ttl_seconds: int, extra: Mapping[str, Any] | None = None) -> str:
         """A signed token for `subject` valid for `ttl_seconds`; `extra` may not override registered claims."""
@@ -107,28 +119,15 @@ class PlatformTokens:
         if REGISTERED_CLAIMS & extra.keys():
             raise ValueError(f"extra claims may not set {sorted(REGISTERED_CLAIMS & extra.keys())}")
         now = int(time.time())
-        payload = {
-            **extra,
-            "sub": subject,
-            "iss": self.issuer,
-            "aud": self.audience,
-            "iat": now,
-            "exp": now + ttl_seconds,
-            "jti": secrets.token_urlsafe(16),
-        }
+        payload = {**extra, "sub": subject, "iss": self.issuer, "aud": self.audience}
+        payload.update(iat=now, exp=now + ttl_seconds, jti=secrets.token_urlsafe(16))
         return jwt.encode(payload, self._secret, algorithm=PLATFORM_ALGORITHM)
 
     def verify(self, token: str) -> Claims:
         """The claims of a token this gateway issued. Raises `InvalidTokenError`."""
-        return _decode(
-            token,
-            self._secret,
-            algorithms=[PLATFORM_ALGORITHM],
-            issuer=self.issuer,
-            audience=self.audience,
-            leeway=self.leeway_seconds,
-            options={"require": ["exp", "iat", "sub", "iss", "aud"]},
-        )
+        with _token_errors():
+            payload = jwt.decode(token, self._secret, algorithms=[PLATFORM_ALGORITHM], **self._checks)
+            return Claims.from_payload(payload)
 
 
 class ExternalTokens:
@@ -150,8 +149,16 @@ class ExternalTokens:
         if not algorithms or not set(algorithms) <= ASYMMETRIC_KEY_TYPES.keys():
             raise ValueError(f"algorithms must be among {sorted(ASYMMETRIC_KEY_TYPES)}")
         self.issuer = issuer
-        self.audience = audience
-        self.leeway_seconds = leeway_seconds
+        self._checks: dict[str, Any] = {
+            "issuer": issuer,
+            "audience": audience,
+            "leeway": leeway_seconds,
+            "options": {
+                "require": ["exp", "sub"],
+                "verify_iss": issuer is not None,
+                "verify_aud": audience is not None,
+            },
+        }
         self._algorithms = tuple(algorithms)
         self._key: Any = None
         self._jwks: jwt.PyJWKClient | None = None
@@ -170,43 +177,26 @@ class ExternalTokens:
             )
 
     async def verify(self, token: str) -> Claims:
-        """The claims of a provider's token. Raises `InvalidTokenError` (also when the JWKS is unreachable)."""
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
-            raise InvalidTokenError() from exc
-        algorithm = header.get("alg")
-        if algorithm not in self._algorithms:
-            raise InvalidTokenError()
-        key = self._key if self._jwks is None else await self._signing_key(header.get("kid"))
-        if not _fits(algorithm, key.key if isinstance(key, jwt.PyJWK) else key):
-            raise InvalidTokenError()
-        return _decode(
-            token,
-            key,
-            algorithms=self._algorithms,
-            issuer=self.issuer,
-            audience=self.audience,
-            leeway=self.leeway_seconds,
-            options={
-                "require": ["exp", "sub"],
-                "verify_iss": self.issuer is not None,
-                "verify_aud": self.audience is not None,
-            },
-        )
+        """The claims of a provider's token. Raises `InvalidTokenError` (also when the JWKS is unreachable).
 
-    async def _signing_key(self, kid: object) -> jwt.PyJWK:
-        """The JWKS key named `kid`; the blocking fetch (when the cache misses) runs in a thread."""
-        assert self._jwks is not None
-        if not isinstance(kid, str) or not kid:
-            raise InvalidTokenError()
-        try:
-            return await asyncio.to_thread(self._jwks.get_signing_key, kid)
-        except jwt.PyJWKClientConnectionError as exc:
-            logger.warning("JWKS fetch from %s failed: %s", self._jwks.uri, exc)
-            raise InvalidTokenError() from exc
-        except jwt.PyJWTError as exc:
-            raise InvalidTokenError() from exc
+        The header's algorithm must be allowed and fit the key; the JWKS fetch (when its cache misses)
+        blocks, so it runs in a thread.
+        """
+        with _token_errors():
+            header = jwt.get_unverified_header(token)
+            algorithm, kid = header.get("alg"), header.get("kid")
+            if algorithm not in self._algorithms:
+                raise InvalidTokenError()
+            if self._jwks is None:
+                key = self._key
+            elif isinstance(kid, str) and kid:
+                key = await asyncio.to_thread(self._jwks.get_signing_key, kid)
+            else:
+                raise InvalidTokenError()
+            if not _fits(algorithm, key.key if isinstance(key, jwt.PyJWK) else key):
+                raise InvalidTokenError()
+            payload = jwt.decode(token, key, algorithms=list(self._algorithms), **self._checks)
+            return Claims.from_payload(payload)
 
 
 def _fits(algorithm: str, key: object) -> bool:
@@ -228,10 +218,8 @@ class TokenVerifier:
 
         The issuer only picks the verifier; each verifier pins its own algorithms and keys.
         """
-        try:
+        with _token_errors():
             issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
-        except jwt.PyJWTError as exc:
-            raise InvalidTokenError() from exc
         if issuer == self.platform.issuer:
             return self.platform.verify(token)
         if self.external is None:

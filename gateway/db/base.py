@@ -47,3 +47,8 @@ class UtcDateTime(TypeDecorator[datetime]):
 def utcnow() -> datetime:
     """Now, in UTC, to the microsecond."""
     return datetime.now(UTC)
+
+
+def iso(moment: datetime | None) -> str | None:
+    """A timestamp as the API writes them: ISO 8601 in UTC with a `Z`, or None."""
+    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -48,3 +48,38 @@ def prepare_data_dir(settings: Settings) -> None:
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+class Database:
+    """The app's database: made in the app factory, connected in the lifespan, shared by whoever needs it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: AsyncEngine | None = None
+        self._sessions: async_sessionmaker[AsyncSession] | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("the database is not open (outside the lifespan?)")
+        return self._engine
+
+    @property
+    def is_postgres(self) -> bool:
+        return make_url(self.url).get_backend_name() == "postgresql"
+
+    def session(self) -> AsyncSession:
+        """A new session; use it as `async with database.session() as session, session.begin(): ...`."""
+        if self._sessions is None:
+            raise RuntimeError("the database is not open (outside the lifespan?)")
+        return self._sessions()
+
+    def open(self) -> None:
+        self._engine = create_engine(self.url)
+        self._sessions = create_sessionmaker(self._engine)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+        self._engine = None
+        self._sessions = None

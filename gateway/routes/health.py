@@ -6,11 +6,11 @@ import asyncio
 import time
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway import __version__
+from gateway.db.engine import Database
 
 DEPENDENCY_TIMEOUT_SECONDS = 2.0
 
@@ -18,9 +18,9 @@ DEPENDENCY_TIMEOUT_SECONDS = 2.0
 class Health:
     """The health endpoints of one app, which knows when it started and which database it uses."""
 
-    def __init__(self) -> None:
+    def __init__(self, database: Database) -> None:
         self.started_at = time.monotonic()
-        self.engine: AsyncEngine | None = None
+        self.database = database
 
     async def health(self, request: Request) -> JSONResponse:
         if request.query_params.get("deep", "").lower() in ("1", "true", "yes"):
@@ -41,12 +41,10 @@ class Health:
         }
 
     async def _check_database(self) -> dict[str, object]:
-        if self.engine is None:
-            return {"status": "unavailable", "error": "not started"}
         began = time.perf_counter()
         try:
             async with asyncio.timeout(DEPENDENCY_TIMEOUT_SECONDS):
-                async with self.engine.connect() as connection:
+                async with self.database.engine.connect() as connection:
                     await connection.execute(text("SELECT 1"))
         except Exception as exc:  # any failure means "down"; the kind is enough for an operator
             return {"status": "unavailable", "error": type(exc).__name__}

@@ -13,20 +13,21 @@ from tests.conftest import UPSTREAM_OPENAI_KEY
 from tests.fakes.openai_upstream import DELTAS, UPSTREAM_REQUEST_ID, USAGE, FakeOpenAI
 from tests.serving import LiveServer
 
-CLIENT_KEY = "sk-client-key-must-not-travel"
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 
 
-def sync_client(gateway: LiveServer, **options: object) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=CLIENT_KEY, max_retries=0, **options)  # type: ignore[arg-type]
+def sync_client(gateway: LiveServer, api_token: str, **options: object) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=api_token, max_retries=0, **options)  # type: ignore[arg-type]
 
 
-def async_client(gateway: LiveServer, **options: object) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=CLIENT_KEY, max_retries=0, **options)  # type: ignore[arg-type]
+def async_client(gateway: LiveServer, api_token: str, **options: object) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=api_token, max_retries=0, **options)  # type: ignore[arg-type]
 
 
-def test_sync_client_gets_the_upstream_completion(gateway: LiveServer, fake_openai: FakeOpenAI) -> None:
-    with sync_client(gateway) as client:
+def test_sync_client_gets_the_upstream_completion(
+    gateway: LiveServer, fake_openai: FakeOpenAI, api_token: str
+) -> None:
+    with sync_client(gateway, api_token) as client:
         completion = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
 
     assert completion.choices[0].message.content == "".join(DELTAS)
@@ -35,17 +36,19 @@ def test_sync_client_gets_the_upstream_completion(gateway: LiveServer, fake_open
 
 
 async def test_async_client_gets_the_upstream_completion(
-    gateway: LiveServer, fake_openai: FakeOpenAI
+    gateway: LiveServer, fake_openai: FakeOpenAI, api_token: str
 ) -> None:
-    async with async_client(gateway) as client:
+    async with async_client(gateway, api_token) as client:
         completion = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
 
     assert completion.choices[0].message.content == "".join(DELTAS)
     assert completion.usage is not None and completion.usage.prompt_tokens == USAGE["prompt_tokens"]
 
 
-def test_sync_stream_arrives_whole_with_the_usage_chunk(gateway: LiveServer, fake_openai: FakeOpenAI) -> None:
-    with sync_client(gateway) as client:
+def test_sync_stream_arrives_whole_with_the_usage_chunk(
+    gateway: LiveServer, fake_openai: FakeOpenAI, api_token: str
+) -> None:
+    with sync_client(gateway, api_token) as client:
         stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
         chunks = list(stream)
 
@@ -55,8 +58,10 @@ def test_sync_stream_arrives_whole_with_the_usage_chunk(gateway: LiveServer, fak
     assert len(usage) == 1 and usage[0].total_tokens == USAGE["total_tokens"]
 
 
-async def test_async_stream_arrives_whole(gateway: LiveServer, fake_openai: FakeOpenAI) -> None:
-    async with async_client(gateway) as client:
+async def test_async_stream_arrives_whole(
+    gateway: LiveServer, fake_openai: FakeOpenAI, api_token: str
+) -> None:
+    async with async_client(gateway, api_token) as client:
         stream = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
@@ -64,9 +69,9 @@ async def test_async_stream_arrives_whole(gateway: LiveServer, fake_openai: Fake
 
 
 async def test_stream_is_forwarded_before_the_upstream_finishes(
-    gateway: LiveServer, fake_openai: FakeOpenAI
+    gateway: LiveServer, fake_openai: FakeOpenAI, api_token: str
 ) -> None:
-    async with async_client(gateway) as client:
+    async with async_client(gateway, api_token) as client:
         stream = await client.chat.completions.create(model="slow-stream", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
         first = await anext(aiter(stream))
         first_arrived_at = time.monotonic()
@@ -81,9 +86,9 @@ async def test_stream_is_forwarded_before_the_upstream_finishes(
 
 
 def test_streams_force_include_usage_and_keep_other_stream_options(
-    gateway: LiveServer, fake_openai: FakeOpenAI
+    gateway: LiveServer, fake_openai: FakeOpenAI, api_token: str
 ) -> None:
-    with sync_client(gateway) as client:
+    with sync_client(gateway, api_token) as client:
         list(
             client.chat.completions.create(
                 model="gpt-4o-mini",
@@ -100,9 +105,9 @@ def test_streams_force_include_usage_and_keep_other_stream_options(
 
 
 def test_stream_without_stream_options_gets_include_usage(
-    gateway: LiveServer, fake_openai: FakeOpenAI
+    gateway: LiveServer, fake_openai: FakeOpenAI, api_token: str
 ) -> None:
-    with sync_client(gateway) as client:
+    with sync_client(gateway, api_token) as client:
         list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))  # type: ignore[arg-type]
 
     assert fake_openai.recorder.last.json()["stream_options"] == {"include_usage": True}
@@ -120,34 +125,44 @@ def test_non_streamed_body_reaches_the_upstream_byte_for_byte(
     assert fake_openai.recorder.last.body == body
 
 
-def test_upstream_key_replaces_the_client_credential(gateway: LiveServer, fake_openai: FakeOpenAI) -> None:
-    with sync_client(gateway) as client:
+def test_upstream_key_replaces_the_client_credential(
+    gateway: LiveServer, fake_openai: FakeOpenAI, api_token: str
+) -> None:
+    with sync_client(gateway, api_token) as client:
         raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
         body_text = raw.http_response.text
 
     seen = fake_openai.recorder.last
     assert seen.headers["authorization"] == f"Bearer {UPSTREAM_OPENAI_KEY}"
-    assert all(CLIENT_KEY not in value for _, value in seen.raw_headers)
+    assert all(api_token not in value for _, value in seen.raw_headers)
     assert [name for name, _ in seen.raw_headers].count("authorization") == 1
     assert all(UPSTREAM_OPENAI_KEY not in value for value in raw.headers.values())
     assert UPSTREAM_OPENAI_KEY not in body_text
 
 
 def test_cookies_and_usage_keys_do_not_reach_the_upstream(
-    gateway: LiveServer, fake_openai: FakeOpenAI
+    gateway: LiveServer, fake_openai: FakeOpenAI, api_token: str
 ) -> None:
-    httpx.post(
+    response = httpx.post(
         f"{gateway.url}/v1/chat/completions",
         json={"model": "gpt-4o-mini", "messages": MESSAGES},
-        headers={"cookie": "gw_session=secret-session", "x-usage-key": "usage-secret"},
+        headers={
+            "authorization": f"Bearer {api_token}",
+            "cookie": "gw_session=secret-session",
+            "x-usage-key": "usage-secret",
+        },
     )
+
+    assert response.status_code == 200
 
     seen = fake_openai.recorder.last.headers
     assert "cookie" not in seen and "x-usage-key" not in seen
 
 
-def test_organization_and_project_headers_are_forwarded(gateway: LiveServer, fake_openai: FakeOpenAI) -> None:
-    with sync_client(gateway, organization="org-team", project="proj_alpha") as client:
+def test_organization_and_project_headers_are_forwarded(
+    gateway: LiveServer, fake_openai: FakeOpenAI, api_token: str
+) -> None:
+    with sync_client(gateway, api_token, organization="org-team", project="proj_alpha") as client:
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
 
     seen = fake_openai.recorder.last.headers
@@ -180,14 +195,14 @@ def test_hop_by_hop_headers_stay_behind(gateway: LiveServer, fake_openai: FakeOp
 
 
 def test_the_upstream_sees_the_client_headers_and_only_the_proxy_own_additions(
-    gateway: LiveServer, fake_openai: FakeOpenAI
+    gateway: LiveServer, fake_openai: FakeOpenAI, api_token: str
 ) -> None:
     client_headers = {
         "accept": "application/json",
         "user-agent": "my-app/1.0",
         "x-custom": "kept",
         "expect": "100-continue",
-        "authorization": "Bearer client",
+        "authorization": f"Bearer {api_token}",
     }
     httpx.post(
         f"{gateway.url}/v1/chat/completions", content=b'{"model": "gpt-4o-mini"}', headers=client_headers
@@ -228,8 +243,10 @@ def test_response_carries_the_gateway_request_id_and_no_upstream_cookies(
     assert fake_openai.recorder.last.headers["x-request-id"] == "client-chosen-id"
 
 
-def test_upstream_errors_pass_through_unchanged(gateway: LiveServer, fake_openai: FakeOpenAI) -> None:
-    with sync_client(gateway) as client, pytest.raises(openai.RateLimitError) as caught:
+def test_upstream_errors_pass_through_unchanged(
+    gateway: LiveServer, fake_openai: FakeOpenAI, api_token: str
+) -> None:
+    with sync_client(gateway, api_token) as client, pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model="rate-limited", messages=MESSAGES)  # type: ignore[arg-type]
 
     assert caught.value.status_code == 429

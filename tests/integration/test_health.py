@@ -31,7 +31,9 @@ def test_deep_health_checks_the_database(start_gateway: GatewayFactory, database
 
 
 def test_deep_health_is_503_when_the_database_is_down(start_gateway: GatewayFactory) -> None:
-    with start_gateway(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/gone") as gateway:
+    with start_gateway(
+        migrate=False, DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/gone"
+    ) as gateway:
         shallow = httpx.get(f"{gateway.url}/health")
         deep = httpx.get(f"{gateway.url}/health?deep=1", timeout=10)
 

@@ -11,9 +11,7 @@ from tests.serving import LiveServer, free_port
 
 
 def ocr(gateway: LiveServer, body: object, **headers: str) -> httpx.Response:
-    return httpx.post(
-        f"{gateway.url}/v1/ocr", json=body, headers={"authorization": "Bearer client", **headers}
-    )
+    return httpx.post(f"{gateway.url}/v1/ocr", json=body, headers=headers)
 
 
 @pytest.mark.parametrize(

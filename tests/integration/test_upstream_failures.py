@@ -18,14 +18,16 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 UPSTREAM_SEES_CLOSE_WITHIN = 1.0
 
 
-def client_for(gateway: LiveServer, **options: object) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="sk-client", max_retries=0, **options)  # type: ignore[arg-type]
+def client_for(gateway: LiveServer, api_token: str, **options: object) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=api_token, max_retries=0, **options)  # type: ignore[arg-type]
 
 
-def test_refused_connection_is_502_upstream_unavailable(start_gateway: GatewayFactory) -> None:
+def test_refused_connection_is_502_upstream_unavailable(
+    start_gateway: GatewayFactory, api_token: str
+) -> None:
     with (
         start_gateway(OPENAI_BASE_URL=f"http://127.0.0.1:{free_port()}") as gateway,
-        client_for(gateway) as client,
+        client_for(gateway, api_token) as client,
         pytest.raises(openai.APIStatusError) as caught,
     ):
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
@@ -85,9 +87,9 @@ def test_upstream_that_hangs_up_without_answering_is_502(start_gateway: GatewayF
 
 
 def test_client_leaving_mid_stream_closes_the_upstream_at_once(
-    gateway: LiveServer, fake_openai: FakeOpenAI
+    gateway: LiveServer, fake_openai: FakeOpenAI, api_token: str
 ) -> None:
-    with client_for(gateway) as client:
+    with client_for(gateway, api_token) as client:
         stream = client.chat.completions.create(model="endless-stream", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
         iterator = iter(stream)
         next(iterator)
@@ -101,9 +103,9 @@ def test_client_leaving_mid_stream_closes_the_upstream_at_once(
 
 
 def test_client_leaving_before_the_first_byte_closes_the_upstream_at_once(
-    gateway: LiveServer, fake_openai: FakeOpenAI
+    gateway: LiveServer, fake_openai: FakeOpenAI, api_token: str
 ) -> None:
-    with client_for(gateway, timeout=0.5) as client, pytest.raises(openai.APITimeoutError):
+    with client_for(gateway, api_token, timeout=0.5) as client, pytest.raises(openai.APITimeoutError):
         client.chat.completions.create(model="never-answer", messages=MESSAGES)  # type: ignore[arg-type]
     left_at = time.monotonic()
 
@@ -112,11 +114,13 @@ def test_client_leaving_before_the_first_byte_closes_the_upstream_at_once(
     assert disconnected_at - left_at < UPSTREAM_SEES_CLOSE_WITHIN
 
 
-def test_gateway_keeps_serving_after_abandoned_requests(gateway: LiveServer, fake_openai: FakeOpenAI) -> None:
+def test_gateway_keeps_serving_after_abandoned_requests(
+    gateway: LiveServer, fake_openai: FakeOpenAI, api_token: str
+) -> None:
     for _ in range(3):
-        with client_for(gateway, timeout=0.2) as client, pytest.raises(openai.APITimeoutError):
+        with client_for(gateway, api_token, timeout=0.2) as client, pytest.raises(openai.APITimeoutError):
             client.chat.completions.create(model="never-answer", messages=MESSAGES)  # type: ignore[arg-type]
 
-    with client_for(gateway) as client:
+    with client_for(gateway, api_token) as client:
         completion = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
     assert completion.choices[0].message.content

@@ -1,0 +1,163 @@
+"""Turning a presented credential into a `Principal`: from the cache when known, from the database otherwise.
+
+A made-up API token is refused by its tag alone; a known-bad one from the negative cache; a good one from the
+positive cache. Only the first sight of a credential (and each TTL after) costs a query. `last_used_at` is kept
+in memory and written in batches, never one write per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.auth.jwt import Claims, InvalidTokenError, TokenVerifier, looks_like_jwt
+from gateway.auth.principals import API_TOKEN, JWT, SESSION, Principal, PrincipalCache
+from gateway.auth.tokens import API_TOKEN_PREFIX, TokenCodec, find_api_token, record_last_used
+from gateway.db.base import utcnow
+from gateway.db.engine import Database
+from gateway.db.models import ApiToken, RefreshToken, User
+from gateway.errors import AuthenticationError
+
+logger = logging.getLogger("gateway.auth")
+
+LAST_USED_FLUSH_SECONDS = 10.0
+SESSION_CLAIM = "sid"  # the refresh family (login) an access token belongs to
+
+
+class Authenticator:
+    """Resolves Bearer tokens and session cookies to principals; raises `AuthenticationError` otherwise."""
+
+    def __init__(
+        self, database: Database, codec: TokenCodec, verifier: TokenVerifier, cache: PrincipalCache
+    ) -> None:
+        self.database = database
+        self.codec = codec
+        self.verifier = verifier
+        self.cache = cache
+        self.platform_issuer = verifier.platform.issuer
+        self._last_used: dict[str, datetime] = {}
+
+    async def authenticate(self, credential: str) -> Principal:
+        """The principal `credential` proves. Raises `AuthenticationError` (never an empty principal)."""
+        if credential.startswith(API_TOKEN_PREFIX):
+            principal = await self._api_token(credential)
+            self._last_used[principal.token_id or ""] = utcnow()
+            return principal
+        if looks_like_jwt(credential):
+            return await self._jwt(credential)
+        raise AuthenticationError("The credential is not valid.")
+
+    async def _api_token(self, token: str) -> Principal:
+        if not self.codec.is_well_formed_api_token(token):
+            raise AuthenticationError("The API token is not valid.")
+        key = self.codec.lookup_hash(token)
+        principal = self._cached(key)
+        if principal is not None:
+            return principal
+        generation = self.cache.generation
+        async with self.database.session() as session:
+            found = await find_api_token(session, key)
+        now = utcnow()
+        if found is None or not _token_is_live(*found, now=now):
+            self.cache.refuse(key)
+            raise AuthenticationError("The API token is not valid, or was revoked or has expired.")
+        record, user = found
+        principal = Principal(
+            user_id=user.id,
+            kind=API_TOKEN,
+            scopes=frozenset(record.scopes),
+            token_id=record.id,
+            is_admin=user.is_admin,
+            expires_at=record.expires_at.timestamp() if record.expires_at else None,
+        )
+        self.cache.remember(key, principal, generation=generation)
+        return principal
+
+    async def _jwt(self, token: str) -> Principal:
+        key = "jwt:" + self.codec.lookup_hash(token)
+        principal = self._cached(key)
+        if principal is not None:
+            return principal
+        try:
+            claims = await self.verifier.verify(token)
+        except InvalidTokenError:
+            # Not cached as refused: checking a signature costs no query, and a provider's JWKS outage
+            # must not leave good tokens refused afterwards.
+            raise AuthenticationError("The token is not valid or has expired.") from None
+        generation = self.cache.generation
+        principal = await self._platform_user(claims)
+        if principal is None:
+            self.cache.refuse(key)
+            raise AuthenticationError("The token's user is unknown or disabled, or its session has ended.")
+        self.cache.remember(key, principal, generation=generation)
+        return principal
+
+    async def _platform_user(self, claims: Claims) -> Principal | None:
+        own = claims.issuer == self.platform_issuer
+        session_id = claims.raw.get(SESSION_CLAIM) if own else None
+        async with self.database.session() as session:
+            user = await session.get(User, claims.subject)
+            if user is None or user.disabled_at is not None:
+                return None
+            if isinstance(session_id, str) and not await _session_is_live(session, session_id):
+                return None
+        return Principal(
+            user_id=user.id,
+            kind=SESSION if own else JWT,
+            session_id=session_id if isinstance(session_id, str) else None,
+            is_admin=user.is_admin,
+            expires_at=float(claims.expires_at),
+        )
+
+    def _cached(self, key: str) -> Principal | None:
+        if self.cache.is_refused(key):
+            raise AuthenticationError("The credential is not valid.")
+        principal = self.cache.get(key)
+        if principal is not None and principal.expires_at is not None and principal.expires_at <= time.time():
+            raise AuthenticationError("The credential has expired.")
+        return principal
+
+    async def flush_last_used(self) -> None:
+        """Write the `last_used_at` times gathered since the last flush, in one transaction."""
+        if not self._last_used:
+            return
+        batch, self._last_used = self._last_used, {}
+        async with self.database.session() as session, session.begin():
+            await record_last_used(session, batch)
+
+    async def run_last_used_writer(self) -> None:
+        """Flush `last_used_at` every few seconds until cancelled, then once more."""
+        try:
+            while True:
+                await asyncio.sleep(LAST_USED_FLUSH_SECONDS)
+                try:
+                    await self.flush_last_used()
+                except Exception as exc:  # a database hiccup must not end the writer
+                    logger.warning("could not record token last use: %s", type(exc).__name__)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.flush_last_used())
+
+
+def _token_is_live(record: ApiToken, user: User, *, now: datetime) -> bool:
+    return (
+        record.revoked_at is None
+        and (record.expires_at is None or record.expires_at > now)
+        and user.disabled_at is None
+    )
+
+
+async def _session_is_live(session: AsyncSession, session_id: str) -> bool:
+    """Whether the login `session_id` still has an unrevoked refresh token (logout revokes them all)."""
+    live = await session.scalar(
+        select(RefreshToken.id)
+        .where(RefreshToken.family_id == session_id, RefreshToken.revoked_at.is_(None))
+        .limit(1)
+    )
+    return live is not None

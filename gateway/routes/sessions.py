@@ -1,0 +1,146 @@
+"""`/api/v1/auth/*`: browser sessions in two HttpOnly cookies (login, refresh, logout, me, signup)."""
+
+from __future__ import annotations
+
+import secrets
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.auth.passwords import WeakPasswordError
+from gateway.auth.sessions import IssuedSession, SessionService
+from gateway.auth.throttle import LoginThrottle
+from gateway.auth.users import InvalidEmailError, UserExistsError, create_user, user_json
+from gateway.db.engine import Database
+from gateway.db.models import User
+from gateway.errors import (
+    AuthenticationError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    QuotaExceededError,
+)
+from gateway.middleware.auth import CSRF_COOKIE, REFRESH_COOKIE, SESSION_COOKIE, check_csrf
+from gateway.routes.bodies import json_object
+from gateway.routes.tokens import caller
+
+REFRESH_PATH = "/api/v1/auth"
+
+
+class SessionRoutes:
+    def __init__(
+        self,
+        database: Database,
+        service: SessionService,
+        throttle: LoginThrottle,
+        *,
+        secure_cookies: bool,
+        allow_signup: bool,
+    ) -> None:
+        self.database = database
+        self.service = service
+        self.throttle = throttle
+        self.secure_cookies = secure_cookies
+        self.allow_signup = allow_signup
+
+    async def login(self, request: Request) -> Response:
+        email, password = _credentials(await json_object(request))
+        keys = (f"email:{email.strip().lower()}", f"ip:{request.client.host if request.client else '-'}")
+        wait = self.throttle.retry_after(*keys)
+        if wait is not None:
+            raise QuotaExceededError(
+                "Too many failed logins; try again later.",
+                code="too_many_attempts",
+                headers={"Retry-After": str(wait)},
+            )
+        try:
+            issued = await self.service.login(email, password)
+        except AuthenticationError:
+            self.throttle.failed(*keys)
+            raise
+        self.throttle.succeeded(keys[0])
+        return self._session_response(issued)
+
+    async def refresh(self, request: Request) -> Response:
+        check_csrf(request.scope)
+        raw = request.cookies.get(REFRESH_COOKIE)
+        if not raw:
+            raise AuthenticationError("No session to refresh.", code="invalid_refresh_token")
+        return self._session_response(await self.service.refresh(raw))
+
+    async def logout(self, request: Request) -> Response:
+        check_csrf(request.scope)
+        await self.service.logout(request.cookies.get(REFRESH_COOKIE))
+        response = Response(status_code=204)
+        for name, path in ((SESSION_COOKIE, "/"), (REFRESH_COOKIE, REFRESH_PATH), (CSRF_COOKIE, "/")):
+            response.delete_cookie(name, path=path, secure=self.secure_cookies, httponly=name != CSRF_COOKIE)
+        return response
+
+    async def me(self, request: Request) -> JSONResponse:
+        async with self.database.session() as session:
+            user = await session.get(User, caller(request).user_id)
+        if user is None:
+            raise NotFoundError("No such user.")
+        return JSONResponse({"user": user_json(user)})
+
+    async def signup(self, request: Request) -> Response:
+        if not self.allow_signup:
+            raise NotFoundError()
+        email, password = _credentials(await json_object(request))
+        try:
+            async with self.database.session() as session, session.begin():
+                user = await create_user(session, email=email, password=password)
+        except (InvalidEmailError, WeakPasswordError) as exc:
+            raise InvalidRequestError(str(exc)) from None
+        except UserExistsError:
+            raise ConflictError("A user with that email already exists.", code="user_exists") from None
+        return self._session_response(await self.service.start_for(user), status_code=201)
+
+    def _session_response(self, issued: IssuedSession, *, status_code: int = 200) -> JSONResponse:
+        response = JSONResponse(
+            {
+                "user": user_json(issued.user),
+                "access_token": issued.access_token,
+                "token_type": "Bearer",
+                "expires_in": issued.expires_in,
+            },
+            status_code=status_code,
+            headers={"Cache-Control": "no-store"},
+        )
+        secure = self.secure_cookies
+        response.set_cookie(
+            SESSION_COOKIE,
+            issued.access_token,
+            max_age=issued.expires_in,
+            path="/",
+            secure=secure,
+            httponly=True,
+            samesite="lax",
+        )
+        response.set_cookie(
+            REFRESH_COOKIE,
+            issued.refresh_token,
+            max_age=issued.refresh_expires_in,
+            path=REFRESH_PATH,
+            secure=secure,
+            httponly=True,
+            samesite="strict",
+        )
+        # Readable by the page, for the double-submit CSRF header on cookie-authenticated changes.
+        response.set_cookie(
+            CSRF_COOKIE,
+            secrets.token_urlsafe(24),
+            max_age=issued.refresh_expires_in,
+            path="/",
+            secure=secure,
+            httponly=False,
+            samesite="strict",
+        )
+        return response
+
+
+def _credentials(body: dict[str, object]) -> tuple[str, str]:
+    email, password = body.get("email"), body.get("password")
+    if not isinstance(email, str) or not isinstance(password, str) or not email or not password:
+        raise InvalidRequestError("Give an email and a password.", param="email")
+    return email, password

@@ -1,0 +1,105 @@
+"""`/v1/api-tokens`: a user lists, creates and revokes their API tokens (platform JWT only)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.auth.principals import Principal
+from gateway.auth.revocations import TOKEN, Revocations
+from gateway.auth.tokens import (
+    KNOWN_SCOPES,
+    PROXY_SCOPES,
+    TokenCodec,
+    create_api_token,
+    list_api_tokens,
+    revoke_api_token,
+)
+from gateway.db.base import iso, utcnow
+from gateway.db.engine import Database
+from gateway.db.models import ApiToken
+from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.middleware.context import RequestContext
+from gateway.routes.bodies import json_object, optional_string
+
+MAX_EXPIRY_DAYS = 3650
+
+
+def token_json(record: ApiToken) -> dict[str, object]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "prefix": record.prefix,
+        "scopes": record.scopes,
+        "created_at": iso(record.created_at),
+        "last_used_at": iso(record.last_used_at),
+        "expires_at": iso(record.expires_at),
+        "revoked_at": iso(record.revoked_at),
+    }
+
+
+def caller(request: Request) -> Principal:
+    context = RequestContext.of(request.scope)
+    assert context is not None and isinstance(context.principal, Principal), "route mounted without auth"
+    return context.principal
+
+
+class TokenRoutes:
+    def __init__(self, database: Database, codec: TokenCodec, revocations: Revocations) -> None:
+        self.database = database
+        self.codec = codec
+        self.revocations = revocations
+
+    async def list(self, request: Request) -> JSONResponse:
+        async with self.database.session() as session:
+            records = await list_api_tokens(session, caller(request).user_id)
+        return JSONResponse({"data": [token_json(record) for record in records]})
+
+    async def create(self, request: Request) -> JSONResponse:
+        body = await json_object(request, require_json_type=True)
+        name = optional_string(body, "name", max_length=200) or ""
+        scopes = _scopes(body.get("scopes"))
+        expires_at = None
+        if (days := body.get("expires_in_days")) is not None:
+            if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_EXPIRY_DAYS:
+                raise InvalidRequestError(
+                    f"expires_in_days must be a whole number from 1 to {MAX_EXPIRY_DAYS}.",
+                    param="expires_in_days",
+                )
+            expires_at = utcnow() + timedelta(days=days)
+        async with self.database.session() as session, session.begin():
+            record, raw = await create_api_token(
+                session,
+                self.codec,
+                user_id=caller(request).user_id,
+                name=name,
+                scopes=scopes,
+                expires_at=expires_at,
+            )
+        return JSONResponse({**token_json(record), "token": raw}, status_code=201)
+
+    async def revoke(self, request: Request) -> Response:
+        token_id = request.path_params["token_id"]
+        async with self.database.session() as session:
+            async with session.begin():
+                record = await revoke_api_token(session, user_id=caller(request).user_id, token_id=token_id)
+                if record is None:
+                    raise NotFoundError("No such API token.")
+                target = await self.revocations.announce(session, TOKEN, record.id)
+            self.revocations.apply(target)
+        return Response(status_code=204)
+
+
+def _scopes(value: object) -> list[str]:
+    if value is None:
+        return list(PROXY_SCOPES)
+    if not isinstance(value, list) or not all(isinstance(scope, str) for scope in value):
+        raise InvalidRequestError("scopes must be an array of strings.", param="scopes")
+    unknown = sorted(set(value) - KNOWN_SCOPES)
+    if unknown:
+        raise InvalidRequestError(
+            f"Unknown scopes {unknown}; known: {sorted(KNOWN_SCOPES)}.", param="scopes", code="invalid_scope"
+        )
+    return sorted(set(value))
