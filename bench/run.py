@@ -41,14 +41,20 @@ ROOT = BENCH.parent
 CHAT_PATH = "/v1/chat/completions"
 PROBE_BODY = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"ping"}]}'
 TARGETS = ("direct", "passthrough", "gateway")
-PACKAGES = ("starlette", "uvicorn", "httpx", "httpx-aiohttp", "aiohttp", "uvloop", "httptools", "sqlalchemy",
-            "aiosqlite")
-# Settings the gateway reads; the run sets its own so a developer's shell or `.env` cannot change the figures.
-GATEWAY_VARIABLES = (
-    "DATA_DIR", "DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_BASE", "MISTRAL_API_KEY",
-    "MISTRAL_BASE_URL", "MISTRAL_API_BASE", "MISTRAL_OCR_MODEL", "API_AUTH_REQUIRED", "MAX_REQUEST_BYTES",
-    "UPSTREAM_CONNECT_TIMEOUT", "UPSTREAM_READ_TIMEOUT",
+PACKAGES = (
+    "starlette",
+    "uvicorn",
+    "httpx",
+    "httpx-aiohttp",
+    "aiohttp",
+    "uvloop",
+    "httptools",
+    "sqlalchemy",
+    "aiosqlite",
 )
+# The only variables the gateway inherits: its settings are all set by the run, so that a developer's shell
+# (or a setting added later) cannot change the figures.
+INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "PYTHONPATH")
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,12 @@ class Children:
         self.logs: dict[str, Path] = {}
 
     def start(
-        self, name: str, argv: list[str], *, cpu: int | None, env: dict[str, str] | None = None,
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        cpu: int | None,
+        env: dict[str, str] | None = None,
         pipes: bool = False,
     ) -> subprocess.Popen[bytes]:
         if cpu is not None and self.taskset:
@@ -208,8 +219,13 @@ class LoadGenerator:
         self.stdout = proc.stdout
 
     def run(self, url: str, scenario: Scenario, *, duration: float, warmup: float) -> dict[str, Any]:
-        job = {"url": url, "concurrency": scenario.concurrency, "stream": scenario.stream,
-               "duration": duration, "warmup": warmup}
+        job = {
+            "url": url,
+            "concurrency": scenario.concurrency,
+            "stream": scenario.stream,
+            "duration": duration,
+            "warmup": warmup,
+        }
         self.stdin.write(orjson.dumps(job) + b"\n")
         self.stdin.flush()
         line = self.stdout.readline()
@@ -224,8 +240,14 @@ class LoadGenerator:
 
 
 def measure(
-    load: LoadGenerator, urls: dict[str, str], scenarios: list[Scenario], *, rounds: int, duration: float,
-    warmup: float, progress: TextIO,
+    load: LoadGenerator,
+    urls: dict[str, str],
+    scenarios: list[Scenario],
+    *,
+    rounds: int,
+    duration: float,
+    warmup: float,
+    progress: TextIO,
 ) -> dict[tuple[str, str], Pooled]:
     """Every scenario on every target, round after round; the target order rotates so none is always first."""
     pooled = {(s.key, t): Pooled() for s in scenarios for t in urls}
@@ -237,8 +259,12 @@ def measure(
                 result = load.run(urls[target], scenario, duration=duration, warmup=warmup)
                 pooled[scenario.key, target].add(result)
                 rate = result["completed"] / result["seconds"]
-                print(f"  round {round_index + 1}/{rounds}  {scenario.title:<26} {target:<12} {rate:9.0f}/s"
-                      f"  errors {result['errors']}", file=progress, flush=True)
+                print(
+                    f"  round {round_index + 1}/{rounds}  {scenario.title:<26} {target:<12} {rate:9.0f}/s"
+                    f"  errors {result['errors']}",
+                    file=progress,
+                    flush=True,
+                )
     return pooled
 
 
@@ -263,16 +289,29 @@ def figures(pooled: dict[tuple[str, str], Pooled], scenarios: list[Scenario]) ->
     added = {t: p50[t] - p50["direct"] for t in TARGETS}
     return [
         Figure(f"{latency.title}: latency p50", "ms", p50, False),
-        Figure(f"{latency.title}: latency p99", "ms",
-               per_target(latency.key, lambda p: percentile(p.latencies, 0.99) * ms), False),
+        Figure(
+            f"{latency.title}: latency p99",
+            "ms",
+            per_target(latency.key, lambda p: percentile(p.latencies, 0.99) * ms),
+            False,
+        ),
         Figure(f"{latency.title}: added latency p50", "ms", added, False),
-        Figure(f"{throughput.title}: throughput", "req/s",
-               per_target(throughput.key, lambda p: p.rate), True),
+        Figure(
+            f"{throughput.title}: throughput", "req/s", per_target(throughput.key, lambda p: p.rate), True
+        ),
         Figure(f"{streams.title}: throughput", "streams/s", per_target(streams.key, lambda p: p.rate), True),
-        Figure(f"{streams.title}: first byte p50", "ms",
-               per_target(streams.key, lambda p: percentile(p.ttfbs, 0.50) * ms), False),
-        Figure(f"{streams.title}: first byte p99", "ms",
-               per_target(streams.key, lambda p: percentile(p.ttfbs, 0.99) * ms), False),
+        Figure(
+            f"{streams.title}: first byte p50",
+            "ms",
+            per_target(streams.key, lambda p: percentile(p.ttfbs, 0.50) * ms),
+            False,
+        ),
+        Figure(
+            f"{streams.title}: first byte p99",
+            "ms",
+            per_target(streams.key, lambda p: percentile(p.ttfbs, 0.99) * ms),
+            False,
+        ),
     ]
 
 
@@ -299,8 +338,11 @@ def table(rows: list[Figure]) -> str:
             # a difference from direct has no meaningful ratio to direct; compare the two proxies only
             cells += ["—", "—", _ratio(v["gateway"], v["passthrough"])]
         else:
-            cells += [_ratio(v["passthrough"], v["direct"]), _ratio(v["gateway"], v["direct"]),
-                      _ratio(v["gateway"], v["passthrough"])]
+            cells += [
+                _ratio(v["passthrough"], v["direct"]),
+                _ratio(v["gateway"], v["direct"]),
+                _ratio(v["gateway"], v["passthrough"]),
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -314,17 +356,47 @@ def environment_lines(pinning: str, args: argparse.Namespace) -> list[str]:
     for name in ("gateway", *PACKAGES):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions.append(f"{name} {metadata.version(name)}")
-    cpu_model = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo")
-                      if line.startswith("model name")), platform.processor() or "unknown CPU")
+    cpu_model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in _read_lines("/proc/cpuinfo")
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
     return [
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         f"- machine: {os.cpu_count()} CPUs ({cpu_model}), {platform.system()} {platform.release()}",
         f"- python: {platform.python_implementation()} {platform.python_version()}",
         f"- packages: {', '.join(versions)}",
+        f"- gateway source: {gateway_source()}",
         f"- pinning: {pinning}",
         f"- run: {args.rounds} rounds x 3 scenarios x 3 targets, {args.duration:g} s measured "
         f"(+{args.warmup:g} s warm-up) each, {args.concurrency} clients for the concurrent scenarios",
     ]
+
+
+def gateway_source() -> str:
+    """The commit measured, marked when the working tree differs from it (or PYTHONPATH may point elsewhere)."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "gateway", "migrations"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    source = f"commit {commit}" + (" with uncommitted changes" if changes else "")
+    if os.environ.get("PYTHONPATH"):
+        source += f"; PYTHONPATH={os.environ['PYTHONPATH']} may load the gateway from elsewhere"
+    return source
 
 
 def _read_lines(path: str) -> list[str]:
@@ -339,12 +411,21 @@ def _read_lines(path: str) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Load benchmark: gateway vs pass-through vs the upstream.")
-    parser.add_argument("--duration", type=float, default=None,
-                        help="seconds measured per target, scenario and round (default 3, or 1 with --quick)")
-    parser.add_argument("--rounds", type=int, default=None,
-                        help="rounds over all targets (default 3, or 2 with --quick)")
-    parser.add_argument("--warmup", type=float, default=None,
-                        help="unmeasured seconds before each measurement (default 0.5, or 0.25 with --quick)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds measured per target, scenario and round (default 3, or 1 with --quick)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="rounds over all targets (default 3, or 2 with --quick)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="unmeasured seconds before each measurement (default 0.5, or 0.25 with --quick)",
+    )
     parser.add_argument("--concurrency", type=int, default=64, help="clients in the concurrent scenarios")
     parser.add_argument("--quick", action="store_true", help="a short run (about 25 s) to check the harness")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
@@ -376,8 +457,15 @@ def choose_cpus(no_pin: bool) -> tuple[int | None, int | None, str | None, str]:
         why = "fewer than 2 CPUs" if len(cpus) < 2 else "taskset not found"
         return None, None, None, f"none ({why}): the load generator competes with the proxies for CPU"
     proxy, load = cpus[0], cpus[1]
-    return proxy, load, taskset, (f"gateway and passthrough on CPU {proxy}; fake upstream, load generator "
-                                  f"and this script on CPU {load} (taskset)")
+    return (
+        proxy,
+        load,
+        taskset,
+        (
+            f"gateway and passthrough on CPU {proxy}; fake upstream, load generator "
+            f"and this script on CPU {load} (taskset)"
+        ),
+    )
 
 
 @contextlib.contextmanager
@@ -414,30 +502,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     with stop_on_signals(), tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         children = Children(Path(tmp), taskset)
         try:
-            print(f"bench: starting the upstream, the passthrough and the gateway; pinning: {pinning}",
-                  file=progress)
-            children.start("direct",
-                           [python, str(BENCH / "fake_upstream.py"), "--port", str(ports["direct"])],
-                           cpu=load_cpu)
-            children.start("passthrough",
-                           [python, str(BENCH / "passthrough.py"), "--port", str(ports["passthrough"])],
-                           cpu=proxy_cpu, env={**os.environ, "BENCH_UPSTREAM_URL": upstream_url})
-            gateway_env = {k: v for k, v in os.environ.items() if k not in GATEWAY_VARIABLES}
-            gateway_env |= {"OPENAI_BASE_URL": upstream_url, "OPENAI_API_KEY": "sk-bench",
-                            "MISTRAL_BASE_URL": upstream_url, "DATA_DIR": str(Path(tmp) / "data")}
-            gateway = children.start("gateway",
-                                     [*gateway_command(), "serve", "--port", str(ports["gateway"])],
-                                     cpu=proxy_cpu, env=gateway_env)
+            print(
+                f"bench: starting the upstream, the passthrough and the gateway; pinning: {pinning}",
+                file=progress,
+            )
+            children.start(
+                "direct",
+                [python, str(BENCH / "fake_upstream.py"), "--port", str(ports["direct"])],
+                cpu=load_cpu,
+            )
+            children.start(
+                "passthrough",
+                [python, str(BENCH / "passthrough.py"), "--port", str(ports["passthrough"])],
+                cpu=proxy_cpu,
+                env={**os.environ, "BENCH_UPSTREAM_URL": upstream_url},
+            )
+            gateway_env = {k: v for k, v in os.environ.items() if k in INHERITED}
+            gateway_env |= {
+                "OPENAI_BASE_URL": upstream_url,
+                "OPENAI_API_KEY": "sk-bench",
+                "MISTRAL_BASE_URL": upstream_url,
+                "DATA_DIR": str(Path(tmp) / "data"),
+            }
+            gateway = children.start(
+                "gateway",
+                [*gateway_command(), "serve", "--port", str(ports["gateway"])],
+                cpu=proxy_cpu,
+                env=gateway_env,
+            )
             for name in TARGETS:
                 wait_until_answers(children, name, urls[name])
-            load = LoadGenerator(children.start("loadgen", [python, str(BENCH / "loadgen.py")], cpu=load_cpu,
-                                                pipes=True))
+            load = LoadGenerator(
+                children.start("loadgen", [python, str(BENCH / "loadgen.py")], cpu=load_cpu, pipes=True)
+            )
             rss_before = memory_kib(gateway.pid)
             passthrough_before = memory_kib(children.procs["passthrough"].pid)
 
             started = time.monotonic()
-            pooled = measure(load, urls, scenarios, rounds=args.rounds, duration=args.duration,
-                             warmup=args.warmup, progress=progress)
+            pooled = measure(
+                load,
+                urls,
+                scenarios,
+                rounds=args.rounds,
+                duration=args.duration,
+                warmup=args.warmup,
+                progress=progress,
+            )
             elapsed = time.monotonic() - started
             rss_after = memory_kib(gateway.pid)
             passthrough_after = memory_kib(children.procs["passthrough"].pid)
@@ -453,10 +563,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(table(rows))
     print()
-    print(f"- gateway RSS: {_mib(rss_before.get('VmRSS'))} before the load, "
-          f"{_mib(rss_after.get('VmRSS'))} after (peak {_mib(rss_after.get('VmHWM'))}); "
-          f"passthrough: {_mib(passthrough_before.get('VmRSS'))} before, "
-          f"{_mib(passthrough_after.get('VmRSS'))} after")
+    print(
+        f"- gateway RSS: {_mib(rss_before.get('VmRSS'))} before the load, "
+        f"{_mib(rss_after.get('VmRSS'))} after (peak {_mib(rss_after.get('VmHWM'))}); "
+        f"passthrough: {_mib(passthrough_before.get('VmRSS'))} before, "
+        f"{_mib(passthrough_after.get('VmRSS'))} after"
+    )
     requests = {t: sum(pooled[s.key, t].completed for s in scenarios) for t in TARGETS}
     print("- requests measured: " + ", ".join(f"{t} {requests[t]:,}" for t in TARGETS))
     errors = {t: sum(pooled[s.key, t].errors for s in scenarios) for t in TARGETS}

@@ -19,9 +19,9 @@ import pytest
 
 from gateway.app import create_app
 from gateway.auth.users import create_user
+from gateway.cli import uvicorn_options
 from gateway.db.engine import Database, prepare_data_dir
 from gateway.db.migrate import upgrade
-from gateway.cli import uvicorn_options
 from gateway.settings import Settings, sqlite_url
 from tests.fakes.mistral_ocr import FakeMistral
 from tests.fakes.openai_upstream import FakeOpenAI
