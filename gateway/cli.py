@@ -1,4 +1,4 @@
-"""The `gateway` command: `serve` and `migrate`. Parses arguments, reads the settings, calls the app or migrator."""
+"""The `gateway` command: `serve`, `migrate`, `users`. Parses arguments, reads settings, calls the app or migrator."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
 from uvicorn.config import LOGGING_CONFIG
 
-from gateway import __version__
+from gateway import __version__, operator
 from gateway.db.engine import prepare_data_dir
 from gateway.db.migrate import upgrade
+from gateway.keys import load_server_keys
 from gateway.settings import Settings, SettingsError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -51,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     prepare_data_dir(settings)
+    load_server_keys(settings)  # generated once here, before the workers start and read them
     if settings.is_embedded_database:
         asyncio.run(upgrade(settings.database_url))
     uvicorn.run(
@@ -63,6 +66,37 @@ def migrate(args: argparse.Namespace, settings: Settings) -> int:
     prepare_data_dir(settings)
     asyncio.run(upgrade(settings.database_url))
     print("gateway: migrations applied", file=sys.stderr)
+    return 0
+
+
+def users(args: argparse.Namespace, settings: Settings) -> int:
+    prepare_data_dir(settings)
+    try:
+        if settings.is_embedded_database:
+            asyncio.run(upgrade(settings.database_url))
+        if args.users_command == "create":
+            message = asyncio.run(
+                operator.create(
+                    settings.database_url,
+                    email=args.email,
+                    password=operator.read_password(),
+                    is_admin=args.admin,
+                )
+            )
+        elif args.users_command == "disable":
+            message = asyncio.run(operator.disable(settings.database_url, email=args.email))
+        else:
+            message = asyncio.run(operator.listing(settings.database_url))
+    except operator.OperatorError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    except (SQLAlchemyError, OSError) as exc:
+        print(
+            f"gateway: database error ({type(exc).__name__}); is it up, and migrated (gateway migrate)?",
+            file=sys.stderr,
+        )
+        return 1
+    print(message)
     return 0
 
 
@@ -90,4 +124,18 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate_parser = commands.add_parser("migrate", help="apply the database migrations to DATABASE_URL")
     migrate_parser.set_defaults(run=migrate)
+
+    users_parser = commands.add_parser("users", help="create, list and disable users")
+    users_commands = users_parser.add_subparsers(dest="users_command", required=True)
+    create_parser = users_commands.add_parser(
+        "create", help="create a user; the password comes from a prompt or stdin"
+    )
+    create_parser.add_argument("--email", required=True)
+    create_parser.add_argument("--admin", action="store_true", help="make the user an administrator")
+    users_commands.add_parser("list", help="list the users")
+    disable_parser = users_commands.add_parser(
+        "disable", help="disable a user: every credential stops working"
+    )
+    disable_parser.add_argument("--email", required=True)
+    users_parser.set_defaults(run=users)
     return parser
