@@ -39,24 +39,46 @@ def postgres_admin_url() -> str:
     return POSTGRES_ADMIN_URL
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh Postgres database for this test run (asyncpg URL), dropped at the end."""
-    name = f"gateway_test_{uuid.uuid4().hex[:12]}"
+class PostgresServer:
+    """Creates databases on the local Postgres for this run, each with a unique name, and drops them all."""
 
-    async def admin(statement: str) -> None:
-        connection = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.created: list[str] = []
+
+    def create_database(self) -> str:
+        """A fresh, empty database (as an asyncpg URL)."""
+        name = f"gateway_test_{uuid.uuid4().hex[:12]}"
+        asyncio.run(self._admin(f'CREATE DATABASE "{name}"'))
+        self.created.append(name)
+        base = self.admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+        return f"{base}/{name}"
+
+    def drop_all(self) -> None:
+        for name in self.created:
+            asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    async def _admin(self, statement: str) -> None:
+        connection = await asyncpg.connect(self.admin_url)
         try:
             await connection.execute(statement)
         finally:
             await connection.close()
 
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer(POSTGRES_ADMIN_URL)
     try:
-        yield f"{base}/{name}"
+        yield server
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        server.drop_all()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh Postgres database for this run (asyncpg URL), for tests that manage its schema themselves."""
+    return postgres_server.create_database()
 
 
 @pytest.fixture
@@ -98,15 +120,20 @@ def fake_mistral(fake_mistral_server: tuple[FakeMistral, LiveServer]) -> FakeMis
     return fake_mistral_server[0]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
 def gateway_env(
+    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
+    postgres_server: PostgresServer,
     fake_openai_server: tuple[FakeOpenAI, LiveServer],
     fake_mistral_server: tuple[FakeMistral, LiveServer],
 ) -> dict[str, str]:
-    """The environment of a gateway in front of the fakes, on its own SQLite file."""
-    data_dir = tmp_path_factory.mktemp("gateway-data")
+    """The environment of a gateway in front of the fakes. Every test that uses a gateway runs twice: on the
+    embedded SQLite default, and on a Postgres database of its own."""
+    data_dir = tmp_path_factory.mktemp(f"gateway-data-{request.param}")
+    database = {"postgres": {"DATABASE_URL": postgres_server.create_database()}}.get(request.param, {})
     return {
+        **database,
         "DATA_DIR": str(data_dir),
         "OPENAI_API_KEY": UPSTREAM_OPENAI_KEY,
         # With a trailing /v1, which the gateway must not double.
