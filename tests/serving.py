@@ -2,16 +2,71 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
 STARTUP_SECONDS = 10.0
+
+
+GATEWAY = str(Path(sys.executable).parent / "gateway")
+START_SECONDS = 20.0
+
+
+def clean_env(**variables: str) -> dict[str, str]:
+    """The process environment without any gateway setting, plus `variables`."""
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT", "TMPDIR")}
+    return {**env, **variables}
+
+
+@contextmanager
+def serving(cwd: Path, *args: str, env: dict[str, str], log_name: str = "serve.log") -> Iterator[str]:
+    """`gateway serve` as a real process in `cwd`; yields its URL once it answers, stops it with SIGTERM."""
+    port = free_port()
+    log = cwd / log_name
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [GATEWAY, "serve", "--port", str(port), *args],
+            cwd=cwd,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_SECONDS
+        while True:
+            try:
+                httpx.get(f"{url}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"gateway serve did not start:\n{log.read_text()}") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    # uvicorn shuts down gracefully, then re-raises the signal so the exit status tells what stopped it.
+    assert process.returncode in (0, -signal.SIGTERM), log.read_text()
+    assert "Application shutdown complete" in log.read_text()
 
 
 def free_port() -> int:

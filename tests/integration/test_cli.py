@@ -2,65 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.serving import free_port
-
-GATEWAY = str(Path(sys.executable).parent / "gateway")
-START_SECONDS = 20.0
-
-
-def clean_env(**variables: str) -> dict[str, str]:
-    """The process environment without any gateway setting, plus `variables`."""
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "SYSTEMROOT", "TMPDIR")}
-    return {**env, **variables}
-
-
-@contextmanager
-def serving(cwd: Path, *args: str, env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    log = cwd / "serve.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [GATEWAY, "serve", "--port", str(port), *args],
-            cwd=cwd,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_SECONDS
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"gateway serve did not start:\n{log.read_text()}") from None
-                time.sleep(0.1)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    # uvicorn shuts down gracefully, then re-raises the signal so the exit status tells what stopped it.
-    assert process.returncode in (0, -signal.SIGTERM), log.read_text()
-    assert "Application shutdown complete" in log.read_text()
+from tests.serving import GATEWAY, clean_env, free_port, serving
 
 
 def test_serve_starts_on_the_embedded_sqlite_with_migrations_applied(tmp_path: Path) -> None:
