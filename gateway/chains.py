@@ -21,14 +21,14 @@ from gateway.upstreams import MISTRAL, OPENAI, UpstreamClients, configured_upstr
 def proxied_routes(settings: Settings, clients: UpstreamClients, authenticator: Authenticator) -> list[Route]:
     """The proxied routes with their chains."""
     upstreams = configured_upstreams(settings)
-    optional = not settings.api_auth_required
+    required = settings.api_auth_required
     return [
         Route(
             "/v1/chat/completions",
             ReverseProxy(upstreams[OPENAI], clients=clients, path="/v1/chat/completions"),
             methods=["POST"],
             middleware=[
-                Middleware(AuthMiddleware, authenticator=authenticator, required=not optional, scope="ocr"),
+                Middleware(AuthMiddleware, authenticator=authenticator, required=required, scope="chat"),
                 Middleware(
                     BodyRewriteMiddleware, rewrite=force_stream_usage, max_bytes=settings.max_request_bytes
                 ),
@@ -39,7 +39,7 @@ def proxied_routes(settings: Settings, clients: UpstreamClients, authenticator: 
             ReverseProxy(upstreams[MISTRAL], clients=clients, path="/v1/ocr"),
             methods=["POST"],
             middleware=[
-                Middleware(AuthMiddleware, authenticator=authenticator, required=not optional, scope="ocr"),
+                Middleware(AuthMiddleware, authenticator=authenticator, required=required, scope="ocr"),
                 Middleware(
                     BodyRewriteMiddleware,
                     rewrite=OcrDocumentFromUrl(default_model=settings.mistral_ocr_model),

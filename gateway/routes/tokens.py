@@ -94,7 +94,7 @@ class TokenRoutes:
 
 def _scopes(value: object) -> list[str]:
     if value is None:
-        return list(PROXY_SCOPES)
+        return sorted(PROXY_SCOPES)  # sorted, as given scopes are
     if not isinstance(value, list) or not all(isinstance(scope, str) for scope in value):
         raise InvalidRequestError("scopes must be an array of strings.", param="scopes")
     unknown = sorted(set(value) - KNOWN_SCOPES)
