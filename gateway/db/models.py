@@ -9,7 +9,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.db.base import Base, UtcDateTime, utcnow
 
-__all__ = ["ApiToken", "Base", "RefreshToken", "User"]
+__all__ = ["ApiToken", "Base", "RefreshToken", "RevocationEvent", "User"]
 
 
 class User(Base):
@@ -56,3 +56,13 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class RevocationEvent(Base):
+    """A revocation, for instances that cannot hear Postgres NOTIFY (several workers on one SQLite file)."""
+
+    __tablename__ = "revocation_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    target: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)

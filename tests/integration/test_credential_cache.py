@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from gateway.settings import Settings
 from tests.conftest import PostgresServer, add_user
 from tests.serving import GATEWAY, LiveServer, clean_env, serving
 
@@ -24,14 +25,19 @@ REVOCATION_BOUND_SECONDS = 1.0
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 
+CREDENTIAL_TABLES = ("api_tokens", "users", "refresh_tokens")
+
+
 class QueryCounter:
-    """Counts the SELECTs every SQLAlchemy engine in this process sends (the in-thread gateways' included)."""
+    """Counts the credential lookups every SQLAlchemy engine in this process sends (the in-thread gateways'
+    included): SELECTs that read a credential table."""
 
     def __init__(self) -> None:
         self.selects = 0
 
     def __call__(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
+        text = statement.lstrip().lower()
+        if text.startswith("select") and any(f"from {table}" in text for table in CREDENTIAL_TABLES):
             self.selects += 1
 
 
@@ -148,15 +154,20 @@ class TwoGateways:
     env: dict[str, str]
 
 
-@pytest.fixture
-def two_gateways(tmp_path: Path, postgres_server: PostgresServer) -> Iterator[TwoGateways]:
-    """Two `gateway serve` processes on one Postgres database (sharing keys), and a user's login."""
-    database_url = postgres_server.create_database()
-    env = clean_env(DATABASE_URL=database_url, DATA_DIR=str(tmp_path / "data"))
+@pytest.fixture(params=["postgres", "sqlite"])
+def two_gateways(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_server: PostgresServer
+) -> Iterator[TwoGateways]:
+    """Two `gateway serve` processes on one database (sharing keys), and a user's login: on Postgres, or as
+    two workers would be on the embedded SQLite file."""
+    env = clean_env(DATA_DIR=str(tmp_path / "data"))
+    if request.param == "postgres":
+        env["DATABASE_URL"] = postgres_server.create_database()
     migrated = subprocess.run([GATEWAY, "migrate"], env=env, cwd=tmp_path, capture_output=True, timeout=60)
     assert migrated.returncode == 0, migrated.stderr
     login = {"email": f"{uuid.uuid4().hex}@example.com", "password": "correct horse battery staple"}
-    asyncio.run(add_user(database_url, **login))
+    database_url = Settings.from_env(env, env_file=None).database_url
+    asyncio.run(add_user(database_url, email=login["email"], password=login["password"]))
     with (
         serving(tmp_path, env=env, log_name="first.log") as first,
         serving(tmp_path, env=env, log_name="second.log") as second,
