@@ -9,6 +9,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import InvalidRequestError, PayloadTooLargeError
+from gateway.jsonbody import parse_json_object
 
 JsonObject = dict[str, Any]
 # Returns the rewritten body, or None when the body is to go on byte for byte as the client sent it.
@@ -31,12 +32,7 @@ class BodyRewriteMiddleware:
         body = await self._read_body(scope, receive)
         if body is None:
             return  # the client went away before sending its whole body
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise InvalidRequestError("The request body is not valid JSON.", code="invalid_json") from None
-        if not isinstance(document, dict):
-            raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
+        document = parse_json_object(body)
 
         rewritten = self.rewrite(document)
         if rewritten is not None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 
 from gateway.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from gateway.jsonbody import parse_json_object
 
 MAX_BODY_BYTES = 64 * 1024  # management bodies are small; the proxy has its own, larger limit
 
@@ -23,12 +23,7 @@ async def json_object(request: Request, *, require_json_type: bool = False) -> d
         body += chunk
         if len(body) > MAX_BODY_BYTES:
             raise PayloadTooLargeError()
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise InvalidRequestError("The request body is not valid JSON.", code="invalid_json") from None
-    if not isinstance(document, dict):
-        raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
+    document = parse_json_object(body)
     return document
 
 
