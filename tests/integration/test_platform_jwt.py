@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,7 +11,6 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from starlette.applications import Starlette
@@ -26,28 +21,13 @@ from starlette.routing import Route
 from gateway.settings import Settings
 from tests.conftest import UPSTREAM_OPENAI_KEY, GatewayFactory, add_user
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.forgery import hs256_by_hand, public_pem, unsigned, with_bad_signature, with_payload
 from tests.serving import LiveServer
 
 ISSUER = "https://idp.test"
 AUDIENCE = "gateway-api"
 KID = "idp-key-1"
 CHAT_BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def b64json(obj: dict[str, Any]) -> str:
-    return b64(json.dumps(obj).encode())
-
-
-def public_pem(key: rsa.RSAPrivateKey) -> str:
-    return (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
 
 
 def claims(subject: str, **overrides: Any) -> dict[str, Any]:
@@ -60,29 +40,6 @@ def claims(subject: str, **overrides: Any) -> dict[str, Any]:
 
 def signed(key: rsa.RSAPrivateKey, payload: dict[str, Any], *, kid: str | None = KID) -> str:
     return jwt.encode(payload, key, algorithm="RS256", headers={"kid": kid} if kid else None)
-
-
-def unsigned(payload: dict[str, Any]) -> str:
-    return f"{b64json({'alg': 'none', 'typ': 'JWT', 'kid': KID})}.{b64json(payload)}."
-
-
-def hs256_by_hand(payload: dict[str, Any], secret: bytes) -> str:
-    """HS256 built without pyjwt, which refuses a PEM as an HMAC secret."""
-    signing_input = f"{b64json({'alg': 'HS256', 'typ': 'JWT', 'kid': KID})}.{b64json(payload)}"
-    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64(signature)}"
-
-
-def with_payload(token: str, **changes: Any) -> str:
-    """`token` with claims changed and its original signature kept."""
-    header, payload, signature = token.split(".")
-    decoded = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return f"{header}.{b64json({**decoded, **changes})}.{signature}"
-
-
-def with_bad_signature(token: str) -> str:
-    header, payload, signature = token.split(".")
-    return f"{header}.{payload}.{'B' if signature[0] == 'A' else 'A'}{signature[1:]}"
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -202,7 +159,7 @@ def test_pem_gateway_refuses_another_keys_token(
 def test_pem_gateway_refuses_hs256_signed_with_the_pem(
     pem_gateway: LiveServer, rsa_key: rsa.RSAPrivateKey, user_id: str
 ) -> None:
-    token = hs256_by_hand(claims(user_id), public_pem(rsa_key).encode())
+    token = hs256_by_hand(claims(user_id), public_pem(rsa_key).encode(), kid=KID)
 
     assert me(pem_gateway, token).status_code == 401
 
@@ -222,9 +179,9 @@ def test_gateways_own_access_token_still_works(idp_gateway: LiveServer, gateway_
 
 Forge = Callable[[rsa.RSAPrivateKey, rsa.RSAPrivateKey, str], str]
 FORGERIES: dict[str, Forge] = {
-    "alg-none": lambda key, stranger, sub: unsigned(claims(sub)),
+    "alg-none": lambda key, stranger, sub: unsigned(claims(sub), kid=KID),
     "hs256-with-the-public-pem": lambda key, stranger, sub: hs256_by_hand(
-        claims(sub), public_pem(key).encode()
+        claims(sub), public_pem(key).encode(), kid=KID
     ),
     "expired": lambda key, stranger, sub: signed(key, claims(sub, exp=int(time.time()) - 120)),
     "wrong-audience": lambda key, stranger, sub: signed(key, claims(sub, aud="another-api")),

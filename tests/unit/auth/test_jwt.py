@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,7 +10,6 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from starlette.applications import Starlette
@@ -23,6 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.auth.jwt import ExternalTokens, InvalidTokenError, PlatformTokens, TokenVerifier, looks_like_jwt
+from tests.forgery import PrivateKey, hs256_by_hand, public_pem, unsigned, with_bad_signature, with_payload
 from tests.serving import LiveServer, free_port
 
 SECRET = b"platform-secret-of-at-least-32-bytes!!"
@@ -30,24 +26,6 @@ OTHER_SECRET = b"another-secret-of-at-least-32-bytes!!!"
 ISSUER = "https://idp.example"
 AUDIENCE = "gateway-api"
 SAFE_MESSAGES = {"The token is invalid.", "The token has expired."}
-
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def b64json(obj: dict[str, Any]) -> str:
-    return b64(json.dumps(obj).encode())
-
-
-def public_pem(key: PrivateKey) -> str:
-    return (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
 
 
 def claims(**overrides: Any) -> dict[str, Any]:
@@ -60,26 +38,6 @@ def claims(**overrides: Any) -> dict[str, Any]:
 def provider_token(key: PrivateKey, alg: str = "RS256", kid: str | None = "rsa-1", **overrides: Any) -> str:
     headers = {"kid": kid} if kid else None
     return jwt.encode(claims(**overrides), key, algorithm=alg, headers=headers)
-
-
-def hs256_by_hand(payload: dict[str, Any], secret: bytes, **header: Any) -> str:
-    """An HS256 token built without pyjwt (which refuses a PEM as an HMAC secret)."""
-    signing_input = f"{b64json({'alg': 'HS256', 'typ': 'JWT', **header})}.{b64json(payload)}"
-    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64(signature)}"
-
-
-def with_payload(token: str, **changes: Any) -> str:
-    """`token` with claims changed and the original signature kept."""
-    header, payload, signature = token.split(".")
-    decoded = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return f"{header}.{b64json({**decoded, **changes})}.{signature}"
-
-
-def with_bad_signature(token: str) -> str:
-    # The first character: flipping the last one may only touch padding bits.
-    header, payload, signature = token.split(".")
-    return f"{header}.{payload}.{'B' if signature[0] == 'A' else 'A'}{signature[1:]}"
 
 
 async def assert_rejected(verify: Any, token: str, message: str = "The token is invalid.") -> None:
@@ -227,9 +185,7 @@ async def test_alg_none_is_rejected_everywhere(
 ) -> None:
     pem = ExternalTokens(public_key_pem=public_pem(rsa_key), issuer=ISSUER, audience=AUDIENCE)
     for iss in ("gateway", ISSUER):
-        token = (
-            f"{b64json({'alg': 'none', 'typ': 'JWT', 'kid': 'rsa-1'})}.{b64json(claims(iss=iss))}.{signature}"
-        )
+        token = unsigned(claims(iss=iss), signature, kid="rsa-1")
         for verify in (platform.verify, external.verify, pem.verify, verifier.verify):
             await assert_rejected(verify, token)
 
