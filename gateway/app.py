@@ -28,8 +28,14 @@ from gateway.middleware.context import ContextMiddleware
 from gateway.routes.health import Health
 from gateway.routes.sessions import SessionRoutes
 from gateway.routes.tokens import TokenRoutes
+from gateway.routes.usage import UsageRoutes
 from gateway.settings import Settings
 from gateway.upstreams import UpstreamClients, configured_upstreams
+from gateway.usage.pricing import PriceTable
+from gateway.usage.recorder import UsageRecorder
+from gateway.usage.spill import SpillFile
+
+SPILL_FOLDER = "usage-spill"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +109,10 @@ def create_app(settings: Settings) -> Starlette:
         read_timeout=settings.upstream_read_timeout,
     )
     health = Health(database)
+    pricing = PriceTable.load(settings.pricing_file)
+    recorder = UsageRecorder(
+        database, SpillFile(settings.data_dir / SPILL_FOLDER), dataset=settings.analytics_dataset
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -110,6 +120,7 @@ def create_app(settings: Settings) -> Starlette:
         background = [
             asyncio.create_task(identity.revocations.listen(), name="revocation listener"),
             asyncio.create_task(identity.authenticator.run_last_used_writer(), name="last-used writer"),
+            asyncio.create_task(recorder.run(), name="usage recorder"),
         ]
         try:
             async with clients:
@@ -122,11 +133,20 @@ def create_app(settings: Settings) -> Starlette:
                     await task
             await database.close()
 
+    usage = UsageRoutes(
+        database,
+        identity.authenticator,
+        dataset=settings.analytics_dataset,
+        usage_api_key=settings.usage_api_key,
+    )
     routes: list[BaseRoute] = [
         Route("/health", health.health, methods=["GET"]),
         Route("/ready", health.ready, methods=["GET"]),
+        Route("/v1/usage", usage.summary, methods=["GET"]),
+        Route("/v1/usage/daily", usage.daily, methods=["GET"]),
+        Route("/v1/usage/rollups", usage.rollups, methods=["GET"]),
         *identity_routes(settings, database, identity),
-        *proxied_routes(settings, clients, identity.authenticator),
+        *proxied_routes(settings, clients, identity.authenticator, recorder=recorder, pricing=pricing),
     ]
     app = Starlette(
         routes=routes,

@@ -1,7 +1,7 @@
 """Each proxied route and its middleware chain, read top to bottom: the one file that shows a request's path.
 
-Every chain runs after the app-wide context middleware. Usage capture slots in between auth and the rewrite;
-adding an upstream is adding a route here, not editing the proxy.
+Every chain runs after the app-wide context middleware: auth (who), usage capture (what it used), the body
+rewrite, then the proxy. Adding an upstream is adding a route here, not editing the proxy.
 """
 
 from __future__ import annotations
@@ -12,13 +12,23 @@ from starlette.routing import Route
 from gateway.auth.authenticator import Authenticator
 from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.rewrite import BodyRewriteMiddleware
+from gateway.middleware.usage import UsageMiddleware
 from gateway.proxy import ReverseProxy
 from gateway.rewrites import OcrDocumentFromUrl, force_stream_usage
 from gateway.settings import Settings
 from gateway.upstreams import MISTRAL, OPENAI, UpstreamClients, configured_upstreams
+from gateway.usage.pricing import PriceTable
+from gateway.usage.recorder import UsageRecorder
 
 
-def proxied_routes(settings: Settings, clients: UpstreamClients, authenticator: Authenticator) -> list[Route]:
+def proxied_routes(
+    settings: Settings,
+    clients: UpstreamClients,
+    authenticator: Authenticator,
+    *,
+    recorder: UsageRecorder,
+    pricing: PriceTable,
+) -> list[Route]:
     """The proxied routes with their chains."""
     upstreams = configured_upstreams(settings)
     required = settings.api_auth_required
@@ -29,6 +39,7 @@ def proxied_routes(settings: Settings, clients: UpstreamClients, authenticator: 
             methods=["POST"],
             middleware=[
                 Middleware(AuthMiddleware, authenticator=authenticator, required=required, scope="chat"),
+                Middleware(UsageMiddleware, recorder=recorder, pricing=pricing, kind="chat", provider=OPENAI),
                 Middleware(
                     BodyRewriteMiddleware, rewrite=force_stream_usage, max_bytes=settings.max_request_bytes
                 ),
@@ -40,6 +51,7 @@ def proxied_routes(settings: Settings, clients: UpstreamClients, authenticator: 
             methods=["POST"],
             middleware=[
                 Middleware(AuthMiddleware, authenticator=authenticator, required=required, scope="ocr"),
+                Middleware(UsageMiddleware, recorder=recorder, pricing=pricing, kind="ocr", provider=MISTRAL),
                 Middleware(
                     BodyRewriteMiddleware,
                     rewrite=OcrDocumentFromUrl(default_model=settings.mistral_ocr_model),

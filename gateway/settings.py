@@ -66,6 +66,10 @@ class Settings:
     token_hash_key: bytes | None = field(default=None, repr=False)
     cookie_secure: bool = True
     allow_signup: bool = False
+    # Usage analytics.
+    usage_api_key: str | None = field(default=None, repr=False)
+    analytics_dataset: str = "ai_worker_requests"
+    pricing_file: Path | None = None
     access_token_ttl_seconds: int = 15 * 60
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
 
@@ -120,6 +124,9 @@ class Settings:
             token_hash_key=reader.key_bytes("TOKEN_HASH_KEY"),
             cookie_secure=reader.boolean("COOKIE_SECURE", default=True),
             allow_signup=reader.boolean("ALLOW_SIGNUP", default=False),
+            usage_api_key=reader.text("USAGE_API_KEY"),
+            analytics_dataset=reader.text("ANALYTICS_DATASET") or "ai_worker_requests",
+            pricing_file=reader.existing_file("PRICING_FILE"),
             access_token_ttl_seconds=reader.positive_int("ACCESS_TOKEN_TTL_SECONDS", default=15 * 60),
             refresh_token_ttl_seconds=reader.positive_int(
                 "REFRESH_TOKEN_TTL_SECONDS", default=30 * 24 * 3600
@@ -185,6 +192,14 @@ class _Reader:
                 raise SettingsError(name, f"expected an http:// or https:// URL, got {value!r}")
             return value.rstrip("/")
         return default
+
+    def existing_file(self, name: str) -> Path | None:
+        raw = self.text(name)
+        if raw is None:
+            return None
+        if not Path(raw).is_file():
+            raise SettingsError(name, f"no such file: {raw}")
+        return Path(raw)
 
     def secret(self, name: str) -> bytes | None:
         """A shared secret of at least 32 bytes (HS256 keys shorter than the hash are weak)."""

@@ -1,15 +1,15 @@
-"""The ORM models: identity (users, refresh tokens, API tokens). Usage, agents and the log add theirs here."""
+"""The ORM models: identity (users, tokens, revocations) and usage. Agents and the log add theirs here."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, ForeignKey, Index, String
+from sqlalchemy import JSON, Float, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.db.base import Base, UtcDateTime, utcnow
 
-__all__ = ["ApiToken", "Base", "RefreshToken", "RevocationEvent", "User"]
+__all__ = ["ApiToken", "Base", "RefreshToken", "RevocationEvent", "UsageEvent", "User"]
 
 
 class User(Base):
@@ -66,3 +66,43 @@ class RevocationEvent(Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     target: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+
+
+class UsageEvent(Base):
+    """One proxied request or agent turn, as usage analytics counts it. Kept after its user is gone."""
+
+    __tablename__ = "usage_events"
+    __table_args__ = (
+        Index("ix_usage_events_dataset_created_at", "dataset", "created_at"),
+        Index("ix_usage_events_dataset_user_id_created_at", "dataset", "user_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(
+        String(32), primary_key=True
+    )  # made by the gateway: replays are idempotent
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    dataset: Mapped[str] = mapped_column(String(100))
+    request_id: Mapped[str] = mapped_column(String(128))
+    user_id: Mapped[str | None] = mapped_column(String(40))
+    token_id: Mapped[str | None] = mapped_column(String(40))
+    agent_id: Mapped[str | None] = mapped_column(String(40))
+    request_type: Mapped[str] = mapped_column(String(20))
+    provider: Mapped[str | None] = mapped_column(String(40))
+    model: Mapped[str | None] = mapped_column(String(200))
+    method: Mapped[str] = mapped_column(String(10))
+    path: Mapped[str] = mapped_column(String(500))
+    status: Mapped[int]
+    is_error: Mapped[bool]
+    is_stream: Mapped[bool]
+    latency_ms: Mapped[float] = mapped_column(Float)
+    ttfb_ms: Mapped[float | None] = mapped_column(Float)
+    input_tokens: Mapped[int] = mapped_column(default=0)
+    output_tokens: Mapped[int] = mapped_column(default=0)
+    total_tokens: Mapped[int] = mapped_column(default=0)
+    ocr_pages: Mapped[int] = mapped_column(default=0)
+    input_cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    output_cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    ocr_cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    max_tokens: Mapped[int | None]
+    temperature: Mapped[float | None] = mapped_column(Float)
+    top_p: Mapped[float | None] = mapped_column(Float)

@@ -23,7 +23,8 @@ class RequestContext:
 
     request_id: str
     started_at: float = field(default_factory=time.perf_counter)
-    principal: Any = None
+    principal: Any = None  # a gateway.auth.principals.Principal once auth has run
+    request_json: dict[str, Any] | None = None  # the parsed body, once a rewrite middleware has read it
 
     @staticmethod
     def of(scope: Scope) -> RequestContext | None:

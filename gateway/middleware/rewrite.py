@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import InvalidRequestError, PayloadTooLargeError
 from gateway.jsonbody import parse_json_object
+from gateway.middleware.context import RequestContext
 
 JsonObject = dict[str, Any]
 # Returns the rewritten body, or None when the body is to go on byte for byte as the client sent it.
@@ -33,6 +34,9 @@ class BodyRewriteMiddleware:
         if body is None:
             return  # the client went away before sending its whole body
         document = parse_json_object(body)
+        context = RequestContext.of(scope)
+        if context is not None:
+            context.request_json = document  # read once: usage capture takes its fields from here
 
         rewritten = self.rewrite(document)
         if rewritten is not None:

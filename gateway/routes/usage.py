@@ -1,0 +1,105 @@
+"""`/v1/usage`, `/v1/usage/daily`, `/v1/usage/rollups`: the usage summaries, for the operator or for one user.
+
+The operator's `USAGE_API_KEY` (Bearer or `x-usage-key`, compared in constant time) sees the whole dataset, as
+does anyone when no key is set. A platform JWT or a `usage:read` API token sees only its own user's usage.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from gateway.auth.authenticator import Authenticator
+from gateway.db.base import iso
+from gateway.db.engine import Database
+from gateway.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
+from gateway.middleware.auth import CHALLENGE, presented_credential
+from gateway.usage import queries
+
+USAGE_SCOPE = "usage:read"
+MAX_HOURS = 720
+MAX_DAILY_DAYS = 365
+DIGITS = re.compile(r"[0-9]{1,6}")
+
+
+class UsageRoutes:
+    def __init__(
+        self, database: Database, authenticator: Authenticator, *, dataset: str, usage_api_key: str | None
+    ) -> None:
+        self.database = database
+        self.authenticator = authenticator
+        self.dataset = dataset
+        self.usage_api_key = usage_api_key.encode() if usage_api_key else None
+
+    async def summary(self, request: Request) -> JSONResponse:
+        user_id = await self._whose_usage(request)
+        hours = _hours(request)
+        now = datetime.now(UTC)
+        async with self.database.session() as session:
+            body = await queries.summary(session, dataset=self.dataset, hours=hours, now=now, user_id=user_id)
+        return JSONResponse({"window": {"hours": hours, "generated_at": iso(now)}, **body})
+
+    async def daily(self, request: Request) -> JSONResponse:
+        user_id = await self._whose_usage(request)
+        days = _whole_number(request, "days", default=7, low=1, high=MAX_DAILY_DAYS)
+        now = datetime.now(UTC)
+        async with self.database.session() as session:
+            buckets = await queries.daily(session, dataset=self.dataset, days=days, now=now, user_id=user_id)
+        return JSONResponse({"generated_at": iso(now), "timezone": "UTC", "days": days, "daily": buckets})
+
+    async def rollups(self, request: Request) -> JSONResponse:
+        user_id = await self._whose_usage(request)
+        now = datetime.now(UTC)
+        async with self.database.session() as session:
+            rollups = await queries.rollups(session, dataset=self.dataset, now=now, user_id=user_id)
+        return JSONResponse({"generated_at": iso(now), "rollups": rollups, "windows": rollups})
+
+    async def _whose_usage(self, request: Request) -> str | None:
+        """None for the whole dataset (the operator's key, or no key configured); else the caller's user id."""
+        usage_key = request.headers.get("x-usage-key")
+        credential, _ = presented_credential(request.scope)
+        for candidate in (usage_key, credential):
+            if (
+                candidate
+                and self.usage_api_key
+                and hmac.compare_digest(candidate.encode(), self.usage_api_key)
+            ):
+                return None
+        if usage_key is not None:
+            raise AuthenticationError("The usage key is not valid.", headers=CHALLENGE)
+        if credential is None:
+            if self.usage_api_key is not None:
+                raise AuthenticationError("A usage key or a credential is required.", headers=CHALLENGE)
+            return None
+        principal = await self.authenticator.authenticate(credential)
+        if not principal.is_platform_user and not principal.may(USAGE_SCOPE):
+            raise PermissionDeniedError(
+                f"This token lacks the {USAGE_SCOPE!r} scope.", code="insufficient_scope"
+            )
+        return principal.user_id
+
+
+def _hours(request: Request) -> int:
+    """`hours` (1..720) wins over `days` (times 24, capped at 720); 24 by default."""
+    if "hours" in request.query_params:
+        return _whole_number(request, "hours", default=24, low=1, high=MAX_HOURS)
+    if "days" in request.query_params:
+        return min(_whole_number(request, "days", default=1, low=1, high=None) * 24, MAX_HOURS)
+    return 24
+
+
+def _whole_number(request: Request, name: str, *, default: int, low: int, high: int | None) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not DIGITS.fullmatch(raw):
+        raise InvalidRequestError(f"{name} must be a whole number.", param=name)
+    value = int(raw)
+    if value < low or (high is not None and value > high):
+        bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise InvalidRequestError(f"{name} must be a whole number {bound}.", param=name)
+    return value

@@ -1,0 +1,172 @@
+"""The usage recorder: requests hand it rows without waiting; a background task writes them in batches.
+
+The hot path only appends to an in-process queue. The writer inserts a batch per flush (one multi-row INSERT);
+when the database cannot take it, the batch goes to the spill file and is replayed once the database answers
+again. The queue is bounded: past its bound rows go straight to the spill. Shutdown drains the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.db.engine import Database
+from gateway.db.models import UsageEvent
+from gateway.usage.spill import Row, SpillFile, read_rows
+
+logger = logging.getLogger("gateway.usage")
+
+MAX_QUEUE = 100_000
+BATCH_SIZE = 1_000
+FLUSH_SECONDS = 0.5
+REPLAY_EVERY_SECONDS = 2.0
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    """What one request used, as the usage middleware saw it."""
+
+    created_at: datetime
+    request_id: str
+    request_type: str
+    method: str
+    path: str
+    status: int
+    latency_ms: float
+    is_stream: bool = False
+    ttfb_ms: float | None = None
+    user_id: str | None = None
+    token_id: str | None = None
+    agent_id: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    ocr_pages: int = 0
+    input_cost_usd: float = 0.0
+    output_cost_usd: float = 0.0
+    ocr_cost_usd: float = 0.0
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+
+
+class UsageRecorder:
+    """Queues usage rows and writes them in batches; nothing is lost short of a crash."""
+
+    def __init__(self, database: Database, spill: SpillFile, *, dataset: str) -> None:
+        self.database = database
+        self.spill = spill
+        self.dataset = dataset
+        self._queue: deque[Row] = deque()
+        self._wakeup = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._last_replay = 0.0
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def record(self, record: UsageRecord) -> None:
+        """Queue a row (never waits on the database)."""
+        row = asdict(record)
+        row["id"] = uuid.uuid4().hex
+        row["dataset"] = self.dataset
+        row["is_error"] = record.status >= 400
+        if len(self._queue) >= MAX_QUEUE:
+            self.spill.append([row])  # rare: the writer is far behind; the disk is the queue now
+            return
+        self._queue.append(row)
+        if len(self._queue) >= BATCH_SIZE:
+            self._wakeup.set()
+
+    async def run(self) -> None:
+        """Write queued rows every flush interval (sooner when a batch is full) until cancelled, then drain."""
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), FLUSH_SECONDS)
+                self._wakeup.clear()
+                await self.flush()
+                await self._replay_spill_now_and_then()
+        finally:
+            await asyncio.shield(self.drain())
+
+    async def drain(self) -> None:
+        """Write (or spill) everything still queued."""
+        await self.flush()
+
+    async def flush(self) -> None:
+        async with self._write_lock:
+            while self._queue:
+                batch = list(islice(self._queue, BATCH_SIZE))
+                if await self._insert(batch):
+                    for _ in batch:
+                        self._queue.popleft()
+                    continue
+                # The database is away: everything queued goes to disk, to be replayed later.
+                rows = list(self._queue)
+                self._queue.clear()
+                await asyncio.to_thread(self.spill.append, rows)
+                logger.warning(
+                    "usage: database unavailable, %d rows spilled to %s", len(rows), self.spill.folder
+                )
+                return
+
+    async def _replay_spill_now_and_then(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_replay < REPLAY_EVERY_SECONDS:
+            return
+        self._last_replay = loop.time()
+        if await asyncio.to_thread(self.spill.has_rows):
+            await self.replay_spill()
+
+    async def replay_spill(self) -> int:
+        """Insert the rows of every claimable spill file; returns how many rows went in."""
+        replayed = 0
+        async with self._write_lock:
+            for path in await asyncio.to_thread(self.spill.claim_replayable):
+                rows = await asyncio.to_thread(_read_all, path)
+                for start in range(0, len(rows), BATCH_SIZE):
+                    if not await self._insert(rows[start : start + BATCH_SIZE]):
+                        return replayed  # still away; the claimed file stays for the next try
+                    replayed += min(BATCH_SIZE, len(rows) - start)
+                await asyncio.to_thread(path.unlink)
+        if replayed:
+            logger.info("usage: replayed %d spilled rows", replayed)
+        return replayed
+
+    async def _insert(self, rows: list[Row]) -> bool:
+        """One multi-row INSERT, skipping rows already there (replays); False when the database is away."""
+        try:
+            async with self.database.session() as session, session.begin():
+                await session.execute(self._insert_statement(), rows)
+        except (SQLAlchemyError, OSError) as exc:
+            logger.debug("usage insert failed: %s", type(exc).__name__)
+            return False
+        return True
+
+    def _insert_statement(self) -> Any:
+        if self.database.is_postgres:
+            return postgres_insert(UsageEvent).on_conflict_do_nothing(index_elements=["id"])
+        if self.database.url.startswith("sqlite"):
+            return sqlite_insert(UsageEvent).on_conflict_do_nothing(index_elements=["id"])
+        return insert(UsageEvent)
+
+
+def _read_all(path: Path) -> list[Row]:
+    return list(read_rows(path))
