@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run migrate test lint format bench clean
+.PHONY: install run migrate test lint format bench bench-usage clean
 
 $(BIN)/gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ format: install
 
 bench: install  ## load benchmark against the upstream hit directly; see docs/BENCHMARKS.md
 	$(BIN)/python bench/run.py
+
+bench-usage: install  ## one million usage events in Postgres, then each usage route timed
+	$(BIN)/python bench/usage.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
