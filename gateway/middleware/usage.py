@@ -22,6 +22,8 @@ from gateway.usage.pricing import PriceTable
 from gateway.usage.recorder import UsageRecord, UsageRecorder
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer was complete
+# The usage columns are INTEGER (32 bits on Postgres): a larger value would fail the whole batch's INSERT.
+MAX_STORED_INT = 2**31 - 1
 
 
 @dataclass(slots=True)
@@ -92,9 +94,10 @@ class UsageMiddleware:
         observed = seen.observer.result() if seen.observer is not None else ObservedUsage()
         status = failure or (seen.status if seen.completed and seen.status else CLIENT_CLOSED_REQUEST)
         model = _text(request.get("model")) or observed.model
-        input_tokens, output_tokens = observed.input_tokens or 0, observed.output_tokens or 0
+        input_tokens, output_tokens = _count(observed.input_tokens), _count(observed.output_tokens)
+        ocr_pages = _count(observed.ocr_pages)
         cost = self.pricing.cost(
-            model, input_tokens=input_tokens, output_tokens=output_tokens, ocr_pages=observed.ocr_pages
+            model, input_tokens=input_tokens, output_tokens=output_tokens, ocr_pages=ocr_pages
         )
         return UsageRecord(
             created_at=datetime.now(UTC),
@@ -113,8 +116,8 @@ class UsageMiddleware:
             model=model[:200] if model else None,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
-            total_tokens=observed.total_tokens or input_tokens + output_tokens,
-            ocr_pages=observed.ocr_pages or 0,
+            total_tokens=_count(observed.total_tokens or input_tokens + output_tokens),
+            ocr_pages=ocr_pages,
             input_cost_usd=cost.input_usd,
             output_cost_usd=cost.output_usd,
             ocr_cost_usd=cost.ocr_usd,
@@ -140,7 +143,15 @@ def _text(value: object) -> str | None:
 
 
 def _whole(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    """A request parameter that fits its column, else None (it is only recorded, never enforced here)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 <= value <= MAX_STORED_INT else None
+
+
+def _count(value: int | None) -> int:
+    """A count the upstream reported, capped to what its column holds."""
+    return min(value or 0, MAX_STORED_INT)
 
 
 def _number(value: object) -> float | None:
