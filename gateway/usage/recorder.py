@@ -101,8 +101,12 @@ class UsageRecorder:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), FLUSH_SECONDS)
                 self._wakeup.clear()
-                await self.flush()
-                await self._replay_spill_now_and_then()
+                try:
+                    await self.flush()
+                    await self._replay_spill_now_and_then()
+                except Exception:
+                    # The writer must outlive any one failure: once it is gone, every later row would be lost.
+                    logger.exception("usage: the writer failed; it carries on")
         finally:
             await asyncio.shield(self.drain())
 
@@ -120,8 +124,9 @@ class UsageRecorder:
                     continue
                 # The database is away: everything queued goes to disk, to be replayed later.
                 rows = list(self._queue)
-                self._queue.clear()
                 await asyncio.to_thread(self.spill.append, rows)
+                for _ in rows:  # only once they are on disk; rows queued meanwhile stay queued
+                    self._queue.popleft()
                 logger.warning(
                     "usage: database unavailable, %d rows spilled to %s", len(rows), self.spill.folder
                 )
@@ -145,7 +150,7 @@ class UsageRecorder:
                     if not await self._insert(rows[start : start + BATCH_SIZE]):
                         return replayed  # still away; the claimed file stays for the next try
                     replayed += min(BATCH_SIZE, len(rows) - start)
-                await asyncio.to_thread(path.unlink)
+                await asyncio.to_thread(path.unlink, missing_ok=True)
         if replayed:
             logger.info("usage: replayed %d spilled rows", replayed)
         return replayed

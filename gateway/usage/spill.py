@@ -1,7 +1,8 @@
 """The spill: usage rows the database could not take, appended to a file in the data directory until it can.
 
 Each process appends to its own file (`<pid>.jsonl`), so workers never interleave writes. A file is replayed by
-renaming it aside first (new spills start a fresh file) and deleted only once every row is in the database;
+renaming it aside first, to a name of its own (new spills start a fresh file, and a later claim never replaces an
+earlier one still waiting), and deleted only once every row is in the database;
 rows carry their own ids, so a replay cut short and repeated inserts nothing twice. Files left by a process that
 died are replayed by whichever process finds them.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -47,15 +49,13 @@ class SpillFile:
         claimed = []
         for path in sorted(self.folder.iterdir()):
             owner = _owner(path)
-            if owner is None:
+            if owner is None or (owner != self.pid and _is_alive(owner)):
                 continue
-            if path.name.endswith(REPLAYING + SUFFIX):
-                if owner == self.pid or not _is_alive(owner):
-                    claimed.append(path)  # a replay that was cut short: finish it
+            if owner == self.pid and path.name.endswith(REPLAYING + SUFFIX):
+                claimed.append(path)  # our own replay that was cut short: finish it
                 continue
-            if owner != self.pid and _is_alive(owner):
-                continue
-            target = path.with_name(f"{self.pid}-{path.stem}{REPLAYING}{SUFFIX}")
+            # A name of its own for every claim: renaming onto an earlier claim would silently replace its rows.
+            target = path.with_name(f"{self.pid}-{uuid.uuid4().hex}{REPLAYING}{SUFFIX}")
             try:
                 path.rename(target)
             except FileNotFoundError:
