@@ -21,7 +21,8 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from gateway.db.engine import Database
 from gateway.db.models import UsageEvent
@@ -33,6 +34,8 @@ MAX_QUEUE = 100_000
 BATCH_SIZE = 1_000
 FLUSH_SECONDS = 0.5
 REPLAY_EVERY_SECONDS = 2.0
+# The database cannot be reached (as opposed to refusing what is sent): keep the rows for later.
+DATABASE_AWAY = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError, OSError)
 
 
 @dataclass(slots=True)
@@ -156,13 +159,26 @@ class UsageRecorder:
         return replayed
 
     async def _insert(self, rows: list[Row]) -> bool:
-        """One multi-row INSERT, skipping rows already there (replays); False when the database is away."""
+        """One multi-row INSERT, skipping rows already there (replays); False when the database is away.
+
+        A batch the database refuses for its content is retried row by row, and only the rows it still refuses
+        are dropped (and logged): one bad row must neither block the others nor come back from the spill forever.
+        """
         try:
             async with self.database.session() as session, session.begin():
                 await session.execute(self._insert_statement(), rows)
-        except (SQLAlchemyError, OSError) as exc:
+        except DATABASE_AWAY as exc:
             logger.debug("usage insert failed: %s", type(exc).__name__)
             return False
+        except Exception as exc:
+            if len(rows) > 1:
+                for row in rows:
+                    if not await self._insert([row]):
+                        return False
+                return True
+            logger.error(
+                "usage: dropped row %s, which the database refuses (%s)", rows[0]["id"], type(exc).__name__
+            )
         return True
 
     def _insert_statement(self) -> Any:
