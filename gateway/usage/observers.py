@@ -7,9 +7,7 @@ stays bounded whatever the size of the body, so a stream is observed exactly as 
 from __future__ import annotations
 
 import logging
-import re
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -17,6 +15,8 @@ from typing import Any, Protocol
 import ijson
 import orjson
 
+from gateway.usage.decoding import Inflater, decoders_for, undo_codings
+from gateway.usage.elision import StringElider
 from gateway.usage.sse import EventStreamParser
 
 __all__ = ["ObservedUsage", "ResponseObserver", "observer_for"]
@@ -26,12 +26,8 @@ logger = logging.getLogger(__name__)
 MAX_JSON_STRING_BYTES = 1024
 """Longer JSON strings never reach the JSON parser: no value we read is that long, and one OCR image in base64
 can be hundreds of megabytes in a single string, which the parser would otherwise hold whole."""
-MAX_INFLATE_STEP = 64 * 1024
-"""Decompressed bytes made per step, so a small compressed chunk cannot become one huge allocation."""
 
 _OBSERVED_KINDS = frozenset({"chat", "ocr"})
-_INFLATABLE = frozenset({"gzip", "x-gzip", "deflate"})
-_GZIP_WBITS = 16 + zlib.MAX_WBITS
 _TOKEN_PATHS = (
     "usage.prompt_tokens",
     "usage.input_tokens",
@@ -43,7 +39,6 @@ _PAGES_PROCESSED = "usage_info.pages_processed"
 _COUNT_PATHS = frozenset({*_TOKEN_PATHS, _PAGES_PROCESSED})
 _WATCHED_PREFIXES = frozenset({"model", "pages", "pages.item", *_COUNT_PATHS})
 _VALUE_EVENTS = frozenset({"start_map", "start_array", "string", "number", "boolean", "null"})
-_BACKSLASH = 0x5C
 
 
 @dataclass(slots=True)
@@ -74,7 +69,7 @@ def observer_for(kind: str, *, content_type: str | None, content_encoding: str |
     sees nothing: another kind or media type, and content-codings we do not undo (br, zstd or unknown ones),
     whose responses still stream and are recorded with unknown usage.
     """
-    decoders = _decoders_for(content_encoding)
+    decoders = decoders_for(content_encoding)
     if kind not in _OBSERVED_KINDS or decoders is None:
         return _BlindObserver()
     media_type = (content_type or "").partition(";")[0].strip().lower()
@@ -155,7 +150,7 @@ class _BodyObserver:
 
     __slots__ = ("_decoders", "_reader", "_stopped")
 
-    def __init__(self, decoders: Sequence[_Inflater], reader: _BodyReader) -> None:
+    def __init__(self, decoders: Sequence[Inflater], reader: _BodyReader) -> None:
         self._decoders = decoders
         self._reader = reader
         self._stopped = False
@@ -164,7 +159,7 @@ class _BodyObserver:
         if self._stopped or not chunk:
             return
         try:
-            for data in _undo(self._decoders, chunk):
+            for data in undo_codings(self._decoders, chunk):
                 self._reader.feed(data)
         except Exception:  # a corrupt body, or a bug here, must never break the response it came with
             self._stopped = True
@@ -202,7 +197,7 @@ class _JsonReader:
 
     def __init__(self) -> None:
         self.findings = _Findings()
-        self._strings = _StringElider(MAX_JSON_STRING_BYTES)
+        self._strings = StringElider(MAX_JSON_STRING_BYTES)
         self._events = ijson.sendable_list()
         self._parser = ijson.parse_coro(self._events)
         self._in_pages = False
@@ -233,133 +228,6 @@ class _JsonReader:
                 findings.model = value
         elif prefix in _COUNT_PATHS and event == "number":
             findings.record(prefix, value)
-
-
-class _StringElider:
-    """Replaces every JSON string longer than `limit` bytes with "" before the JSON parser sees it.
-
-    Strings are kept or dropped whole, so what the parser sees stays valid JSON (no escape or UTF-8 sequence
-    cut in two), and only the scanner's state and at most `limit` bytes are held between chunks.
-    """
-
-    __slots__ = ("_escaped", "_in_string", "_kept", "_limit", "_plain", "_too_long")
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        # Text outside strings and short strings without escapes, skipped over in C (possessive: no backtracking).
-        self._plain = re.compile(rb'(?:[^"]+|"[^"\\]{0,%d}")*+' % limit)
-        self._in_string = False
-        self._escaped = False  # the previous chunk ended inside a string with an unpaired backslash
-        self._kept = bytearray()
-        self._too_long = False
-
-    def filter(self, chunk: bytes) -> bytes:
-        out = bytearray()
-        pos = 0
-        while pos < len(chunk):
-            if not self._in_string:
-                plain = self._plain.match(chunk, pos)
-                plain_end = plain.end() if plain else pos
-                out += chunk[pos : plain_end + 1]  # with the quote opening a string that the slow path reads
-                pos = plain_end + 1
-                self._in_string = plain_end < len(chunk)
-                continue
-            closing = self._closing_quote(chunk, pos)
-            self._keep(chunk, pos, len(chunk) if closing < 0 else closing)
-            if closing < 0:
-                break
-            if not self._too_long:
-                out += self._kept
-            out += b'"'
-            self._kept.clear()
-            self._in_string = self._too_long = self._escaped = False
-            pos = closing + 1
-        return bytes(out)
-
-    def _closing_quote(self, chunk: bytes, pos: int) -> int:
-        """Where the current string ends in `chunk`, or -1; a quote after an odd run of backslashes is escaped."""
-        start = pos
-        while True:
-            quote = chunk.find(b'"', start)
-            end = len(chunk) if quote < 0 else quote
-            i = end - 1
-            while i >= start and chunk[i] == _BACKSLASH:
-                i -= 1
-            run = end - 1 - i
-            if i < pos and self._escaped:  # the run goes on from the previous chunk
-                run += 1
-            if quote < 0:
-                self._escaped = run % 2 == 1
-                return -1
-            if run % 2 == 0:
-                return quote
-            start = quote + 1
-
-    def _keep(self, chunk: bytes, start: int, end: int) -> None:
-        if self._too_long:
-            return
-        if len(self._kept) + end - start > self._limit:
-            self._too_long = True
-            self._kept = bytearray()
-        else:
-            self._kept += chunk[start:end]
-
-
-class _Inflater:
-    """Undoes gzip or deflate incrementally, in output steps of at most MAX_INFLATE_STEP bytes."""
-
-    __slots__ = ("_decoder", "_gzip", "_head")
-
-    def __init__(self, coding: str) -> None:
-        self._gzip = coding != "deflate"
-        self._decoder = zlib.decompressobj(_GZIP_WBITS) if self._gzip else None
-        self._head = b""  # deflate only: the first bytes, until they show whether a zlib header is there
-
-    def inflate(self, data: bytes) -> Iterator[bytes]:
-        """Raises zlib.error on a corrupt stream."""
-        if self._decoder is None:
-            # HTTP's "deflate" means zlib-wrapped, but some servers send raw deflate: look before choosing.
-            data = self._head + data
-            if len(data) < 2:
-                self._head = data
-                return
-            self._head = b""
-            self._decoder = zlib.decompressobj(zlib.MAX_WBITS if _has_zlib_header(data) else -zlib.MAX_WBITS)
-        decoder = self._decoder
-        while True:
-            out = decoder.decompress(data, MAX_INFLATE_STEP)
-            if out:
-                yield out
-            if decoder.eof:
-                data = decoder.unused_data
-                if not (self._gzip and data):
-                    return  # bytes after a deflate stream are not part of it
-                decoder = self._decoder = zlib.decompressobj(_GZIP_WBITS)  # the next gzip member
-                continue
-            data = decoder.unconsumed_tail
-            if not data and len(out) < MAX_INFLATE_STEP:
-                return
-
-
-def _decoders_for(content_encoding: str | None) -> list[_Inflater] | None:
-    """The decoders that undo `content_encoding`, first to apply first; None when we cannot undo it."""
-    codings = [coding.strip().lower() for coding in (content_encoding or "").split(",")]
-    codings = [coding for coding in codings if coding and coding != "identity"]
-    if any(coding not in _INFLATABLE for coding in codings):
-        return None
-    return [_Inflater(coding) for coding in reversed(codings)]
-
-
-def _undo(decoders: Sequence[_Inflater], data: bytes) -> Iterator[bytes]:
-    if not decoders:
-        yield data
-        return
-    for piece in decoders[0].inflate(data):
-        yield from _undo(decoders[1:], piece)
-
-
-def _has_zlib_header(data: bytes) -> bool:
-    return data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
 
 
 def _as_count(value: object) -> int | None:
