@@ -55,7 +55,9 @@ def event_rows(count: int, now: datetime) -> list[tuple[object, ...]]:
     rng = random.Random(7)
     users = [f"usr_{index:024x}" for index in range(50)]
     rows = []
-    for _ in range(count):
+    # In time order, as a gateway writes them: rows of one window sit together on disk.
+    moments = sorted(now - timedelta(seconds=rng.uniform(0, 30 * 86400)) for _ in range(count))
+    for moment in moments:
         kind = rng.choices(["chat", "ocr", "chroma"], [8, 1, 1])[0]
         input_tokens, output_tokens = (
             (rng.randint(10, 4000), rng.randint(1, 1000)) if kind == "chat" else (0, 0)
@@ -65,7 +67,7 @@ def event_rows(count: int, now: datetime) -> list[tuple[object, ...]]:
         rows.append(
             (
                 uuid.uuid4().hex,
-                now - timedelta(seconds=rng.uniform(0, 30 * 86400)),
+                moment,
                 DATASET,
                 uuid.uuid4().hex,
                 rng.choice(users),
@@ -130,9 +132,11 @@ async def seed(database_url: str, count: int) -> float:
             "temperature",
             "top_p",
         ]
+        rows = event_rows(count, now)
         for start in range(0, count, 100_000):
-            rows = event_rows(min(100_000, count - start), now)
-            await connection.copy_records_to_table("usage_events", records=rows, columns=columns)
+            await connection.copy_records_to_table(
+                "usage_events", records=rows[start : start + 100_000], columns=columns
+            )
         await connection.execute("ANALYZE usage_events")
     finally:
         await connection.close()

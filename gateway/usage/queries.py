@@ -89,8 +89,15 @@ async def top(
 
 
 async def _p95(session: AsyncSession, where: ColumnElement[bool], *, group: Any) -> dict[Any, float]:
-    partition = [group] if group is not None else []
     key = group.label("key") if group is not None else literal(None).label("key")
+    if _is_postgres(session):
+        # percentile_disc is the nearest-rank percentile, as the window form below computes it.
+        aggregate = func.percentile_disc(0.95).within_group(E.latency_ms)
+        query: Select[Any] = select(key, aggregate).where(where)
+        if group is not None:
+            query = query.group_by(group)
+        return {row[0]: float(row[1]) for row in (await session.execute(query)).all() if row[1] is not None}
+    partition = [group] if group is not None else []
     ranked = (
         select(
             key,
@@ -101,12 +108,16 @@ async def _p95(session: AsyncSession, where: ColumnElement[bool], *, group: Any)
         .where(where)
         .subquery()
     )
-    query: Select[Any] = (
+    query = (
         select(ranked.c.key, func.min(ranked.c.latency_ms))
         .where(ranked.c.rank * 100 >= ranked.c.n * 95)
         .group_by(ranked.c.key)
     )
     return {row[0]: float(row[1]) for row in (await session.execute(query)).all()}
+
+
+def _is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
 
 
 async def summary(
@@ -145,7 +156,7 @@ async def daily(
 
 
 def _utc_day(session: AsyncSession) -> ColumnElement[Any]:
-    if session.get_bind().dialect.name == "postgresql":
+    if _is_postgres(session):
         return func.to_char(func.timezone("UTC", E.created_at), "YYYY-MM-DD")
     return func.strftime("%Y-%m-%d", E.created_at)  # SQLite keeps UTC timestamps as ISO text
 
