@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, String
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.db.base import Base, UtcDateTime, utcnow
 
-__all__ = ["ApiToken", "Base", "RefreshToken", "RevocationEvent", "UsageEvent", "User"]
+__all__ = [
+    "ApiToken",
+    "Base",
+    "RefreshToken",
+    "RevocationEvent",
+    "UsageEvent",
+    "UsageHour",
+    "UsageHourLatency",
+    "User",
+]
 
 
 class User(Base):
@@ -106,3 +115,43 @@ class UsageEvent(Base):
     max_tokens: Mapped[int | None]
     temperature: Mapped[float | None] = mapped_column(Float)
     top_p: Mapped[float | None] = mapped_column(Float)
+
+
+class UsageHour(Base):
+    """The usage of one hour, per request type, provider, model and path: what long windows are summed from.
+
+    Kept by the recorder in the transaction that writes the events. Empty provider or model is stored as "".
+    """
+
+    __tablename__ = "usage_hours"
+
+    dataset: Mapped[str] = mapped_column(String(100), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UtcDateTime, primary_key=True)
+    request_type: Mapped[str] = mapped_column(String(20), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(40), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    path: Mapped[str] = mapped_column(String(500), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    total_tokens: Mapped[int] = mapped_column(BigInteger)
+    ocr_pages: Mapped[int] = mapped_column(BigInteger)
+    input_cost_usd: Mapped[float] = mapped_column(Float)
+    output_cost_usd: Mapped[float] = mapped_column(Float)
+    ocr_cost_usd: Mapped[float] = mapped_column(Float)
+    latency_sum_ms: Mapped[float] = mapped_column(Float)
+
+
+class UsageHourLatency(Base):
+    """How many requests of one hour (per type and provider) fell in each latency bucket, for the p95 of long
+    windows; bucket b holds latencies up to 1.05**b ms."""
+
+    __tablename__ = "usage_hour_latencies"
+
+    dataset: Mapped[str] = mapped_column(String(100), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(UtcDateTime, primary_key=True)
+    request_type: Mapped[str] = mapped_column(String(20), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(40), primary_key=True)
+    bucket: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    requests: Mapped[int] = mapped_column(BigInteger)

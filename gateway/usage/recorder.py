@@ -16,16 +16,16 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.engine import Database
 from gateway.db.models import UsageEvent
+from gateway.usage.hours import add_to_hours
 from gateway.usage.spill import Row, SpillFile, read_rows
 
 logger = logging.getLogger("gateway.usage")
@@ -166,7 +166,7 @@ class UsageRecorder:
         """
         try:
             async with self.database.session() as session, session.begin():
-                await session.execute(self._insert_statement(), rows)
+                await write_events(session, rows)
         except DATABASE_AWAY as exc:
             logger.debug("usage insert failed: %s", type(exc).__name__)
             return False
@@ -181,13 +181,14 @@ class UsageRecorder:
             )
         return True
 
-    def _insert_statement(self) -> Any:
-        if self.database.is_postgres:
-            return postgres_insert(UsageEvent).on_conflict_do_nothing(index_elements=["id"])
-        if self.database.url.startswith("sqlite"):
-            return sqlite_insert(UsageEvent).on_conflict_do_nothing(index_elements=["id"])
-        return insert(UsageEvent)
-
 
 def _read_all(path: Path) -> list[Row]:
     return list(read_rows(path))
+
+
+async def write_events(session: AsyncSession, rows: list[Row]) -> None:
+    """Insert event rows, skipping those already there (a replay), and add the new ones to their hours."""
+    insert = postgres_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = insert(UsageEvent).on_conflict_do_nothing(index_elements=["id"])
+    inserted = set((await session.execute(statement.returning(UsageEvent.id), rows)).scalars())
+    await add_to_hours(session, (row for row in rows if row["id"] in inserted))

@@ -18,12 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import insert
 
 import gateway.usage
 from gateway.db.engine import Database
-from gateway.db.models import UsageEvent
 from gateway.settings import Settings
+from gateway.usage.recorder import write_events
 from tests.conftest import GatewayFactory, add_user
 from tests.fakes.mistral_ocr import FakeMistral
 from tests.fakes.openai_upstream import USAGE, FakeOpenAI
@@ -112,12 +111,13 @@ def row(
 
 
 def insert_rows(url: str, rows: list[dict[str, Any]]) -> None:
+    """Write rows through the recorder's own writer, which keeps the hourly aggregates beside the events."""
     async def run() -> None:
         database = Database(url)
         database.open()
         try:
             async with database.session() as session, session.begin():
-                await session.execute(insert(UsageEvent), rows)
+                await write_events(session, rows)  # as the recorder writes them: events and their hours
         finally:
             await database.close()
 
