@@ -48,12 +48,19 @@ class Window:
         return first, self.until.replace(minute=0, second=0, microsecond=0)
 
     def raw(self) -> ColumnElement[bool]:
-        conditions = [E.dataset == self.dataset, E.created_at >= self.since, E.created_at <= self.until]
+        """The events read raw: the whole window, or only its partial first and last hours (as two index
+        ranges, so that the hours between are not scanned)."""
+        hours = self.full_hours
+        if hours is None:
+            span = and_(E.created_at >= self.since, E.created_at <= self.until)
+        else:
+            span = or_(
+                and_(E.created_at >= self.since, E.created_at < hours[0]),
+                and_(E.created_at >= hours[1], E.created_at <= self.until),
+            )
+        conditions = [E.dataset == self.dataset, span]
         if self.user_id is not None:
             conditions.append(E.user_id == self.user_id)
-        hours = self.full_hours
-        if hours is not None:
-            conditions.append(or_(E.created_at < hours[0], E.created_at >= hours[1]))
         return and_(*conditions)
 
 
