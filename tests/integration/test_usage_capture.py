@@ -632,3 +632,25 @@ def test_counts_too_large_for_their_columns_are_capped_and_lose_no_row(
     assert_chat_tokens_and_costs(one_event(url, after))
     row = one_event(url, huge)
     assert (row.input_tokens, row.output_tokens, row.total_tokens) == (2**31 - 1, 2**31 - 1, 2**31 - 1)
+
+
+def test_a_pricing_file_replaces_the_shipped_prices(
+    start_gateway: GatewayFactory, gateway_env: dict[str, str], tmp_path: Path, api_token: str
+) -> None:
+    prices = tmp_path / "prices.json"
+    prices.write_text(
+        json.dumps(
+            {
+                "currency": "USD",
+                "ocr": {"per_page": 0.5},
+                "models": {"house-model": {"input": 1000, "output": 2000}},
+            }
+        )
+    )
+    request_id = new_request_id()
+    with start_gateway(PRICING_FILE=str(prices)) as gateway, sync_client(gateway.url, api_token) as client:
+        client.chat.completions.create(model="house-model", messages=MESSAGES, extra_headers=rid(request_id))
+
+    row = one_event(database_url(gateway_env), request_id)
+    assert row.input_cost_usd == pytest.approx(USAGE["prompt_tokens"] * 1000 / 1e6)
+    assert row.output_cost_usd == pytest.approx(USAGE["completion_tokens"] * 2000 / 1e6)
