@@ -47,15 +47,7 @@ def serving(cwd: Path, *args: str, env: dict[str, str], log_name: str = "serve.l
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_SECONDS
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"gateway serve did not start:\n{log.read_text()}") from None
-                time.sleep(0.1)
+        wait_until_serving(url, process, log)
         yield url
     finally:
         process.send_signal(signal.SIGTERM)
@@ -67,6 +59,19 @@ def serving(cwd: Path, *args: str, env: dict[str, str], log_name: str = "serve.l
     # uvicorn shuts down gracefully, then re-raises the signal so the exit status tells what stopped it.
     assert process.returncode in (0, -signal.SIGTERM), log.read_text()
     assert "Application shutdown complete" in log.read_text()
+
+
+def wait_until_serving(url: str, process: subprocess.Popen[Any], log: Path) -> None:
+    """Returns once the `gateway serve` process at `url` answers; fails with its log if it dies or never does."""
+    deadline = time.monotonic() + START_SECONDS
+    while True:
+        try:
+            httpx.get(f"{url}/health", timeout=1)
+            return
+        except httpx.TransportError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"gateway serve did not start:\n{log.read_text()}") from None
+            time.sleep(0.1)
 
 
 def free_port() -> int:

@@ -39,7 +39,7 @@ from gateway.db.models import UsageEvent
 from gateway.settings import Settings
 from tests.conftest import UPSTREAM_OPENAI_KEY, GatewayFactory, PostgresServer
 from tests.fakes.openai_upstream import USAGE, FakeOpenAI
-from tests.serving import GATEWAY, START_SECONDS, LiveServer, clean_env, free_port, serving
+from tests.serving import GATEWAY, LiveServer, clean_env, free_port, serving, wait_until_serving
 from tests.tcp_proxy import TcpProxy
 
 MODEL = "gpt-4o-mini"
@@ -416,18 +416,6 @@ def test_sigterm_mid_load_records_every_answered_request(
     assert len(rows) == len(answered)
     assert {(row.status, row.total_tokens) for row in rows} == {(200, USAGE["total_tokens"])}
     assert spilled_files(data_dir) == []
-
-
-def wait_until_serving(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + START_SECONDS
-    while True:
-        try:
-            httpx.get(f"{url}/health", timeout=1)
-            return
-        except httpx.TransportError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"gateway serve did not start:\n{log.read_text()}") from None
-            time.sleep(0.1)
 
 
 async def terminate_under(load: ChatLoad, process: subprocess.Popen[bytes]) -> float:

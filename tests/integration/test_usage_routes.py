@@ -112,6 +112,7 @@ def row(
 
 def insert_rows(url: str, rows: list[dict[str, Any]]) -> None:
     """Write rows through the recorder's own writer, which keeps the hourly aggregates beside the events."""
+
     async def run() -> None:
         database = Database(url)
         database.open()
