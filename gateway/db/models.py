@@ -155,3 +155,8 @@ class UsageHourLatency(Base):
     provider: Mapped[str] = mapped_column(String(40), primary_key=True)
     bucket: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     requests: Mapped[int] = mapped_column(BigInteger)
+
+
+# The other domains keep their tables in their own modules; importing them here puts every table in
+# Base.metadata, which the migrations are checked against.
+from gateway.db import agent_models, asset_models, log_models  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""Governed agents: lifecycle, chat over WebSocket, vault, keys, files and quotas."""

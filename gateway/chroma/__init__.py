@@ -1,0 +1,1 @@
+"""Chroma behind the gateway: per-user database namespaces and collection ownership."""

@@ -1,0 +1,3 @@
+"""Agents, messages and checkpoints."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Agents' vault keys, API keys and files."""
+
+from __future__ import annotations

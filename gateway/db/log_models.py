@@ -1,0 +1,3 @@
+"""The transparency log's tables."""
+
+from __future__ import annotations
