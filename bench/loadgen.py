@@ -1,6 +1,7 @@
-"""The load generator: a small asyncio + aiohttp client in its own process, off the proxies' CPU.
+"""The streaming load generator: a small asyncio + aiohttp client in its own process, off the proxies' CPU.
 
-`run.py` starts it once and sends it one JSON job a line on stdin; it answers each with one JSON line on
+`wrk` cannot tell when the first byte of a response arrived; this client can, so it measures the streams (time to
+first byte, streams per second) and warms each target up before `wrk` measures it. `run.py` starts it once and sends it one JSON job a line on stdin; it answers each with one JSON line on
 stdout: the requests completed inside the measured window, the errors, and the raw latency (or time to first
 byte) samples in seconds, for `run.py` to pool across rounds. Each job opens fresh keep-alive connections,
 warms them up for `warmup` seconds, then measures for `duration` seconds.
@@ -43,11 +44,13 @@ class Window:
             self.first_error = self.first_error or what
 
 
-async def _worker(session: aiohttp.ClientSession, url: str, stream: bool, window: Window) -> None:
+async def _worker(
+    session: aiohttp.ClientSession, url: str, stream: bool, window: Window, headers: dict[str, str]
+) -> None:
     body = STREAM_BODY if stream else BODY
     while (began := time.perf_counter()) < window.end:
         try:
-            async with session.post(url, data=body, headers=HEADERS) as response:
+            async with session.post(url, data=body, headers=headers) as response:
                 if stream:
                     first = await response.content.readany()
                     first_byte = time.perf_counter()
@@ -78,8 +81,8 @@ async def run_job(job: dict[str, Any]) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=30.0)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False) as session:
-        url, stream = job["url"], bool(job["stream"])
-        await asyncio.gather(*(_worker(session, url, stream, window) for _ in range(concurrency)))
+        url, stream, headers = job["url"], bool(job["stream"]), {**HEADERS, **job.get("headers", {})}
+        await asyncio.gather(*(_worker(session, url, stream, window, headers) for _ in range(concurrency)))
     return {
         "completed": window.completed,
         "errors": window.errors,

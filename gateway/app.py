@@ -25,11 +25,16 @@ from gateway.errors import EXCEPTION_HANDLERS
 from gateway.keys import load_server_keys
 from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.context import ContextMiddleware
+from gateway.routes.agent_assets import asset_routes
+from gateway.routes.agents import agent_routes
 from gateway.routes.health import Health
 from gateway.routes.sessions import SessionRoutes
 from gateway.routes.tokens import TokenRoutes
+from gateway.routes.transparency import transparency_routes
 from gateway.routes.usage import UsageRoutes
 from gateway.settings import Settings
+from gateway.transparency.log import TransparencyLog
+from gateway.transparency.signer import NoteSigner
 from gateway.upstreams import UpstreamClients, configured_upstreams
 from gateway.usage.pricing import PriceTable
 from gateway.usage.recorder import UsageRecorder
@@ -109,6 +114,10 @@ def create_app(settings: Settings) -> Starlette:
         read_timeout=settings.upstream_read_timeout,
     )
     health = Health(database)
+    transparency = TransparencyLog(
+        database, NoteSigner(load_server_keys(settings).log_signing_key, name=settings.log_origin)
+    )
+    assets = asset_routes(settings, database, codec=identity.codec, revocations=identity.revocations)
     pricing = PriceTable.load(settings.pricing_file)
     recorder = UsageRecorder(
         database, SpillFile(settings.data_dir / SPILL_FOLDER), dataset=settings.analytics_dataset
@@ -146,6 +155,21 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/usage/daily", usage.daily, methods=["GET"]),
         Route("/v1/usage/rollups", usage.rollups, methods=["GET"]),
         *identity_routes(settings, database, identity),
+        *agent_routes(
+            settings,
+            database,
+            identity.authenticator,
+            identity.revocations,
+            clients,
+            recorder=recorder,
+            pricing=pricing,
+            log=transparency,
+            vault=assets.vault,
+            quotas=assets.quotas,
+            storage=assets.storage,
+        ),
+        *assets.routes(identity.authenticator),
+        *transparency_routes(transparency),
         *proxied_routes(settings, clients, identity.authenticator, recorder=recorder, pricing=pricing),
     ]
     app = Starlette(
@@ -155,6 +179,11 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.transparency = transparency
+    app.state.database = database  # what agent routes (gateway.agents.access) load agents through
+    app.state.vault = assets.vault  # BYOK keys for agents' upstream calls (gateway.agents.vault.byok_key)
+    app.state.quotas = assets.quotas  # agents' tiers (gateway.agents.quotas.check_chat_quota)
+    app.state.storage = assets.storage  # agents' file bytes (gateway.agents.files.remove_agent_files)
     return app
 
 

@@ -10,13 +10,16 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from gateway.auth.authenticator import Authenticator
+from gateway.chroma.middleware import ChromaNamespaceMiddleware
+from gateway.chroma.proxy import ChromaProxy, chroma_not_configured
+from gateway.chroma.upstream import ChromaLookups
 from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.rewrite import BodyRewriteMiddleware
 from gateway.middleware.usage import UsageMiddleware
 from gateway.proxy import ReverseProxy
 from gateway.rewrites import OcrDocumentFromUrl, force_stream_usage
 from gateway.settings import Settings
-from gateway.upstreams import MISTRAL, OPENAI, UpstreamClients, configured_upstreams
+from gateway.upstreams import CHROMA, MISTRAL, OPENAI, UpstreamClients, configured_upstreams
 from gateway.usage.pricing import PriceTable
 from gateway.usage.recorder import UsageRecorder
 
@@ -59,4 +62,30 @@ def proxied_routes(
                 ),
             ],
         ),
+        *chroma_routes(settings, clients, authenticator, recorder=recorder, pricing=pricing),
     ]
+
+
+def chroma_routes(
+    settings: Settings,
+    clients: UpstreamClients,
+    authenticator: Authenticator,
+    *,
+    recorder: UsageRecorder,
+    pricing: PriceTable,
+) -> list[Route]:
+    """`/v1/chroma/...`: a user always required, then usage, then the namespacing, then the proxy."""
+    chroma = configured_upstreams(settings).get(CHROMA)
+    chain = [
+        Middleware(AuthMiddleware, authenticator=authenticator, required=True, scope="chroma"),
+        Middleware(UsageMiddleware, recorder=recorder, pricing=pricing, kind="chroma", provider=CHROMA),
+        Middleware(
+            ChromaNamespaceMiddleware,
+            lookups=ChromaLookups(chroma, clients) if chroma else None,
+            separator=settings.chroma_namespace_separator,
+            auth_header=settings.chroma_auth_header,
+            max_bytes=settings.max_request_bytes,
+        ),
+    ]
+    endpoint = ChromaProxy(chroma, clients=clients) if chroma else chroma_not_configured
+    return [Route(path, endpoint, middleware=chain) for path in ("/v1/chroma", "/v1/chroma/{path:path}")]

@@ -1,12 +1,16 @@
-"""The `gateway` command: `serve`, `migrate`, `users`. Parses arguments, reads settings, calls the app or migrator."""
+"""The `gateway` command: `serve`, `migrate`, `users`, `vault`, `verify-proof`.
+
+Parses arguments, reads settings, calls the app, the migrator or an operator command."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import copy
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -14,10 +18,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from uvicorn.config import LOGGING_CONFIG
 
 from gateway import __version__, operator
+from gateway.agents.vault import rotate_database, vault_for
 from gateway.db.engine import prepare_data_dir
 from gateway.db.migrate import upgrade
 from gateway.keys import load_server_keys
-from gateway.settings import Settings, SettingsError
+from gateway.settings import VAULT_KEY_BYTES, Settings, SettingsError, decode_key
+from gateway.transparency import audit
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -42,6 +48,8 @@ def uvicorn_options() -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.command == "verify-proof":
+        return verify_proof(args)  # offline: no settings, no database
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -100,6 +108,50 @@ def users(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def verify_proof(args: argparse.Namespace) -> int:
+    """Checks a proof with the log's public key alone: 0 when it holds, 1 when not, 2 on unreadable input."""
+    try:
+        key = args.public_key
+        if len(key) < 4096 and Path(key).is_file():
+            key = Path(key).read_text()
+        verifier = audit.read_public_key(key)
+        source = sys.stdin.buffer.read() if args.proof == "-" else Path(args.proof).read_bytes()
+        document = audit.read_proof_document(json.loads(source), leaf_hash=args.leaf_hash)
+    except (OSError, ValueError) as exc:
+        print(f"gateway: cannot read the proof or the key: {exc}", file=sys.stderr)
+        return 2
+    verdict = audit.check_proof(document, verifier)
+    print(verdict.report())
+    return 0 if verdict.holds else 1
+
+
+def vault(args: argparse.Namespace, settings: Settings) -> int:
+    """`gateway vault rotate`: re-seal every BYOK record under the current vault key."""
+    prepare_data_dir(settings)
+    keyring = vault_for(settings, previous=args.old_key)
+    try:
+        if settings.is_embedded_database:
+            asyncio.run(upgrade(settings.database_url))
+        rotation = asyncio.run(rotate_database(settings.database_url, keyring))
+    except (SQLAlchemyError, OSError) as exc:
+        print(f"gateway: database error ({type(exc).__name__}); is it up, and migrated?", file=sys.stderr)
+        return 1
+    print(
+        f"gateway: vault key {keyring.key_id}: {rotation.resealed} records re-sealed, "
+        f"{rotation.current} already under it"
+    )
+    for agent_id, provider in rotation.unreadable:
+        print(f"gateway: cannot open the {provider} key of {agent_id}; give its old key", file=sys.stderr)
+    return 1 if rotation.unreadable else 0
+
+
+def _vault_key(text: str) -> bytes:
+    key = decode_key(text.strip())
+    if key is None or len(key) != VAULT_KEY_BYTES:
+        raise argparse.ArgumentTypeError(f"expected {VAULT_KEY_BYTES} bytes as 64 hex digits or base64")
+    return key
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -138,4 +190,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     disable_parser.add_argument("--email", required=True)
     users_parser.set_defaults(run=users)
+
+    vault_parser = commands.add_parser("vault", help="manage the BYOK vault's master key")
+    vault_commands = vault_parser.add_subparsers(dest="vault_command", required=True)
+    vault_commands.add_parser(
+        "rotate",
+        help="re-encrypt every vault record under the current VAULT_MASTER_KEY",
+        description=(
+            "Re-encrypts every stored BYOK key under the current VAULT_MASTER_KEY (or, when unset, the key "
+            "generated into DATA_DIR). Records sealed under an older key are opened with the keys of "
+            "VAULT_PREVIOUS_MASTER_KEYS (comma-separated), --old-key, or the key generated into DATA_DIR "
+            "before VAULT_MASTER_KEY was set. To rotate: set VAULT_MASTER_KEY to the new key, keep the old "
+            "one in VAULT_PREVIOUS_MASTER_KEYS (so running instances still open old records), run this, "
+            "then drop the old key. Exits 1 if some record could not be opened (the others are re-sealed)."
+        ),
+    ).add_argument(
+        "--old-key",
+        action="append",
+        default=[],
+        type=_vault_key,
+        help="a previous master key (64 hex digits or base64); may be repeated",
+    )
+    vault_parser.set_defaults(run=vault)
+
+    verify_parser = commands.add_parser(
+        "verify-proof", help="check a transparency log proof offline, with the log's public key alone"
+    )
+    verify_parser.add_argument(
+        "proof", help="the proof JSON (a proof route's answer, or its `proof`); - for stdin"
+    )
+    verify_parser.add_argument(
+        "--public-key", required=True, help="the verifier key or base64 public key, or a file holding it"
+    )
+    verify_parser.add_argument("--leaf-hash", help="sha256:<hex>, when the proof JSON does not name its leaf")
     return parser

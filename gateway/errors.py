@@ -162,6 +162,15 @@ class UpstreamTimeoutError(UpstreamError):
     message = "The upstream service did not answer in time."
 
 
+class NotConfiguredError(GatewayError):
+    """A route whose upstream the operator has not configured."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "not_configured"
+    message = "This service is not configured on the gateway."
+
+
 class InternalError(GatewayError):
     """Something unexpected; the details go to the log, never to the client."""
 

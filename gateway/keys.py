@@ -14,14 +14,18 @@ from gateway.settings import Settings
 
 KEY_BYTES = 32
 KEYS_FOLDER = "keys"
+VAULT_KEY_FILE = "vault_master_key"
 
 
 @dataclass(frozen=True, slots=True)
 class ServerKeys:
-    """The keys identity needs: the HS256 secret of access tokens and the HMAC key tokens are stored under."""
+    """The server's keys: the HS256 secret of access tokens, the HMAC key tokens are stored under, and the
+    vault's AES-256 master key."""
 
     platform_jwt_secret: bytes = field(repr=False)
     token_hash_key: bytes = field(repr=False)
+    vault_master_key: bytes = field(repr=False)
+    log_signing_key: bytes = field(repr=False)  # the transparency log's Ed25519 seed
 
 
 def load_server_keys(settings: Settings) -> ServerKeys:
@@ -30,7 +34,16 @@ def load_server_keys(settings: Settings) -> ServerKeys:
     return ServerKeys(
         platform_jwt_secret=settings.platform_jwt_secret or _generated(folder / "platform_jwt_secret"),
         token_hash_key=settings.token_hash_key or _generated(folder / "token_hash_key"),
+        vault_master_key=settings.vault_master_key or _generated(folder / VAULT_KEY_FILE)[:KEY_BYTES],
+        log_signing_key=settings.log_signing_key or _generated(folder / "log_signing_key")[:KEY_BYTES],
     )
+
+
+def generated_vault_key(settings: Settings) -> bytes | None:
+    """The vault key generated into the data directory, if one was (without generating it): after
+    `VAULT_MASTER_KEY` is set, the key the records were sealed under until then."""
+    path = settings.data_dir / KEYS_FOLDER / VAULT_KEY_FILE
+    return path.read_bytes()[:KEY_BYTES] if path.is_file() else None
 
 
 def _generated(path: Path) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -17,11 +18,27 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
+from gateway.agents.tiers import Tier, parse_tiers
+
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com"
 DEFAULT_MISTRAL_BASE_URL = "https://api.mistral.ai"
 DEFAULT_MISTRAL_OCR_MODEL = "mistral-ocr-latest"
+DEFAULT_CHROMA_AUTH_HEADER = "x-chroma-api-key"
+DEFAULT_CHROMA_SEPARATOR = "__"
+# A header name is an RFC 9110 token; the namespace separator is made of the characters Chroma allows in names
+# that can never occur in a namespace (hex digits), which is what makes the namespacing injective.
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+SEPARATOR = re.compile(r"^[._-]{1,8}$")
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+VAULT_KEY_BYTES = 32
 MIN_KEY_BYTES = 32
+ED25519_SEED_BYTES = 32
+DEFAULT_LOG_ORIGIN = "gateway/transparency"
+DEFAULT_GOVERNANCE_MAX_MESSAGE_CHARS = 16_000
+# Further OpenAI-compatible agent providers: PROVIDER_<NAME>_BASE_URL (and _API_KEY, _STREAM_USAGE).
+PROVIDER_VARIABLE = re.compile(r"PROVIDER_([A-Z0-9][A-Z0-9_]{0,38})_BASE_URL")
+BUILT_IN_PROVIDERS = frozenset({"openai", "mistral", "workers-ai", "chroma"})  # chroma: an upstream's name
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 # The plain URL forms API.md accepts, and the async drivers they mean.
@@ -43,6 +60,16 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    """An OpenAI-compatible chat provider declared in configuration, for agents."""
+
+    name: str  # PROVIDER_MY_LLM_BASE_URL declares "my-llm"
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+    stream_usage: bool = True  # send stream_options.include_usage (some servers refuse unknown fields)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting the gateway reads, already parsed and checked."""
 
@@ -53,6 +80,11 @@ class Settings:
     mistral_api_key: str | None = field(default=None, repr=False)
     mistral_base_url: str = DEFAULT_MISTRAL_BASE_URL
     mistral_ocr_model: str = DEFAULT_MISTRAL_OCR_MODEL
+    chroma_base_url: str | None = None
+    chroma_api_key: str | None = field(default=None, repr=False)
+    chroma_auth_header: str = DEFAULT_CHROMA_AUTH_HEADER
+    chroma_auth_scheme: str | None = None
+    chroma_namespace_separator: str = DEFAULT_CHROMA_SEPARATOR
     api_auth_required: bool = False
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     upstream_connect_timeout: float = 10.0
@@ -72,6 +104,21 @@ class Settings:
     pricing_file: Path | None = None
     access_token_ttl_seconds: int = 15 * 60
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    # The transparency log. An unset signing key is generated once into the data directory (`gateway.keys`).
+    log_signing_key: bytes | None = field(default=None, repr=False)
+    log_origin: str = DEFAULT_LOG_ORIGIN
+    # Agents' assets. An unset vault key is generated once into the data directory (`gateway.keys`).
+    vault_master_key: bytes | None = field(default=None, repr=False)
+    vault_previous_master_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    files_dir: Path | None = None  # the local file storage; DATA_DIR/files when unset
+    quota_tiers: tuple[Tier, ...] = field(default_factory=lambda: parse_tiers(None))
+    # Agents: providers beyond openai and mistral, and the governance policy's configurable rules.
+    workers_ai_base_url: str | None = None
+    workers_ai_api_key: str | None = field(default=None, repr=False)
+    extra_providers: tuple[ProviderSettings, ...] = ()
+    governance_max_message_chars: int = DEFAULT_GOVERNANCE_MAX_MESSAGE_CHARS
+    governance_blocked_patterns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -112,6 +159,13 @@ class Settings:
                 "MISTRAL_BASE_URL", "MISTRAL_API_BASE", default=DEFAULT_MISTRAL_BASE_URL
             ),
             mistral_ocr_model=reader.text("MISTRAL_OCR_MODEL") or DEFAULT_MISTRAL_OCR_MODEL,
+            chroma_base_url=reader.url("CHROMA_BASE_URL", "CHROMA_API_BASE", default="") or None,
+            chroma_api_key=reader.text("CHROMA_API_KEY"),
+            chroma_auth_header=reader.header_name("CHROMA_AUTH_HEADER", default=DEFAULT_CHROMA_AUTH_HEADER),
+            chroma_auth_scheme=reader.text("CHROMA_AUTH_SCHEME"),
+            chroma_namespace_separator=reader.separator(
+                "CHROMA_NAMESPACE_SEPARATOR", default=DEFAULT_CHROMA_SEPARATOR
+            ),
             api_auth_required=reader.boolean("API_AUTH_REQUIRED", default=False),
             max_request_bytes=reader.positive_int("MAX_REQUEST_BYTES", default=DEFAULT_MAX_REQUEST_BYTES),
             upstream_connect_timeout=reader.seconds("UPSTREAM_CONNECT_TIMEOUT", default=10.0),
@@ -127,11 +181,30 @@ class Settings:
             usage_api_key=reader.text("USAGE_API_KEY"),
             analytics_dataset=reader.text("ANALYTICS_DATASET") or "ai_worker_requests",
             pricing_file=reader.existing_file("PRICING_FILE"),
+            log_signing_key=reader.ed25519_seed("LOG_SIGNING_KEY"),
+            log_origin=reader.log_origin("LOG_ORIGIN"),
             access_token_ttl_seconds=reader.positive_int("ACCESS_TOKEN_TTL_SECONDS", default=15 * 60),
+            workers_ai_base_url=reader.url("WORKERS_AI_BASE_URL", default="") or None,
+            workers_ai_api_key=reader.text("WORKERS_AI_API_KEY"),
+            extra_providers=reader.providers(),
+            governance_max_message_chars=reader.positive_int(
+                "GOVERNANCE_MAX_MESSAGE_CHARS", default=DEFAULT_GOVERNANCE_MAX_MESSAGE_CHARS
+            ),
+            governance_blocked_patterns=reader.patterns("GOVERNANCE_BLOCKED_PATTERNS"),
             refresh_token_ttl_seconds=reader.positive_int(
                 "REFRESH_TOKEN_TTL_SECONDS", default=30 * 24 * 3600
             ),
+            vault_master_key=reader.vault_key("VAULT_MASTER_KEY"),
+            vault_previous_master_keys=reader.vault_keys("VAULT_PREVIOUS_MASTER_KEYS"),
+            max_upload_bytes=reader.positive_int("MAX_UPLOAD_BYTES", default=DEFAULT_MAX_UPLOAD_BYTES),
+            files_dir=Path(files_dir) if (files_dir := reader.text("FILES_DIR")) else None,
+            quota_tiers=reader.quota_tiers("QUOTA_TIERS"),
         )
+
+    @property
+    def files_path(self) -> Path:
+        """Where the local file storage keeps agents' files."""
+        return self.files_dir or self.data_dir / "files"
 
 
 def decode_key(text: str) -> bytes | None:
@@ -193,6 +266,22 @@ class _Reader:
             return value.rstrip("/")
         return default
 
+    def header_name(self, name: str, *, default: str) -> str:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if not HEADER_NAME.match(raw):
+            raise SettingsError(name, f"expected an HTTP header name, got {raw!r}")
+        return raw.lower()
+
+    def separator(self, name: str, *, default: str) -> str:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if not SEPARATOR.match(raw) or ".." in raw:
+            raise SettingsError(name, f"expected 1 to 8 of the characters . _ - (and no '..'), got {raw!r}")
+        return raw
+
     def existing_file(self, name: str) -> Path | None:
         raw = self.text(name)
         if raw is None:
@@ -220,6 +309,45 @@ class _Reader:
             raise SettingsError(name, f"expected {MIN_KEY_BYTES}+ bytes as hex or base64")
         return key
 
+    def vault_key(self, name: str) -> bytes | None:
+        """An AES-256 key: exactly 32 bytes as 64 hex digits or base64 (standard or url-safe)."""
+        raw = self.text(name)
+        return None if raw is None else _vault_key(name, raw)
+
+    def vault_keys(self, name: str) -> tuple[bytes, ...]:
+        """Any number of AES-256 keys, separated by commas or whitespace."""
+        raw = self.text(name) or ""
+        return tuple(_vault_key(name, part) for part in re.split(r"[\s,]+", raw) if part)
+
+    def quota_tiers(self, name: str) -> tuple[Tier, ...]:
+        try:
+            return parse_tiers(self.text(name))
+        except ValueError as exc:
+            raise SettingsError(name, str(exc)) from None
+
+    def ed25519_seed(self, name: str) -> bytes | None:
+        """An Ed25519 private key as its 32-byte seed, in base64 (standard or url-safe) or hex."""
+        raw = self.text(name)
+        if raw is None:
+            return None
+        seed = decode_key(raw)
+        if seed is None or len(seed) != ED25519_SEED_BYTES:
+            raise SettingsError(
+                name, f"expected an Ed25519 seed: {ED25519_SEED_BYTES} bytes as base64 or hex"
+            )
+        return seed
+
+    def log_origin(self, name: str) -> str:
+        """A log's name, which is also its signing key's name: no spaces and no `+`."""
+        raw = self.text(name)
+        if raw is None:
+            return DEFAULT_LOG_ORIGIN
+        if "+" in raw or any(c.isspace() for c in raw):
+            raise SettingsError(
+                name, f"expected a name without spaces or '+' (like example.com/log), got {raw!r}"
+            )
+        return raw
+
     def boolean(self, name: str, *, default: bool) -> bool:
         raw = self._env.get(name)
         if raw is None:
@@ -243,6 +371,45 @@ class _Reader:
             raise SettingsError(name, f"expected a number above 0, got {raw!r}")
         return value
 
+    def providers(self) -> tuple[ProviderSettings, ...]:
+        """Every `PROVIDER_<NAME>_BASE_URL`, with its `_API_KEY` and `_STREAM_USAGE`, sorted by name."""
+        found = []
+        for variable in sorted(self._env):
+            match = PROVIDER_VARIABLE.fullmatch(variable)
+            if match is None or self.text(variable) is None:
+                continue
+            prefix = f"PROVIDER_{match.group(1)}"
+            name = match.group(1).lower().replace("_", "-")
+            if name in BUILT_IN_PROVIDERS:
+                raise SettingsError(variable, f"{name!r} is built in; it has variables of its own")
+            found.append(
+                ProviderSettings(
+                    name=name,
+                    base_url=self.url(variable, default=""),
+                    api_key=self.text(f"{prefix}_API_KEY"),
+                    stream_usage=self.boolean(f"{prefix}_STREAM_USAGE", default=True),
+                )
+            )
+        return tuple(found)
+
+    def patterns(self, name: str) -> tuple[str, ...]:
+        """A JSON array of regular expressions, each checked to compile."""
+        raw = self.text(name)
+        if raw is None:
+            return ()
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            raise SettingsError(name, "expected a JSON array of regular expressions") from None
+        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+            raise SettingsError(name, "expected a JSON array of non-empty strings")
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise SettingsError(name, f"{pattern!r} is not a valid regular expression: {exc}") from None
+        return tuple(value)
+
     def seconds(self, name: str, *, default: float) -> float:
         raw = self.text(name)
         if raw is None:
@@ -254,3 +421,10 @@ class _Reader:
         if not 0 < value < float("inf"):
             raise SettingsError(name, f"expected a number of seconds above 0, got {raw!r}")
         return value
+
+
+def _vault_key(variable: str, raw: str) -> bytes:
+    key = decode_key(raw)
+    if key is None or len(key) != VAULT_KEY_BYTES:
+        raise SettingsError(variable, f"expected {VAULT_KEY_BYTES} bytes as 64 hex digits or base64")
+    return key

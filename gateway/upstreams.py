@@ -6,6 +6,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -15,6 +16,8 @@ from gateway.settings import Settings
 
 OPENAI = "openai"
 MISTRAL = "mistral"
+WORKERS_AI = "workers-ai"
+CHROMA = "chroma"
 # Connections to one upstream; waiting for a free one counts against the connect timeout.
 MAX_CONNECTIONS = 1000
 KEEPALIVE_SECONDS = 30.0
@@ -49,7 +52,42 @@ def configured_upstreams(settings: Settings) -> dict[str, Upstream]:
     return {
         OPENAI: Upstream(OPENAI, api_root(settings.openai_base_url), bearer(settings.openai_api_key)),
         MISTRAL: Upstream(MISTRAL, api_root(settings.mistral_base_url), bearer(settings.mistral_api_key)),
+        **({CHROMA: chroma} if (chroma := chroma_upstream(settings)) else {}),
+        **agent_provider_upstreams(settings),
     }
+
+
+def compatible_root(base_url: str) -> str:
+    """The root of an OpenAI-compatible API given as the `openai` client takes it: the base URL itself when it
+    has a path (`.../ai/v1`, `.../v1beta/openai`), `{base}/v1` when it has none."""
+    root = base_url.rstrip("/")
+    return root if urlsplit(root).path else root + "/v1"
+
+
+def agent_provider_upstreams(settings: Settings) -> dict[str, Upstream]:
+    """`workers-ai` (when configured) and the configured OpenAI-compatible providers, rooted at their API root
+    (`compatible_root`): their chat path is `/chat/completions`, without the `/v1` openai and mistral take."""
+    upstreams = {}
+    if settings.workers_ai_base_url:
+        root = compatible_root(settings.workers_ai_base_url)
+        upstreams[WORKERS_AI] = Upstream(WORKERS_AI, root, bearer(settings.workers_ai_api_key))
+    for provider in settings.extra_providers:
+        upstreams[provider.name] = Upstream(
+            provider.name, compatible_root(provider.base_url), bearer(provider.api_key)
+        )
+    return upstreams
+
+
+def chroma_upstream(settings: Settings) -> Upstream | None:
+    """Chroma, when both its URL and its key are set (API.md: without them its routes answer 503)."""
+    if settings.chroma_base_url is None or settings.chroma_api_key is None:
+        return None
+    scheme = f"{settings.chroma_auth_scheme} " if settings.chroma_auth_scheme else ""
+    credential = (
+        settings.chroma_auth_header.encode("latin-1"),
+        (scheme + settings.chroma_api_key).encode("latin-1"),
+    )
+    return Upstream(CHROMA, settings.chroma_base_url, credential)
 
 
 class UpstreamClients:
@@ -60,7 +98,12 @@ class UpstreamClients:
         self.timeout = httpx.Timeout(
             connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
         )
+        # What the proxy sends with: the same pool as the httpx client's, without httpx's per-request layers.
+        self.session_timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=read_timeout
+        )
         self._clients: dict[str, httpx.AsyncClient] = {}
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._stack = AsyncExitStack()
 
     def __getitem__(self, name: str) -> httpx.AsyncClient:
@@ -69,18 +112,26 @@ class UpstreamClients:
         except KeyError:
             raise RuntimeError(f"the {name!r} upstream client is not open (outside the lifespan?)") from None
 
+    def session(self, name: str) -> aiohttp.ClientSession:
+        """The aiohttp session under `self[name]`: the streaming proxy sends through it directly."""
+        try:
+            return self._sessions[name]
+        except KeyError:
+            raise RuntimeError(f"the {name!r} upstream client is not open (outside the lifespan?)") from None
+
     async def __aenter__(self) -> UpstreamClients:
         for name in self.names:
-            self._clients[name] = await self._stack.enter_async_context(self._new_client())
+            self._clients[name] = await self._stack.enter_async_context(self._new_client(name))
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._clients.clear()
+        self._sessions.clear()
         await self._stack.aclose()
 
-    def _new_client(self) -> httpx.AsyncClient:
+    def _new_client(self, name: str) -> httpx.AsyncClient:
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_SECONDS),
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -90,6 +141,7 @@ class UpstreamClients:
             auto_decompress=False,
             trust_env=False,
         )
+        self._sessions[name] = session
         refuse_all_cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
         return httpx.AsyncClient(
             transport=AiohttpTransport(client=session),

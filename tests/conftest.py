@@ -23,6 +23,7 @@ from gateway.cli import uvicorn_options
 from gateway.db.engine import Database, prepare_data_dir
 from gateway.db.migrate import upgrade
 from gateway.settings import Settings, sqlite_url
+from tests.chroma_server import chroma_server
 from tests.fakes.mistral_ocr import FakeMistral
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.serving import LiveServer
@@ -212,3 +213,10 @@ def gateway(start_gateway: GatewayFactory) -> Iterator[LiveServer]:
     """The default gateway, in front of the fakes, shared by the tests that need no special settings."""
     with start_gateway() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def chroma_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Chroma server for the whole session (users are kept apart by the gateway, not by fresh servers)."""
+    with chroma_server(tmp_path_factory.mktemp("chroma")) as url:
+        yield url

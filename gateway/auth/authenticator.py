@@ -16,9 +16,16 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from gateway.agents.agent_keys import find_agent_key, is_agent_key_id, record_agent_keys_last_used
 from gateway.auth.jwt import Claims, InvalidTokenError, TokenVerifier, looks_like_jwt
 from gateway.auth.principals import API_TOKEN, JWT, SESSION, Principal, PrincipalCache
-from gateway.auth.tokens import API_TOKEN_PREFIX, TokenCodec, find_api_token, record_last_used
+from gateway.auth.tokens import (
+    AGENT_KEY_PREFIX,
+    API_TOKEN_PREFIX,
+    TokenCodec,
+    find_api_token,
+    record_last_used,
+)
 from gateway.db.base import utcnow
 from gateway.db.engine import Database
 from gateway.db.models import ApiToken, RefreshToken, User
@@ -49,6 +56,10 @@ class Authenticator:
             principal = await self._api_token(credential)
             self._last_used[principal.token_id or ""] = utcnow()
             return principal
+        if credential.startswith(AGENT_KEY_PREFIX):
+            principal = await self._agent_key(credential)
+            self._last_used[principal.token_id or ""] = utcnow()
+            return principal
         if looks_like_jwt(credential):
             return await self._jwt(credential)
         raise AuthenticationError("The credential is not valid.")
@@ -76,6 +87,23 @@ class Authenticator:
             is_admin=user.is_admin,
             expires_at=record.expires_at.timestamp() if record.expires_at else None,
         )
+        self.cache.remember(key, principal, generation=generation)
+        return principal
+
+    async def _agent_key(self, agent_key: str) -> Principal:
+        if not self.codec.is_well_formed(agent_key, AGENT_KEY_PREFIX):
+            raise AuthenticationError("The agent key is not valid.")
+        key = self.codec.lookup_hash(agent_key)
+        principal = self._cached(key)
+        if principal is not None:
+            return principal
+        generation = self.cache.generation
+        async with self.database.session() as session:
+            found = await find_agent_key(session, key)
+        if found is None or not found.is_live:
+            self.cache.refuse(key)
+            raise AuthenticationError("The agent key is not valid, or was revoked.")
+        principal = found.principal()
         self.cache.remember(key, principal, generation=generation)
         return principal
 
@@ -128,8 +156,10 @@ class Authenticator:
         if not self._last_used:
             return
         batch, self._last_used = self._last_used, {}
+        agent_keys = {key_id: at for key_id, at in batch.items() if is_agent_key_id(key_id)}
         async with self.database.session() as session, session.begin():
-            await record_last_used(session, batch)
+            await record_last_used(session, {k: at for k, at in batch.items() if k not in agent_keys})
+            await record_agent_keys_last_used(session, agent_keys)
 
     async def run_last_used_writer(self) -> None:
         """Flush `last_used_at` every few seconds until cancelled, then once more."""

@@ -30,8 +30,9 @@ RECONNECT_SECONDS = 1.0
 POLL_SECONDS = 0.25
 PRUNE_EVERY_POLLS = 240  # about once a minute
 EVENT_RETENTION_SECONDS = 600  # far longer than any instance takes between two polls
-# What a revocation names: a user (disabled), an API token, or a login session (logout, refresh reuse).
-USER, TOKEN, SESSION = "user", "token", "session"
+# What a revocation names: a user (disabled), an API token or agent key (by id), a login session (logout,
+# refresh reuse), or an agent (deleted: every key of it).
+USER, TOKEN, SESSION, AGENT = "user", "token", "session", "agent"
 
 
 def revoked_target(target: str) -> tuple[str, str]:
@@ -45,6 +46,7 @@ def matches(target: str, principal: Principal) -> bool:
         (kind == USER and principal.user_id == value)
         or (kind == TOKEN and principal.token_id == value)
         or (kind == SESSION and principal.session_id == value)
+        or (kind == AGENT and principal.agent_id == value)
     )
 
 

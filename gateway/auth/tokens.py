@@ -2,6 +2,7 @@
 
 A token is `gw_` + 43 url-safe random characters (32 bytes) + a 6-character tag keyed by the server, so that a
 made-up token is refused without touching the database. Only HMAC-SHA-256(TOKEN_HASH_KEY, token) is stored.
+Agent keys (`gateway.agents.agent_keys`) have the same shape and storage with the prefix `ak_`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from gateway.db.models import ApiToken, User
 from gateway.ids import new_id
 
 API_TOKEN_PREFIX = "gw_"
+AGENT_KEY_PREFIX = "ak_"
 RANDOM_CHARS = 43
 TAG_CHARS = 6
 DISPLAY_CHARS = 11  # "gw_" and the first 8 random characters: enough to tell tokens apart, useless to guess
@@ -39,7 +41,11 @@ class TokenCodec:
         return hmac.new(self.key, secret.encode(), hashlib.sha256).hexdigest()
 
     def new_api_token(self) -> str:
-        body = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        return self.new_tagged_secret(API_TOKEN_PREFIX)
+
+    def new_tagged_secret(self, prefix: str) -> str:
+        """`prefix` + 32 random bytes (url-safe) + the server's tag: a token (`gw_`) or agent key (`ak_`)."""
+        body = prefix + secrets.token_urlsafe(32)
         return body + self._tag(body)
 
     def new_opaque_secret(self) -> str:
@@ -48,9 +54,11 @@ class TokenCodec:
 
     def is_well_formed_api_token(self, token: str) -> bool:
         """Whether `token` is one this server could have made (its tag checks out), in constant time."""
-        if len(token) != len(API_TOKEN_PREFIX) + RANDOM_CHARS + TAG_CHARS or not token.startswith(
-            API_TOKEN_PREFIX
-        ):
+        return self.is_well_formed(token, API_TOKEN_PREFIX)
+
+    def is_well_formed(self, token: str, prefix: str) -> bool:
+        """Whether `token` is a `prefix` secret this server could have made (its tag checks out)."""
+        if len(token) != len(prefix) + RANDOM_CHARS + TAG_CHARS or not token.startswith(prefix):
             return False
         body, tag = token[:-TAG_CHARS], token[-TAG_CHARS:]
         return hmac.compare_digest(tag.encode(), self._tag(body).encode())

@@ -1,7 +1,8 @@
 """Authentication in the chain: a Bearer header or the session cookie → a `Principal` on the request context.
 
 Fails closed: a credential that is sent must be valid even where none is required; a required one that is
-missing is 401; a scope the credential lacks is 403. Cookie-authenticated state changes must pass a CSRF check.
+missing is 401; a scope the credential lacks is 403; an agent key is 403 except on routes that take them (the
+agent routes, which check the agent). Cookie-authenticated state changes must pass a CSRF check.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth.authenticator import Authenticator
+from gateway.auth.principals import AGENT_KEY
 from gateway.errors import AuthenticationError, PermissionDeniedError
 from gateway.middleware.context import RequestContext
 
@@ -74,12 +76,14 @@ class AuthMiddleware:
         required: bool = True,
         scope: str | None = None,
         platform_only: bool = False,
+        agent_keys: bool = False,
     ) -> None:
         self.app = app
         self.authenticator = authenticator
         self.required = required
         self.scope = scope
         self.platform_only = platform_only
+        self.agent_keys = agent_keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -102,6 +106,8 @@ class AuthMiddleware:
             raise PermissionDeniedError(
                 "Requires a platform JWT; API tokens are rejected here.", code="api_tokens_not_allowed"
             )
+        if principal.kind == AGENT_KEY and not self.agent_keys:
+            raise PermissionDeniedError("Agent keys may not call this route.", code="agent_key_not_allowed")
         if self.scope is not None and not principal.may(self.scope):
             raise PermissionDeniedError(
                 f"This token lacks the {self.scope!r} scope.", code="insufficient_scope"

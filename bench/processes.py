@@ -1,0 +1,164 @@
+"""The benchmark's child processes: started pinned and in their own session, always stopped, measured from /proc."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _die_with_parent() -> None:
+    """Runs in each child before exec: the kernel sends it SIGTERM if the harness dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Children:
+    """The processes this run started. `close()` ends each one's process group: SIGTERM, then SIGKILL."""
+
+    def __init__(self, workdir: Path, taskset: str | None) -> None:
+        self.workdir = workdir
+        self.taskset = taskset
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs: dict[str, Path] = {}
+
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        cpu: int | None,
+        env: dict[str, str] | None = None,
+        pipes: bool = False,
+    ) -> subprocess.Popen[bytes]:
+        if cpu is not None and self.taskset:
+            argv = [self.taskset, "-c", str(cpu), *argv]  # taskset execs: the pid stays the program's
+        log = self.workdir / f"{name}.log"
+        self.logs[name] = log
+        with log.open("wb") as sink:
+            proc = subprocess.Popen(
+                argv,
+                cwd=self.workdir,  # away from the repo, so that its `.env` is not read
+                env=env,
+                stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if pipes else sink,
+                stderr=sink,
+                start_new_session=True,  # Ctrl-C reaches the harness only, which then stops all in order
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        self.procs[name] = proc
+        return proc
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.logs[name].read_text(errors="replace").splitlines()[-lines:])
+        except (OSError, KeyError):
+            return "(no log)"
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise SystemExit(f"bench: {name} exited with {proc.returncode}:\n{self.log_tail(name)}")
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signum)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(
+    children: Children,
+    name: str,
+    answered: Callable[[], str | None],
+    *,
+    timeout: float = 90.0,
+) -> None:
+    """Block until `answered()` returns None (it returns what went wrong otherwise); fail with the child's log
+    if it dies or never answers."""
+    proc = children.procs[name]
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"bench: {name} exited with {proc.returncode}:\n{children.log_tail(name)}")
+        problem = answered()
+        if problem is None:
+            return
+        last = problem
+        time.sleep(0.1)
+    raise SystemExit(f"bench: {name} did not answer in {timeout:.0f} s ({last}):\n{children.log_tail(name)}")
+
+
+def http_post(url: str, body: bytes, headers: dict[str, str], *, timeout: float = 5.0) -> tuple[int, bytes]:
+    """(status, body) of a POST; an HTTP error status is returned, not raised."""
+    request = urllib.request.Request(url, data=body, headers={"content-type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def group_pids(leader: int) -> list[int]:
+    """The processes of the session `leader` started (uvicorn's workers, nginx's, a supervisor's children)."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            fields = Path(entry.path, "stat").read_text().rpartition(")")[2].split()
+            if int(fields[3]) == leader:  # the session id; the pgid would do as well
+                pids.append(int(entry.name))
+    return pids
+
+
+def cpu_seconds(leader: int) -> float:
+    """User + system CPU time of every live process in `leader`'s session, in seconds."""
+    ticks = 0
+    for pid in group_pids(leader):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLOCK_TICKS
+
+
+def memory_kib(leader: int) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (peak), in KiB, summed over `leader`'s session; empty where there is no /proc."""
+    found: dict[str, int] = {}
+    for pid in group_pids(leader) or [leader]:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as status:
+            for line in status:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    found[key] = found.get(key, 0) + int(value.split()[0])
+    return found

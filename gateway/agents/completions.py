@@ -1,0 +1,199 @@
+"""One streamed chat completion from a provider, for agent chat: the deltas as they arrive, then the usage.
+
+The client library's errors become `ProviderError` here and nowhere else, by phase as in the proxy: failing to
+connect is `upstream_unavailable`, no response headers in time is `upstream_timeout`, the provider's own error
+status is `upstream_error`. The response is closed when the block ends, however it ends (cancellation too).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import anyio
+import httpx
+import orjson
+
+from gateway.agents.providers import ChatProvider
+from gateway.usage.sse import EventStreamParser
+
+logger = logging.getLogger("gateway.agents")
+
+TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError, OSError)
+MAX_JSON_BODY_BYTES = 4 * 1024 * 1024  # a provider that answers a stream request with plain JSON
+DONE = b"[DONE]"
+
+
+class ProviderError(Exception):
+    """The provider gave no usable answer. `code` and `message` are safe to show; `status` is for analytics."""
+
+    def __init__(self, code: str, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+@dataclass(slots=True)
+class CompletionUsage:
+    """The tokens the provider reported; None where it said nothing."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+    def as_json(self) -> dict[str, int | None]:
+        total = self.total_tokens
+        if total is None and self.prompt_tokens is not None and self.completion_tokens is not None:
+            total = self.prompt_tokens + self.completion_tokens
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": total,
+        }
+
+
+@dataclass(slots=True)
+class StreamedCompletion:
+    """An open completion: iterate `deltas()`; `usage` and `model` fill in as the provider reports them."""
+
+    response: httpx.Response
+    usage: CompletionUsage = field(default_factory=CompletionUsage)
+    model: str | None = None
+
+    async def deltas(self) -> AsyncIterator[str]:
+        """Each non-empty content delta, as it arrives. Raises `ProviderError` if the stream breaks or carries
+        an error."""
+        content_type = self.response.headers.get("content-type", "")
+        try:
+            if content_type.startswith("text/event-stream"):
+                async for delta in self._event_stream():
+                    yield delta
+            else:
+                text = await self._json_body()
+                if text:
+                    yield text
+        except TRANSPORT_ERRORS as exc:
+            logger.warning("provider broke off its answer: %s", type(exc.__cause__ or exc).__name__)
+            raise ProviderError(
+                "upstream_unavailable", "The provider broke off its answer.", status=502
+            ) from exc
+
+    async def _event_stream(self) -> AsyncIterator[str]:
+        parser = EventStreamParser()
+        async for chunk in self.response.aiter_bytes():
+            for data in parser.feed(chunk):
+                if data.strip() == DONE:
+                    return
+                text = self._read_chunk(data)
+                if text:
+                    yield text
+
+    async def _json_body(self) -> str | None:
+        body = bytearray()
+        async for chunk in self.response.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_JSON_BODY_BYTES:
+                raise ProviderError("upstream_error", "The provider's answer is too large.", status=502)
+        document = _json(bytes(body))
+        if document is None:
+            raise ProviderError("upstream_error", "The provider's answer is not JSON.", status=502)
+        self._read_meta(document)
+        choices = document.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            message = choices[0].get("message")
+            if isinstance(message, dict) and isinstance(message.get("content"), str):
+                return str(message["content"])
+        return None
+
+    def _read_chunk(self, data: bytes) -> str | None:
+        document = _json(data)
+        if document is None:
+            return None  # not ours to judge: skip what cannot be read
+        if isinstance(document.get("error"), dict):
+            raise ProviderError("upstream_error", "The provider reported an error mid-stream.", status=502)
+        self._read_meta(document)
+        choices = document.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            delta = choices[0].get("delta")
+            if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+                return str(delta["content"])
+        return None
+
+    def _read_meta(self, document: dict[str, Any]) -> None:
+        if self.model is None and isinstance(document.get("model"), str):
+            self.model = document["model"]
+        usage = document.get("usage")
+        if isinstance(usage, dict):
+            self.usage = CompletionUsage(
+                prompt_tokens=_count(usage.get("prompt_tokens", usage.get("input_tokens"))),
+                completion_tokens=_count(usage.get("completion_tokens", usage.get("output_tokens"))),
+                total_tokens=_count(usage.get("total_tokens")),
+            )
+
+
+@asynccontextmanager
+async def stream_completion(
+    client: httpx.AsyncClient,
+    provider: ChatProvider,
+    *,
+    model: str,
+    messages: Sequence[Mapping[str, str]],
+    byok_key: str | None,
+    request_id: str,
+) -> AsyncIterator[StreamedCompletion]:
+    """Send a streaming chat request and yield the open completion once the provider answered 2xx.
+
+    Precondition: `provider.is_configured`. Raises `ProviderError` before yielding when there is no answer.
+    """
+    request = client.build_request(
+        "POST",
+        provider.chat_url,
+        headers=[*provider.request_headers(byok_key), (b"x-request-id", request_id.encode("ascii"))],
+        content=orjson.dumps(provider.request_body(model=model, messages=messages)),
+    )
+    try:
+        response = await client.send(request, stream=True)
+    except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        _log(provider, "could not connect", exc)
+        raise ProviderError("upstream_unavailable", "The provider is unavailable.", status=502) from exc
+    except httpx.TimeoutException as exc:
+        _log(provider, "sent no response headers in time", exc)
+        raise ProviderError("upstream_timeout", "The provider did not answer in time.", status=504) from exc
+    except TRANSPORT_ERRORS as exc:
+        _log(provider, "failed before answering", exc)
+        raise ProviderError("upstream_unavailable", "The provider is unavailable.", status=502) from exc
+    try:
+        if not response.is_success:
+            logger.warning("provider %s answered %d", provider.name, response.status_code)
+            raise ProviderError(
+                "upstream_error",
+                f"The provider answered with status {response.status_code}.",
+                status=response.status_code,
+            )
+        yield StreamedCompletion(response)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await response.aclose()
+
+
+def _json(data: bytes) -> dict[str, Any] | None:
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _count(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return min(value, 2**31 - 1)
+
+
+def _log(provider: ChatProvider, what: str, exc: BaseException) -> None:
+    logger.warning("provider %s %s: %s", provider.name, what, type(exc.__cause__ or exc).__name__)

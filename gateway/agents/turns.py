@@ -1,0 +1,314 @@
+"""One chat turn of an agent: quota, the governance verdict (logged before the model is called), the model's
+reply streamed frame by frame, both messages stored, the reply logged, and one usage row however it ended.
+
+The log holds each message's SHA-256, never its text, so that clearing a session leaves the log verifiable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.agents.completions import CompletionUsage, ProviderError, StreamedCompletion, stream_completion
+from gateway.agents.governance import GovernancePolicy, Verdict
+from gateway.agents.providers import ProviderRegistry
+from gateway.agents.quotas import Quotas, check_chat_quota, lock_agent
+from gateway.agents.service import ASSISTANT, USER, conversation
+from gateway.agents.vault import Vault, VaultError, byok_key
+from gateway.auth.principals import Principal
+from gateway.db.agent_models import RUNNING, Agent, AgentMessage
+from gateway.db.base import iso, utcnow
+from gateway.db.engine import Database
+from gateway.errors import QuotaExceededError
+from gateway.ids import new_id
+from gateway.transparency.log import TransparencyLog, hash_text
+from gateway.upstreams import UpstreamClients
+from gateway.usage.pricing import PriceTable
+from gateway.usage.recorder import UsageRecord, UsageRecorder
+
+logger = logging.getLogger("gateway.agents")
+
+SendFrame = Callable[[dict[str, Any]], Awaitable[None]]
+REQUEST_TYPE = "agent_chat"
+CONTEXT_MESSAGES = 100  # the latest messages of the session the model sees
+LONG_TEXT_CHARS = 4096  # longer messages are checked off the event loop
+VERDICT_KIND, REPLY_KIND = "governance", "assistant_message"
+CLIENT_CLOSED = 499
+
+
+class AgentNotRunningError(Exception):
+    """The agent is stopped: the connection is closed with 4409."""
+
+
+class AgentGoneError(Exception):
+    """The agent was deleted (or is not the caller's) while the connection was open."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChatServices:
+    """What a turn needs, built once per app."""
+
+    database: Database
+    providers: ProviderRegistry
+    clients: UpstreamClients
+    policy: GovernancePolicy
+    recorder: UsageRecorder
+    pricing: PriceTable
+    log: TransparencyLog
+    vault: Vault | None
+    quotas: Quotas | None
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What the turn got to, for its usage row."""
+
+    agent: Agent | None = None
+    status: int = CLIENT_CLOSED
+    completion: StreamedCompletion | None = None
+    first_delta_at: float | None = None
+
+
+def content_hash(text: str) -> str:
+    return hash_text(hashlib.sha256(text.encode()).digest())
+
+
+def verdict_event(
+    agent: Agent, message_id: str, content: str, verdict: Verdict, at: datetime
+) -> dict[str, Any]:
+    """The log leaf of a user message and its verdict."""
+    return {
+        "type": VERDICT_KIND,
+        "agent_id": agent.id,
+        "session_id": agent.session_id,
+        "message_id": message_id,
+        "role": USER,
+        "content_hash": content_hash(content),
+        "mode": verdict.mode,
+        "decision": verdict.decision,
+        "findings": [
+            {"rule": f.rule, "category": f.category, "start": f.start, "end": f.end} for f in verdict.findings
+        ],
+        "created_at": iso(at),
+    }
+
+
+def reply_event(
+    agent: Agent, message_id: str, content: str, *, prompt: AgentMessage, usage: CompletionUsage, at: datetime
+) -> dict[str, Any]:
+    """The log leaf of an assistant message."""
+    return {
+        "type": REPLY_KIND,
+        "agent_id": agent.id,
+        "session_id": agent.session_id,
+        "message_id": message_id,
+        "role": ASSISTANT,
+        "content_hash": content_hash(content),
+        "in_reply_to": prompt.id,
+        "prompt_leaf_hash": prompt.leaf_hash,
+        "provider": agent.model_provider,
+        "model": agent.model,
+        "usage": usage.as_json(),
+        "created_at": iso(at),
+    }
+
+
+@dataclass(slots=True)
+class Turn:
+    """One user message and everything it sets off. `run` sends the frames through `send`."""
+
+    services: ChatServices
+    send: SendFrame
+    principal: Principal
+    agent_id: str
+    content: str
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    async def run(self) -> None:
+        """Raises `AgentNotRunningError` / `AgentGoneError` before anything happened; every other failure is
+        an error frame. Cancellation (the socket closed) closes the upstream and still records the usage."""
+        started = time.perf_counter()
+        seen = _Seen()
+        try:
+            await self._run(seen)
+        except QuotaExceededError as exc:
+            seen.status = exc.status_code
+            await self.send({"type": "error", "code": exc.code, "message": exc.message})
+        except ProviderError as exc:
+            seen.status = exc.status
+            await self.send({"type": "error", "code": exc.code, "message": exc.message})
+        except (AgentNotRunningError, AgentGoneError, asyncio.CancelledError):
+            raise
+        except Exception:
+            logger.exception("agent chat turn failed (request %s)", self.request_id)
+            seen.status = 500
+            await self.send({"type": "error", "code": "internal_error", "message": "The turn failed."})
+        finally:
+            if seen.agent is not None:
+                self.services.recorder.record(self._usage_record(seen, started))
+
+    async def _run(self, seen: _Seen) -> None:
+        services = self.services
+        async with services.database.session() as session, session.begin():
+            agent = await session.get(Agent, self.agent_id)
+            if agent is None or agent.user_id != self.principal.user_id:
+                raise AgentGoneError()
+            if agent.state != RUNNING:
+                raise AgentNotRunningError()
+            seen.agent = agent
+            if services.quotas is not None:
+                await lock_agent(session, agent.id)
+                await check_chat_quota(session, agent, services.quotas)
+            verdict = await self._evaluate(agent.governance_mode)
+            prompt = AgentMessage(
+                id=new_id("msg"),
+                agent_id=agent.id,
+                session_id=agent.session_id,
+                role=USER,
+                content=self.content,
+                created_at=utcnow(),
+                governance_decision=verdict.decision,
+            )
+            leaf = await services.log.append(
+                agent_id=agent.id,
+                kind=VERDICT_KIND,
+                event=verdict_event(agent, prompt.id, self.content, verdict, prompt.created_at),
+            )
+            prompt.leaf_hash = hash_text(leaf.leaf_hash)
+            session.add(prompt)
+        await self.send(
+            {
+                "type": "governance",
+                "message_id": prompt.id,
+                "mode": verdict.mode,
+                "decision": verdict.decision,
+                "findings": [finding.as_json() for finding in verdict.findings],
+                "leaf_hash": prompt.leaf_hash,
+            }
+        )
+        if verdict.blocks:
+            seen.status = 403
+            return
+        await self._reply(agent, prompt, seen)
+
+    async def _evaluate(self, mode: str) -> Verdict:
+        policy = self.services.policy
+        if len(self.content) > LONG_TEXT_CHARS:
+            return await asyncio.to_thread(policy.evaluate, self.content, mode=mode)
+        return policy.evaluate(self.content, mode=mode)
+
+    async def _reply(self, agent: Agent, prompt: AgentMessage, seen: _Seen) -> None:
+        services = self.services
+        provider = services.providers.get(agent.model_provider)
+        if provider is None or not provider.is_configured:
+            raise ProviderError(
+                "provider_not_configured",
+                f"The provider {agent.model_provider!r} is not configured.",
+                status=503,
+            )
+        async with services.database.session() as session:
+            history = await conversation(session, agent, limit=CONTEXT_MESSAGES)
+            try:
+                key = (
+                    await byok_key(session, agent.id, provider.name, services.vault)
+                    if services.vault
+                    else None
+                )
+            except VaultError:
+                logger.warning("the vault key of agent %s for %s does not open", agent.id, provider.name)
+                raise ProviderError(
+                    "vault_error", "The agent's stored key cannot be used.", status=500
+                ) from None
+        reply_id = new_id("msg")
+        parts: list[str] = []
+        async with stream_completion(
+            services.clients[provider.name],
+            provider,
+            model=agent.model,
+            messages=[{"role": message.role, "content": message.content} for message in history],
+            byok_key=key,
+            request_id=self.request_id,
+        ) as completion:
+            seen.completion = completion
+            await self.send({"type": "stream_start", "message_id": reply_id, "role": ASSISTANT})
+            try:
+                async for delta in completion.deltas():
+                    if seen.first_delta_at is None:
+                        seen.first_delta_at = time.perf_counter()
+                    parts.append(delta)
+                    await self.send({"type": "stream_chunk", "message_id": reply_id, "content": delta})
+            except ProviderError as exc:
+                seen.status = exc.status
+                await self.send(
+                    {"type": "error", "code": exc.code, "message": exc.message, "message_id": reply_id}
+                )
+                return
+        await self._store_reply(agent, prompt, reply_id, "".join(parts), completion.usage)
+        seen.status = 200
+
+    async def _store_reply(
+        self, agent: Agent, prompt: AgentMessage, reply_id: str, content: str, usage: CompletionUsage
+    ) -> None:
+        at = utcnow()
+        leaf = await self.services.log.append(
+            agent_id=agent.id,
+            kind=REPLY_KIND,
+            event=reply_event(agent, reply_id, content, prompt=prompt, usage=usage, at=at),
+        )
+        async with self.services.database.session() as session, session.begin():
+            session.add(
+                AgentMessage(
+                    id=reply_id,
+                    agent_id=agent.id,
+                    session_id=agent.session_id,
+                    role=ASSISTANT,
+                    content=content,
+                    created_at=at,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    leaf_hash=hash_text(leaf.leaf_hash),
+                )
+            )
+        await self.send(
+            {
+                "type": "stream_end",
+                "message_id": reply_id,
+                "usage": usage.as_json(),
+                "leaf_hash": hash_text(leaf.leaf_hash),
+            }
+        )
+
+    def _usage_record(self, seen: _Seen, started: float) -> UsageRecord:
+        assert seen.agent is not None
+        usage = seen.completion.usage if seen.completion is not None else CompletionUsage()
+        model = (seen.completion.model if seen.completion else None) or seen.agent.model
+        input_tokens, output_tokens = usage.prompt_tokens or 0, usage.completion_tokens or 0
+        cost = self.services.pricing.cost(model, input_tokens=input_tokens, output_tokens=output_tokens)
+        return UsageRecord(
+            created_at=datetime.now(UTC),
+            request_id=self.request_id,
+            request_type=REQUEST_TYPE,
+            method="WS",
+            path=f"/v1/agents/{seen.agent.id}/chat",
+            status=seen.status,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            ttfb_ms=round((seen.first_delta_at - started) * 1000, 3) if seen.first_delta_at else None,
+            is_stream=True,
+            user_id=seen.agent.user_id,
+            token_id=self.principal.token_id,
+            agent_id=seen.agent.id,
+            provider=seen.agent.model_provider,
+            model=model[:200],
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            total_tokens=usage.total_tokens or input_tokens + output_tokens,
+            input_cost_usd=cost.input_usd,
+            output_cost_usd=cost.output_usd,
+        )

@@ -1,0 +1,29 @@
+"""The proxy for Chroma: the generic one, sent to the path and query the namespacing middleware wrote."""
+
+from __future__ import annotations
+
+from starlette.types import Receive, Scope, Send
+
+from gateway.errors import NotConfiguredError
+from gateway.proxy import ReverseProxy
+from gateway.upstreams import Upstream, UpstreamClients
+
+
+class ChromaProxy(ReverseProxy):
+    """Forwards to `{CHROMA_BASE_URL}{path}`, the path being the scope's (already namespaced) `raw_path`."""
+
+    def __init__(self, upstream: Upstream, *, clients: UpstreamClients) -> None:
+        super().__init__(upstream, clients=clients, path="")
+
+    def _target(self, scope: Scope) -> str:
+        query: bytes = scope.get("query_string", b"")
+        path = self.url + scope["raw_path"].decode("ascii")
+        return f"{path}?{query.decode('ascii')}" if query else path
+
+
+async def chroma_not_configured(scope: Scope, receive: Receive, send: Send) -> None:
+    """The Chroma routes' endpoint when CHROMA_BASE_URL or CHROMA_API_KEY is unset."""
+    raise NotConfiguredError(
+        "Chroma is not configured on this gateway (CHROMA_BASE_URL and CHROMA_API_KEY).",
+        code="chroma_not_configured",
+    )

@@ -1,0 +1,328 @@
+"""An agent's assets: its vault of BYOK keys, its API keys, its files and its quota. Thin endpoints only.
+
+Each route loads the agent through `gateway.agents.access.agent_for_request`, which answers 404 for another
+user's agent and 403 for an agent key where API.md does not allow one (vault, API keys, file deletion).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from gateway.agents import files, vault
+from gateway.agents.access import agent_for_request, principal_of
+from gateway.agents.agent_keys import (
+    AGENT_KEY_SCOPES,
+    create_agent_key,
+    list_agent_keys,
+    revoke_agent_key,
+)
+from gateway.agents.providers import ProviderRegistry
+from gateway.agents.quotas import Quotas, quota_report, storage_used
+from gateway.agents.storage import LocalStorage, ObjectMissingError, Storage
+from gateway.auth.authenticator import Authenticator
+from gateway.auth.principals import AGENT_KEY
+from gateway.auth.revocations import TOKEN, Revocations
+from gateway.auth.tokens import TokenCodec
+from gateway.db.asset_models import AgentApiKey, AgentFile, AgentVaultKey
+from gateway.db.base import iso
+from gateway.db.engine import Database
+from gateway.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    UnsupportedMediaTypeError,
+)
+from gateway.middleware.auth import AuthMiddleware
+from gateway.routes.bodies import json_object, optional_string
+from gateway.settings import Settings
+
+FILES_SCOPE = "files"
+MULTIPART_OVERHEAD_BYTES = 64 * 1024  # what a body may carry beyond its file: boundaries, part headers
+DOWNLOAD_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+    "Cache-Control": "private, no-store",
+}
+
+
+def vault_json(record: AgentVaultKey) -> dict[str, object]:
+    return {"provider": record.provider, "prefix": record.prefix, "created_at": iso(record.created_at)}
+
+
+def key_json(record: AgentApiKey) -> dict[str, object]:
+    return {
+        "id": record.id,
+        "agent_id": record.agent_id,
+        "name": record.name,
+        "prefix": record.prefix,
+        "scopes": record.scopes,
+        "created_at": iso(record.created_at),
+        "last_used_at": iso(record.last_used_at),
+        "revoked_at": iso(record.revoked_at),
+    }
+
+
+def file_json(record: AgentFile) -> dict[str, object]:
+    return {
+        "id": record.id,
+        "agent_id": record.agent_id,
+        "filename": record.filename,
+        "content_type": record.content_type,
+        "size": record.size,
+        "sha256": record.sha256,
+        "created_at": iso(record.created_at),
+    }
+
+
+class AgentAssetRoutes:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        vault: vault.Vault,
+        codec: TokenCodec,
+        revocations: Revocations,
+        storage: Storage,
+        quotas: Quotas,
+        max_upload_bytes: int,
+        providers: Collection[str],
+    ) -> None:
+        self.database = database
+        self.vault = vault
+        self.codec = codec
+        self.revocations = revocations
+        self.storage = storage
+        self.quotas = quotas
+        self.max_upload_bytes = max_upload_bytes
+        self.providers = providers
+
+    # The vault (no agent keys).
+
+    async def store_vault_key(self, request: Request) -> JSONResponse:
+        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=False)
+        body = await json_object(request, require_json_type=True)
+        provider = self._provider(body.get("provider"))
+        api_key = body.get("api_key")
+        if not isinstance(api_key, str) or not api_key.strip() or len(api_key) > vault.MAX_API_KEY_CHARS:
+            raise InvalidRequestError("api_key must be a non-empty string.", param="api_key")
+        if not api_key.isprintable() or any(ch.isspace() for ch in api_key):
+            raise InvalidRequestError("api_key holds whitespace or control characters.", param="api_key")
+        async with self.database.session() as session, session.begin():
+            record = await vault.store_key(
+                session, self.vault, agent_id=agent.id, provider=provider, api_key=api_key
+            )
+        return JSONResponse(vault_json(record), status_code=201)
+
+    async def list_vault_keys(self, request: Request) -> JSONResponse:
+        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=False)
+        async with self.database.session() as session:
+            records = await vault.list_keys(session, agent.id)
+        return JSONResponse({"data": [vault_json(record) for record in records]})
+
+    async def delete_vault_key(self, request: Request) -> Response:
+        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=False)
+        provider = request.query_params.get("provider")
+        if not provider:
+            raise InvalidRequestError("Name the key to delete: ?provider=...", param="provider")
+        async with self.database.session() as session, session.begin():
+            await vault.delete_key(session, agent_id=agent.id, provider=provider)
+        return Response(status_code=204)
+
+    def _provider(self, value: object) -> str:
+        if not isinstance(value, str) or not vault.is_valid_provider(value):
+            raise InvalidRequestError("provider must be a provider name such as 'openai'.", param="provider")
+        if value not in self.providers:
+            raise InvalidRequestError(
+                f"Unknown provider {value!r}; known: {sorted(self.providers)}.", param="provider"
+            )
+        return value
+
+    # API keys (no agent keys).
+
+    async def create_key(self, request: Request) -> JSONResponse:
+        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=False)
+        body = await _optional_json_object(request)
+        name = optional_string(body, "name", max_length=200) or ""
+        scopes = _scopes(body.get("scopes"))
+        async with self.database.session() as session, session.begin():
+            record, raw = await create_agent_key(
+                session, self.codec, agent_id=agent.id, name=name, scopes=scopes
+            )
+        return JSONResponse({**key_json(record), "raw_key": raw}, status_code=201)
+
+    async def list_keys(self, request: Request) -> JSONResponse:
+        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=False)
+        async with self.database.session() as session:
+            records = await list_agent_keys(session, agent.id)
+        return JSONResponse({"data": [key_json(record) for record in records]})
+
+    async def revoke_key(self, request: Request) -> Response:
+        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=False)
+        async with self.database.session() as session:
+            async with session.begin():
+                record = await revoke_agent_key(
+                    session, agent_id=agent.id, key_id=request.path_params["key_id"]
+                )
+                if record is None:
+                    raise NotFoundError("No such API key.")
+                target = await self.revocations.announce(session, TOKEN, record.id)
+            self.revocations.apply(target)
+        return Response(status_code=204)
+
+    # Files (agent keys with the files scope, except deletion).
+
+    async def upload_file(self, request: Request) -> JSONResponse:
+        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=True)
+        _require_files_scope(request)
+        tier = self.quotas.tier_of(agent)
+        declared = request.headers.get("content-length")
+        if (
+            declared
+            and declared.isdigit()
+            and int(declared) > self.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+        ):
+            raise PayloadTooLargeError(
+                f"The file is over the {self.max_upload_bytes}-byte limit per file.", code="file_too_large"
+            )
+        async with self.database.session() as session:
+            stored_bytes, stored_files = await storage_used(session, agent.id)
+        if tier.files is not None and stored_files >= tier.files:
+            raise _quota_error(files.StorageQuotaError(f"The agent already stores its {tier.files} files."))
+        quota_bytes = None if tier.storage_bytes is None else max(0, tier.storage_bytes - stored_bytes)
+        try:
+            received = await files.receive_upload(
+                request.stream(),
+                request.headers.get("content-type"),
+                self.storage,
+                max_bytes=self.max_upload_bytes,
+                quota_bytes=quota_bytes,
+            )
+            record = await files.store_upload(
+                self.database, self.storage, received, agent_id=agent.id, tier=tier
+            )
+        except files.NotMultipartError as exc:
+            raise UnsupportedMediaTypeError(str(exc)) from None
+        except files.MalformedUploadError as exc:
+            raise InvalidRequestError(str(exc), param="file") from None
+        except files.FileTooLargeError as exc:
+            raise PayloadTooLargeError(str(exc), code="file_too_large") from None
+        except files.StorageQuotaError as exc:
+            raise _quota_error(exc) from None
+        return JSONResponse(file_json(record), status_code=201)
+
+    async def list_files(self, request: Request) -> JSONResponse:
+        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=True)
+        _require_files_scope(request)
+        async with self.database.session() as session:
+            records = await files.list_files(session, agent.id)
+        return JSONResponse({"data": [file_json(record) for record in records]})
+
+    async def download_file(self, request: Request) -> StreamingResponse:
+        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=True)
+        _require_files_scope(request)
+        async with self.database.session() as session:
+            record = await files.find_file(session, agent_id=agent.id, file_id=request.path_params["file_id"])
+        if record is None:
+            raise NotFoundError("No such file.")
+        try:
+            chunks = await self.storage.read(record.storage_key)
+        except ObjectMissingError:
+            raise NotFoundError("The file's content is gone.") from None
+        headers = {
+            **DOWNLOAD_HEADERS,
+            "Content-Disposition": files.attachment_disposition(record.filename),
+            "Content-Length": str(record.size),
+        }
+        return StreamingResponse(chunks, media_type=record.content_type, headers=headers)
+
+    async def delete_file(self, request: Request) -> Response:
+        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=False)
+        deleted = await files.delete_file(
+            self.database, self.storage, agent_id=agent.id, file_id=request.path_params["file_id"]
+        )
+        if not deleted:
+            raise NotFoundError("No such file.")
+        return Response(status_code=204)
+
+    # Quota (agent keys too).
+
+    async def quota(self, request: Request) -> JSONResponse:
+        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=True)
+        async with self.database.session() as session:
+            report = await quota_report(session, agent, self.quotas)
+        return JSONResponse(report)
+
+    def routes(self, authenticator: Authenticator) -> list[BaseRoute]:
+        """The routes, behind auth that lets agent keys through to the per-route agent check."""
+        auth = [Middleware(AuthMiddleware, authenticator=authenticator, agent_keys=True)]
+        base = "/v1/agents/{agent_id}"
+        return [
+            Route(f"{base}/vault", self.store_vault_key, methods=["POST"], middleware=auth),
+            Route(f"{base}/vault", self.list_vault_keys, methods=["GET"], middleware=auth),
+            Route(f"{base}/vault", self.delete_vault_key, methods=["DELETE"], middleware=auth),
+            Route(f"{base}/api-keys", self.create_key, methods=["POST"], middleware=auth),
+            Route(f"{base}/api-keys", self.list_keys, methods=["GET"], middleware=auth),
+            Route(f"{base}/api-keys/{{key_id}}", self.revoke_key, methods=["DELETE"], middleware=auth),
+            Route(f"{base}/files", self.upload_file, methods=["POST"], middleware=auth),
+            Route(f"{base}/files", self.list_files, methods=["GET"], middleware=auth),
+            Route(f"{base}/files/{{file_id}}", self.download_file, methods=["GET"], middleware=auth),
+            Route(f"{base}/files/{{file_id}}", self.delete_file, methods=["DELETE"], middleware=auth),
+            Route(f"{base}/quota", self.quota, methods=["GET"], middleware=auth),
+        ]
+
+
+def _require_files_scope(request: Request) -> None:
+    principal = principal_of(request)
+    if principal.kind == AGENT_KEY and not principal.may(FILES_SCOPE):
+        raise PermissionDeniedError(
+            f"This agent key lacks the {FILES_SCOPE!r} scope.", code="insufficient_scope"
+        )
+
+
+def _quota_error(exc: files.StorageQuotaError) -> PayloadTooLargeError:
+    return PayloadTooLargeError(str(exc), code="storage_quota_exceeded")
+
+
+async def _optional_json_object(request: Request) -> dict[str, Any]:
+    """The JSON object body, or {} for an empty body (every field of the request is optional)."""
+    if request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers:
+        return {}
+    return await json_object(request)
+
+
+def _scopes(value: object) -> list[str]:
+    if value is None:
+        return sorted(AGENT_KEY_SCOPES)
+    if not isinstance(value, list) or not all(isinstance(scope, str) for scope in value):
+        raise InvalidRequestError("scopes must be an array of strings.", param="scopes")
+    unknown = sorted(set(value) - AGENT_KEY_SCOPES)
+    if unknown:
+        raise InvalidRequestError(
+            f"Unknown scopes {unknown}; known: {sorted(AGENT_KEY_SCOPES)}.",
+            param="scopes",
+            code="invalid_scope",
+        )
+    return sorted(set(value))
+
+
+def asset_routes(
+    settings: Settings, database: Database, *, codec: TokenCodec, revocations: Revocations
+) -> AgentAssetRoutes:
+    """The asset routes of these settings, with their vault, local file storage and quota tiers."""
+    return AgentAssetRoutes(
+        database,
+        vault=vault.vault_for(settings),
+        codec=codec,
+        revocations=revocations,
+        storage=LocalStorage(settings.files_path),
+        quotas=Quotas(settings.quota_tiers),
+        max_upload_bytes=settings.max_upload_bytes,
+        providers=frozenset(ProviderRegistry.from_settings(settings)),
+    )

@@ -1,0 +1,286 @@
+"""`/v1/agents`: agents and their lifecycle, messages, proofs and the chat WebSocket. Thin endpoints only.
+
+Every route sits behind the auth middleware (agent keys let through); which credential may call which route,
+and whose agent it is, is decided in `gateway.agents.access` (another user's agent is 404).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+
+from gateway.agents import service
+from gateway.agents.access import check_agent_access, owned_agent, principal_of
+from gateway.agents.chat import AgentChat
+from gateway.agents.files import remove_agent_files
+from gateway.agents.governance import MODES, GovernancePolicy
+from gateway.agents.providers import ProviderRegistry
+from gateway.agents.quotas import Quotas
+from gateway.agents.storage import Storage
+from gateway.agents.turns import ChatServices
+from gateway.agents.vault import Vault
+from gateway.auth.authenticator import Authenticator
+from gateway.auth.revocations import AGENT, Revocations
+from gateway.db.agent_models import Agent
+from gateway.db.engine import Database
+from gateway.errors import ClientError, InvalidRequestError, NotFoundError, PermissionDeniedError
+from gateway.middleware.auth import AuthMiddleware
+from gateway.routes.bodies import json_object, optional_string
+from gateway.settings import Settings
+from gateway.transparency.log import TransparencyLog, hash_text, parse_hash_text
+from gateway.upstreams import UpstreamClients
+from gateway.usage.pricing import PriceTable
+from gateway.usage.recorder import UsageRecorder
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+MAX_NAME_CHARS = 200
+VERIFICATION_PATH = "/verify/proof/"
+
+
+class AgentRoutes:
+    def __init__(
+        self,
+        database: Database,
+        providers: ProviderRegistry,
+        log: TransparencyLog,
+        revocations: Revocations,
+        storage: Storage | None,
+    ) -> None:
+        self.database = database
+        self.providers = providers
+        self.log = log
+        self.revocations = revocations
+        self.storage = storage
+
+    async def create(self, request: Request) -> JSONResponse:
+        principal = principal_of(request)
+        check_agent_access(principal, None, agent_key_ok=False)
+        changes = self._changes(await _body(request))
+        async with self.database.session() as session, session.begin():
+            agent = await service.create_agent(session, user_id=principal.user_id, changes=changes)
+        return JSONResponse(service.agent_json(agent, message_count=0), status_code=201)
+
+    async def list(self, request: Request) -> JSONResponse:
+        principal = principal_of(request)
+        if not principal.is_platform_user:
+            raise PermissionDeniedError(
+                "Listing agents requires a platform JWT; API tokens and agent keys are rejected here.",
+                code="api_tokens_not_allowed",
+            )
+        async with self.database.session() as session:
+            agents = await service.list_agents(session, principal.user_id)
+        return JSONResponse({"data": [service.agent_json(agent, message_count=n) for agent, n in agents]})
+
+    async def get(self, request: Request) -> JSONResponse:
+        async with self.database.session() as session:
+            agent = await _agent(request, session, agent_key_ok=True)
+            count = await service.message_count(session, agent)
+        return JSONResponse(service.agent_json(agent, message_count=count))
+
+    async def update(self, request: Request) -> JSONResponse:
+        body = await _body(request)
+        async with self.database.session() as session, session.begin():
+            agent = await _agent(request, session, agent_key_ok=False)
+            service.update_agent(agent, self._changes(body))
+            await session.flush()
+            count = await service.message_count(session, agent)
+        return JSONResponse(service.agent_json(agent, message_count=count))
+
+    async def delete(self, request: Request) -> Response:
+        async with self.database.session() as session:
+            async with session.begin():
+                agent = await _agent(request, session, agent_key_ok=False)
+                await session.execute(delete(Agent).where(Agent.id == agent.id))  # keys, messages... cascade
+                target = await self.revocations.announce(session, AGENT, agent.id)
+            self.revocations.apply(target)  # its agent keys fail everywhere from now on
+        if self.storage is not None:
+            await remove_agent_files(self.storage, agent.id)
+        return Response(status_code=204)
+
+    async def start(self, request: Request) -> JSONResponse:
+        async with self.database.session() as session, session.begin():
+            agent = await _agent(request, session, agent_key_ok=False)
+            await service.start_agent(session, agent)
+            count = await service.message_count(session, agent)
+        return JSONResponse(service.agent_json(agent, message_count=count))
+
+    async def stop(self, request: Request) -> JSONResponse:
+        tree_size = (await self.log.checkpoint()).tree_size
+        async with self.database.session() as session, session.begin():
+            agent = await _agent(request, session, agent_key_ok=False)
+            checkpoint = await service.stop_agent(session, agent, tree_size=tree_size)
+            count = await service.message_count(session, agent)
+        body = service.agent_json(agent, message_count=count)
+        body["checkpoint"] = service.checkpoint_json(checkpoint) if checkpoint is not None else None
+        return JSONResponse(body)
+
+    async def messages(self, request: Request) -> JSONResponse:
+        limit = _limit(request.query_params.get("limit"))
+        async with self.database.session() as session:
+            agent = await _agent(request, session, agent_key_ok=True)
+            before = await _before(session, agent, request.query_params.get("before"))
+            rows, has_more = await service.session_messages(session, agent, limit=limit, before=before)
+        return JSONResponse(
+            {
+                "data": [service.message_json(row) for row in rows],
+                "session_id": agent.session_id,
+                "has_more": has_more,
+            }
+        )
+
+    async def clear_messages(self, request: Request) -> Response:
+        async with self.database.session() as session, session.begin():
+            agent = await _agent(request, session, agent_key_ok=False)
+            await service.clear_session(session, agent)
+        return Response(status_code=204)
+
+    async def proof(self, request: Request) -> JSONResponse:
+        async with self.database.session() as session:
+            agent = await _agent(request, session, agent_key_ok=True)
+        leaf_hash = parse_hash_text(request.path_params["leaf_hash"], param="leaf_hash")
+        proof = await self.log.proof_for(leaf_hash)
+        if proof is None:
+            raise NotFoundError("No leaf has this hash.", code="leaf_not_found")
+        if proof.agent_id != agent.id:
+            raise PermissionDeniedError("This leaf belongs to another agent.", code="foreign_leaf")
+        text = hash_text(leaf_hash)
+        return JSONResponse(
+            {
+                "agent_id": agent.id,
+                "hash": text,
+                "proof": proof.as_json(),
+                "proof_error": None,
+                "verification_url": VERIFICATION_PATH + text,
+                "verification_portal": str(request.base_url).rstrip("/") + VERIFICATION_PATH,
+            }
+        )
+
+    def _changes(self, body: dict[str, Any]) -> service.AgentChanges:
+        names = {
+            field: _nonempty(body, field)
+            for field in ("agent_name", "model", "model_provider", "governance_mode")
+        }
+        provider, mode = names["model_provider"], names["governance_mode"]
+        if provider is not None and provider not in self.providers:
+            known = ", ".join(sorted(self.providers))
+            raise InvalidRequestError(
+                f"Unknown model_provider {provider!r}; known: {known}.",
+                param="model_provider",
+                code="invalid_provider",
+            )
+        if mode is not None and mode not in MODES:
+            raise InvalidRequestError(
+                "governance_mode must be 'transparent' or 'enforcing'.",
+                param="governance_mode",
+                code="invalid_mode",
+            )
+        return service.AgentChanges(**names)
+
+
+async def _agent(request: Request, session: AsyncSession, *, agent_key_ok: bool) -> Agent:
+    principal = principal_of(request)
+    agent_id = request.path_params["agent_id"]
+    check_agent_access(principal, agent_id, agent_key_ok=agent_key_ok)
+    return await owned_agent(session, principal, agent_id)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    """The JSON object body; an empty body is an empty object (every field is optional)."""
+    if request.headers.get("content-length") == "0":
+        return {}
+    return await json_object(request)
+
+
+def _nonempty(body: dict[str, Any], field: str) -> str | None:
+    value = optional_string(body, field, max_length=MAX_NAME_CHARS)
+    if value is not None and not value.strip():
+        raise InvalidRequestError(f"{field} must not be empty.", param=field)
+    return value.strip() if value is not None else None
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_PAGE
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise InvalidRequestError(f"limit must be a whole number from 1 to {MAX_PAGE}.", param="limit")
+    return int(raw)
+
+
+async def _before(session: AsyncSession, agent: Agent, raw: str | None) -> datetime | None:
+    """`?before=`: a message id of the session (its time), or an ISO 8601 time."""
+    if raw is None:
+        return None
+    if raw.startswith("msg_"):
+        message = await service.find_message(session, agent, raw)
+        if message is None:
+            raise InvalidRequestError("before names no message of this agent.", param="before")
+        return message.created_at
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequestError(
+            "before must be a message id or an ISO 8601 time.", param="before"
+        ) from None
+    if moment.tzinfo is None:
+        raise InvalidRequestError("before must carry a time zone (e.g. Z).", param="before")
+    return moment
+
+
+async def websocket_required(request: Request) -> Response:
+    """A plain GET of the chat route: it only speaks WebSocket."""
+    raise UpgradeRequiredError()
+
+
+class UpgradeRequiredError(ClientError):
+    """The route takes WebSocket connections only."""
+
+    status_code = 426
+    code = "websocket_required"
+    message = "This route speaks WebSocket only."
+
+
+def agent_routes(
+    settings: Settings,
+    database: Database,
+    authenticator: Authenticator,
+    revocations: Revocations,
+    clients: UpstreamClients,
+    *,
+    recorder: UsageRecorder,
+    pricing: PriceTable,
+    log: TransparencyLog,
+    vault: Vault | None,
+    quotas: Quotas | None,
+    storage: Storage | None,
+) -> list[BaseRoute]:
+    """The agent routes, behind auth that lets agent keys through to the checks above."""
+    providers = ProviderRegistry.from_settings(settings)
+    policy = GovernancePolicy(
+        max_chars=settings.governance_max_message_chars, blocked_patterns=settings.governance_blocked_patterns
+    )
+    services = ChatServices(database, providers, clients, policy, recorder, pricing, log, vault, quotas)
+    routes = AgentRoutes(database, providers, log, revocations, storage)
+    user = [Middleware(AuthMiddleware, authenticator=authenticator, agent_keys=True)]
+    one = "/v1/agents/{agent_id}"
+    return [
+        Route("/v1/agents", routes.create, methods=["POST"], middleware=user),
+        Route("/v1/agents", routes.list, methods=["GET"], middleware=user),
+        Route(one, routes.get, methods=["GET"], middleware=user),
+        Route(one, routes.update, methods=["PATCH"], middleware=user),
+        Route(one, routes.delete, methods=["DELETE"], middleware=user),
+        Route(f"{one}/start", routes.start, methods=["POST"], middleware=user),
+        Route(f"{one}/stop", routes.stop, methods=["POST"], middleware=user),
+        Route(f"{one}/messages", routes.messages, methods=["GET"], middleware=user),
+        Route(f"{one}/messages", routes.clear_messages, methods=["DELETE"], middleware=user),
+        Route(f"{one}/proofs/{{leaf_hash}}", routes.proof, methods=["GET"], middleware=user),
+        WebSocketRoute(f"{one}/chat", AgentChat(authenticator, services)),
+        Route(f"{one}/chat", websocket_required, methods=["GET"]),
+    ]

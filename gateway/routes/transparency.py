@@ -1,0 +1,61 @@
+"""The transparency log's public routes: a leaf's proof, the latest checkpoint, consistency proofs, the key."""
+
+from __future__ import annotations
+
+import re
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import BaseRoute, Route
+
+from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.transparency.log import TransparencyLog, hash_text, parse_hash_text
+
+SIZE = re.compile(r"[0-9]{1,19}")
+
+
+class TransparencyRoutes:
+    def __init__(self, log: TransparencyLog) -> None:
+        self.log = log
+
+    async def verify_proof(self, request: Request) -> JSONResponse:
+        """`GET /verify/proof/{hash}`: the leaf's inclusion in the latest signed tree, checked here too."""
+        leaf_hash = parse_hash_text(request.path_params["hash"])
+        proof = await self.log.proof_for(leaf_hash)
+        if proof is None:
+            raise NotFoundError("No leaf has this hash.", code="leaf_not_found")
+        return JSONResponse(
+            {"hash": hash_text(leaf_hash), "verified": proof.is_verified(), **proof.as_json()}
+        )
+
+    async def checkpoint(self, request: Request) -> PlainTextResponse:
+        """`GET /v1/transparency/checkpoint`: the latest signed tree head, as a C2SP note."""
+        signed = await self.log.checkpoint()
+        return PlainTextResponse(signed.text, media_type="text/plain; charset=utf-8")
+
+    async def consistency(self, request: Request) -> JSONResponse:
+        """`GET /v1/transparency/consistency?first=M&second=N`."""
+        proof = await self.log.consistency(_size(request, "first"), _size(request, "second"))
+        return JSONResponse(proof.as_json())
+
+    async def public_key(self, request: Request) -> JSONResponse:
+        """`GET /v1/transparency/public-key`."""
+        return JSONResponse(self.log.public_key())
+
+
+def _size(request: Request, name: str) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or not SIZE.fullmatch(raw):
+        raise InvalidRequestError(f"`{name}` must be a tree size (a whole number).", param=name)
+    return int(raw)
+
+
+def transparency_routes(log: TransparencyLog) -> list[BaseRoute]:
+    """The routes, all public: a proof needs no credential to be checked."""
+    routes = TransparencyRoutes(log)
+    return [
+        Route("/verify/proof/{hash}", routes.verify_proof, methods=["GET"]),
+        Route("/v1/transparency/checkpoint", routes.checkpoint, methods=["GET"]),
+        Route("/v1/transparency/consistency", routes.consistency, methods=["GET"]),
+        Route("/v1/transparency/public-key", routes.public_key, methods=["GET"]),
+    ]
