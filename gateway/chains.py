@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from gateway.auth.authenticator import Authenticator
 from gateway.chroma.middleware import ChromaNamespaceMiddleware
-from gateway.chroma.proxy import ChromaProxy, chroma_not_configured
+from gateway.chroma.proxy import ChromaNotConfigured, ChromaProxy
 from gateway.chroma.upstream import ChromaLookups
 from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.rewrite import BodyRewriteMiddleware
@@ -87,5 +87,5 @@ def chroma_routes(
             max_bytes=settings.max_request_bytes,
         ),
     ]
-    endpoint = ChromaProxy(chroma, clients=clients) if chroma else chroma_not_configured
+    endpoint = ChromaProxy(chroma, clients=clients) if chroma else ChromaNotConfigured()
     return [Route(path, endpoint, middleware=chain) for path in ("/v1/chroma", "/v1/chroma/{path:path}")]

@@ -21,9 +21,11 @@ class ChromaProxy(ReverseProxy):
         return f"{path}?{query.decode('ascii')}" if query else path
 
 
-async def chroma_not_configured(scope: Scope, receive: Receive, send: Send) -> None:
-    """The Chroma routes' endpoint when CHROMA_BASE_URL or CHROMA_API_KEY is unset."""
-    raise NotConfiguredError(
-        "Chroma is not configured on this gateway (CHROMA_BASE_URL and CHROMA_API_KEY).",
-        code="chroma_not_configured",
-    )
+class ChromaNotConfigured:
+    """The Chroma routes' endpoint when CHROMA_BASE_URL or CHROMA_API_KEY is unset (an ASGI app, like the proxy)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotConfiguredError(
+            "Chroma is not configured on this gateway (CHROMA_BASE_URL and CHROMA_API_KEY).",
+            code="chroma_not_configured",
+        )
