@@ -18,9 +18,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.chroma.names import DEFAULT_DATABASE, DEFAULT_TENANT, Namespace
 from gateway.chroma.routes import DATABASES, DB, ChromaCall, Reply, match
 from gateway.chroma.upstream import ChromaLookups
-from gateway.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
+from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.jsonbody import parse_json_object
 from gateway.middleware.context import RequestContext
+from gateway.middleware.rewrite import read_body, replaying
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
 PAGING = ("limit", "offset")
@@ -73,16 +74,7 @@ class ChromaNamespaceMiddleware:
         if database is not None and scope["method"] == "DELETE" and call.rule.pattern == DB:
             self.lookups.forget_database(database)
 
-        sent = False
-
-        async def replay_body() -> Message:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(forwarded, replay_body, _ResponseFilter(send, namespace, call, paging))
+        await self.app(forwarded, replaying(body, receive), _ResponseFilter(send, namespace, call, paging))
 
     def _headers(self, scope: Scope, length: int) -> list[tuple[bytes, bytes]]:
         # No compression (the gateway reads the answers it rewrites) and no Chroma key of the client's own.
@@ -95,20 +87,9 @@ class ChromaNamespaceMiddleware:
     async def _body(
         self, scope: Scope, receive: Receive, namespace: Namespace, *, creates_database: bool
     ) -> bytes | None:
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise PayloadTooLargeError(f"The request body is over the limit of {self.max_bytes} bytes.")
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
+        body = await read_body(scope, receive, self.max_bytes)
+        if body is None:
+            return None
         if not body.strip():
             return body
         document = parse_json_object(body)

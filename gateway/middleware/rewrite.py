@@ -51,38 +51,49 @@ class BodyRewriteMiddleware:
                 (b"content-length", str(len(body)).encode("latin-1")),
             ]
 
-        replayed = False
-
-        async def receive_rewritten_body() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()  # after the body, only the disconnect is left to hear
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, receive_rewritten_body, send)
+        await self.app(scope, replaying(body, receive), send)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
-        declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            raise self._too_large()
-        chunks: list[bytes] = []
-        size = 0
-        more_body = True
-        while more_body:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise self._too_large()
-            chunks.append(chunk)
-            more_body = message.get("more_body", False)
-        return b"".join(chunks)
+        return await read_body(scope, receive, self.max_bytes)
 
-    def _too_large(self) -> PayloadTooLargeError:
-        return PayloadTooLargeError(f"The request body is over the limit of {self.max_bytes} bytes.")
+
+async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes | None:
+    """The whole request body, or None if the client left first; 413 as soon as it is over `max_bytes`."""
+    declared = _content_length(scope)
+    if declared is not None and declared > max_bytes:
+        raise _too_large(max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    more_body = True
+    while more_body:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+        more_body = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives `body` in one message, then hands over to the client's (for the disconnect)."""
+    replayed = False
+
+    async def receive_body() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive_body
+
+
+def _too_large(max_bytes: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"The request body is over the limit of {max_bytes} bytes.")
 
 
 def _content_length(scope: Scope) -> int | None:
