@@ -101,22 +101,22 @@ class AgentChat:
         self.services = services
         self._turning: set[str] = set()
 
-    async def __call__(self, websocket: WebSocket) -> None:
+    async def serve(self, websocket: WebSocket) -> None:
+        """The endpoint: admit, accept, then converse until the socket closes."""
         agent_id = websocket.path_params["agent_id"]
         try:
-            principal, via_subprotocol = await self._admit(websocket, agent_id)
+            principal, via_subprotocol, state = await self._admit(websocket, agent_id)
         except GatewayError as exc:
             await refuse(websocket, exc)
             return
         await websocket.accept(subprotocol=BEARER_SUBPROTOCOL if via_subprotocol else None)
-        async with self.services.database.session() as session:
-            state = (await owned_agent(session, principal, agent_id)).state
         if state != RUNNING:
             await websocket.close(CLOSE_NOT_RUNNING, "The agent is not running.")
             return
         await self._converse(websocket, principal, agent_id)
 
-    async def _admit(self, websocket: WebSocket, agent_id: str) -> tuple[Principal, bool]:
+    async def _admit(self, websocket: WebSocket, agent_id: str) -> tuple[Principal, bool, str]:
+        """(the caller, whether it used the subprotocol, the agent's state). Raises a `GatewayError`."""
         credential, via_subprotocol = presented_credential(websocket)
         if not credential:
             raise AuthenticationError("A valid credential is required.", code="missing_credential")
@@ -132,8 +132,8 @@ class AgentChat:
             request_id_from(websocket.scope["headers"]), principal=principal
         )
         async with self.services.database.session() as session:
-            await owned_agent(session, principal, agent_id)
-        return principal, via_subprotocol
+            agent = await owned_agent(session, principal, agent_id)
+        return principal, via_subprotocol, agent.state
 
     async def _converse(self, websocket: WebSocket, principal: Principal, agent_id: str) -> None:
         turn: asyncio.Task[None] | None = None
@@ -181,6 +181,9 @@ class AgentChat:
             await _close(websocket, CLOSE_GONE, "The agent no longer exists.")
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the socket went away mid-turn; the loop ends the connection
+        except Exception:
+            logger.exception("agent chat: a turn of %s failed", turn.agent_id)
+            await _close(websocket, 1011, "The turn failed.")
         finally:
             self._turning.discard(turn.agent_id)
 

@@ -5,6 +5,7 @@ Functions take an `AsyncSession` first and leave the transaction to the caller.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -145,9 +146,12 @@ async def start_agent(session: AsyncSession, agent: Agent) -> bool:
     return bool(getattr(result, "rowcount", 0))
 
 
-async def stop_agent(session: AsyncSession, agent: Agent, *, tree_size: int) -> AgentCheckpoint | None:
-    """`running` → `stopped` with an automatic checkpoint of the session, at the log's `tree_size`;
-    None (and no change) when it was not running. Concurrent stops write one checkpoint."""
+async def stop_agent(
+    session: AsyncSession, agent: Agent, *, log_size: Callable[[], Awaitable[int]]
+) -> AgentCheckpoint | None:
+    """`running` → `stopped` with an automatic checkpoint of the session and the log's size (`log_size`, read
+    after the messages, so the tree holds every leaf they name: leaves are appended before their messages are
+    stored). None (and no change) when it was not running. Concurrent stops write one checkpoint."""
     now = utcnow()
     result = await session.execute(
         update(Agent)
@@ -164,14 +168,15 @@ async def stop_agent(session: AsyncSession, agent: Agent, *, tree_size: int) -> 
         .order_by(AgentMessage.created_at.desc(), AgentMessage.id.desc())
         .limit(1)
     )
+    count = await message_count(session, agent)
     checkpoint = AgentCheckpoint(
         id=new_id("ckpt"),
         agent_id=agent.id,
         session_id=agent.session_id,
         created_at=now,
-        message_count=await message_count(session, agent),
+        message_count=count,
         last_leaf_hash=last_leaf,
-        tree_size=tree_size,
+        tree_size=await log_size(),
     )
     session.add(checkpoint)
     await session.flush()

@@ -1,13 +1,9 @@
 """One chat turn of an agent: quota, the governance verdict (logged before the model is called), the model's
-reply streamed frame by frame, both messages stored, the reply logged, and one usage row however it ended.
-
-The log holds each message's SHA-256, never its text, so that clearing a session leaves the log verifiable.
-"""
+reply streamed frame by frame, both messages stored, the reply logged, and one usage row however it ended."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 import uuid
@@ -17,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.agents.completions import CompletionUsage, ProviderError, StreamedCompletion, stream_completion
+from gateway.agents.events import REPLY_KIND, VERDICT_KIND, reply_event, verdict_event
 from gateway.agents.governance import GovernancePolicy, Verdict
 from gateway.agents.providers import ProviderRegistry
 from gateway.agents.quotas import Quotas, check_chat_quota, lock_agent
@@ -24,7 +21,7 @@ from gateway.agents.service import ASSISTANT, USER, conversation
 from gateway.agents.vault import Vault, VaultError, byok_key
 from gateway.auth.principals import Principal
 from gateway.db.agent_models import RUNNING, Agent, AgentMessage
-from gateway.db.base import iso, utcnow
+from gateway.db.base import utcnow
 from gateway.db.engine import Database
 from gateway.errors import QuotaExceededError
 from gateway.ids import new_id
@@ -39,7 +36,6 @@ SendFrame = Callable[[dict[str, Any]], Awaitable[None]]
 REQUEST_TYPE = "agent_chat"
 CONTEXT_MESSAGES = 100  # the latest messages of the session the model sees
 LONG_TEXT_CHARS = 4096  # longer messages are checked off the event loop
-VERDICT_KIND, REPLY_KIND = "governance", "assistant_message"
 CLIENT_CLOSED = 499
 
 
@@ -74,50 +70,6 @@ class _Seen:
     status: int = CLIENT_CLOSED
     completion: StreamedCompletion | None = None
     first_delta_at: float | None = None
-
-
-def content_hash(text: str) -> str:
-    return hash_text(hashlib.sha256(text.encode()).digest())
-
-
-def verdict_event(
-    agent: Agent, message_id: str, content: str, verdict: Verdict, at: datetime
-) -> dict[str, Any]:
-    """The log leaf of a user message and its verdict."""
-    return {
-        "type": VERDICT_KIND,
-        "agent_id": agent.id,
-        "session_id": agent.session_id,
-        "message_id": message_id,
-        "role": USER,
-        "content_hash": content_hash(content),
-        "mode": verdict.mode,
-        "decision": verdict.decision,
-        "findings": [
-            {"rule": f.rule, "category": f.category, "start": f.start, "end": f.end} for f in verdict.findings
-        ],
-        "created_at": iso(at),
-    }
-
-
-def reply_event(
-    agent: Agent, message_id: str, content: str, *, prompt: AgentMessage, usage: CompletionUsage, at: datetime
-) -> dict[str, Any]:
-    """The log leaf of an assistant message."""
-    return {
-        "type": REPLY_KIND,
-        "agent_id": agent.id,
-        "session_id": agent.session_id,
-        "message_id": message_id,
-        "role": ASSISTANT,
-        "content_hash": content_hash(content),
-        "in_reply_to": prompt.id,
-        "prompt_leaf_hash": prompt.leaf_hash,
-        "provider": agent.model_provider,
-        "model": agent.model,
-        "usage": usage.as_json(),
-        "created_at": iso(at),
-    }
 
 
 @dataclass(slots=True)
@@ -162,6 +114,7 @@ class Turn:
                 raise AgentGoneError()
             if agent.state != RUNNING:
                 raise AgentNotRunningError()
+            session.expunge(agent)  # a snapshot: a rollback below (quota) must not expire what we read
             seen.agent = agent
             if services.quotas is not None:
                 await lock_agent(session, agent.id)
@@ -288,7 +241,7 @@ class Turn:
     def _usage_record(self, seen: _Seen, started: float) -> UsageRecord:
         assert seen.agent is not None
         usage = seen.completion.usage if seen.completion is not None else CompletionUsage()
-        model = (seen.completion.model if seen.completion else None) or seen.agent.model
+        model = seen.agent.model  # what was asked for, as the proxied chat records it
         input_tokens, output_tokens = usage.prompt_tokens or 0, usage.completion_tokens or 0
         cost = self.services.pricing.cost(model, input_tokens=input_tokens, output_tokens=output_tokens)
         return UsageRecord(

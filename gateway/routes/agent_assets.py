@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from gateway.agents import files, vault
+from gateway.agents import files, uploads, vault
 from gateway.agents.access import agent_for_request, principal_of
 from gateway.agents.agent_keys import (
     AGENT_KEY_SCOPES,
@@ -23,7 +23,7 @@ from gateway.agents.agent_keys import (
     revoke_agent_key,
 )
 from gateway.agents.providers import ProviderRegistry
-from gateway.agents.quotas import Quotas, quota_report, storage_used
+from gateway.agents.quotas import Quotas, quota_report
 from gateway.agents.storage import LocalStorage, ObjectMissingError, Storage
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.principals import AGENT_KEY
@@ -191,29 +191,23 @@ class AgentAssetRoutes:
             raise PayloadTooLargeError(
                 f"The file is over the {self.max_upload_bytes}-byte limit per file.", code="file_too_large"
             )
-        async with self.database.session() as session:
-            stored_bytes, stored_files = await storage_used(session, agent.id)
-        if tier.files is not None and stored_files >= tier.files:
-            raise _quota_error(files.StorageQuotaError(f"The agent already stores its {tier.files} files."))
-        quota_bytes = None if tier.storage_bytes is None else max(0, tier.storage_bytes - stored_bytes)
         try:
-            received = await files.receive_upload(
+            record = await files.accept_upload(
+                self.database,
+                self.storage,
                 request.stream(),
                 request.headers.get("content-type"),
-                self.storage,
+                agent_id=agent.id,
+                tier=tier,
                 max_bytes=self.max_upload_bytes,
-                quota_bytes=quota_bytes,
             )
-            record = await files.store_upload(
-                self.database, self.storage, received, agent_id=agent.id, tier=tier
-            )
-        except files.NotMultipartError as exc:
+        except uploads.NotMultipartError as exc:
             raise UnsupportedMediaTypeError(str(exc)) from None
-        except files.MalformedUploadError as exc:
+        except uploads.MalformedUploadError as exc:
             raise InvalidRequestError(str(exc), param="file") from None
-        except files.FileTooLargeError as exc:
+        except uploads.FileTooLargeError as exc:
             raise PayloadTooLargeError(str(exc), code="file_too_large") from None
-        except files.StorageQuotaError as exc:
+        except uploads.StorageQuotaError as exc:
             raise _quota_error(exc) from None
         return JSONResponse(file_json(record), status_code=201)
 
@@ -286,7 +280,7 @@ def _require_files_scope(request: Request) -> None:
         )
 
 
-def _quota_error(exc: files.StorageQuotaError) -> PayloadTooLargeError:
+def _quota_error(exc: uploads.StorageQuotaError) -> PayloadTooLargeError:
     return PayloadTooLargeError(str(exc), code="storage_quota_exceeded")
 
 

@@ -113,10 +113,12 @@ class AgentRoutes:
         return JSONResponse(service.agent_json(agent, message_count=count))
 
     async def stop(self, request: Request) -> JSONResponse:
-        tree_size = (await self.log.checkpoint()).tree_size
+        async def log_size() -> int:
+            return (await self.log.checkpoint()).tree_size
+
         async with self.database.session() as session, session.begin():
             agent = await _agent(request, session, agent_key_ok=False)
-            checkpoint = await service.stop_agent(session, agent, tree_size=tree_size)
+            checkpoint = await service.stop_agent(session, agent, log_size=log_size)
             count = await service.message_count(session, agent)
         body = service.agent_json(agent, message_count=count)
         body["checkpoint"] = service.checkpoint_json(checkpoint) if checkpoint is not None else None
@@ -281,6 +283,6 @@ def agent_routes(
         Route(f"{one}/messages", routes.messages, methods=["GET"], middleware=user),
         Route(f"{one}/messages", routes.clear_messages, methods=["DELETE"], middleware=user),
         Route(f"{one}/proofs/{{leaf_hash}}", routes.proof, methods=["GET"], middleware=user),
-        WebSocketRoute(f"{one}/chat", AgentChat(authenticator, services)),
+        WebSocketRoute(f"{one}/chat", AgentChat(authenticator, services).serve),
         Route(f"{one}/chat", websocket_required, methods=["GET"]),
     ]

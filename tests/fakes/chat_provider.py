@@ -6,6 +6,7 @@
   chunk arrive before the provider has finished);
 - `endless`: a delta every 0.05 s until the client goes, marking `disconnected`;
 - `broken`: the provider's own 500 error;
+- `fails-midway`: one delta, then an error event in the stream;
 - `json`: a plain JSON completion although a stream was asked for.
 """
 
@@ -32,7 +33,13 @@ def sse(body: dict[str, Any]) -> bytes:
 
 
 def delta(content: str) -> bytes:
-    return sse({"object": "chat.completion.chunk", "model": "fake", "choices": [{"index": 0, "delta": {"content": content}}]})
+    return sse(
+        {
+            "object": "chat.completion.chunk",
+            "model": "fake",
+            "choices": [{"index": 0, "delta": {"content": content}}],
+        }
+    )
 
 
 class FakeChatProvider:
@@ -64,9 +71,14 @@ class FakeChatProvider:
         last = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
         if model == "json":
             message = {"role": "assistant", "content": f"Echo: {last}"}
-            return JSONResponse({"model": model, "choices": [{"index": 0, "message": message}], "usage": USAGE})
+            return JSONResponse(
+                {"model": model, "choices": [{"index": 0, "message": message}], "usage": USAGE}
+            )
         asks = (body.get("stream_options") or {}).get("include_usage") is True
-        return StreamingResponse(self.stream(model, last, usage="stream_options" not in body or asks), media_type="text/event-stream")
+        return StreamingResponse(
+            self.stream(model, last, usage="stream_options" not in body or asks),
+            media_type="text/event-stream",
+        )
 
     async def stream(self, model: str, last: str, *, usage: bool) -> AsyncIterator[bytes]:
         try:
@@ -75,6 +87,9 @@ class FakeChatProvider:
                     yield delta("tick ")
                     await asyncio.sleep(0.05)
             yield delta("Echo")
+            if model == "fails-midway":
+                yield sse({"error": {"message": "overloaded", "type": "server_error"}})
+                return
             if model == "gated":
                 self.recorder.mark("first_chunk_sent")
                 await asyncio.to_thread(self._released.wait, 10)

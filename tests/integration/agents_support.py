@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 from gateway.settings import Settings
 from tests.conftest import add_user
@@ -69,9 +70,8 @@ class User:
     @asynccontextmanager
     async def chat(self, agent_id: str, *, token: str | None = None) -> AsyncIterator[ClientConnection]:
         """A chat socket, the credential in the `bearer` subprotocol."""
-        async with connect(
-            f"{self.ws_url}/v1/agents/{agent_id}/chat", subprotocols=["bearer", token or self.access_token]
-        ) as socket:  # type: ignore[list-item]
+        protocols = [Subprotocol("bearer"), Subprotocol(token or self.access_token)]
+        async with connect(f"{self.ws_url}/v1/agents/{agent_id}/chat", subprotocols=protocols) as socket:
             yield socket
 
 

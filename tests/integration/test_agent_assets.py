@@ -89,7 +89,8 @@ async def _rows(url: str, statement: str, **params: Any) -> list[dict[str, Any]]
     try:
         async with database.session() as session, session.begin():
             result = await session.execute(text(statement), params)
-            return [dict(row) for row in result.mappings().all()] if result.returns_rows else []
+            is_query = statement.lstrip().upper().startswith("SELECT")
+            return [dict(row) for row in result.mappings().all()] if is_query else []
     finally:
         await database.close()
 
@@ -186,17 +187,25 @@ def test_the_database_never_holds_a_vault_key_in_clear(
     assert stored[0]["key_id"] == vault_for(Settings.from_env(gateway_env, env_file=None)).key_id
 
 
-def test_the_sqlite_files_never_hold_a_vault_key_in_clear(
+def test_the_database_files_never_hold_a_vault_key_in_clear(
     gateway: LiveServer, gateway_env: dict[str, str], owner: str, agent: str
 ) -> None:
-    if "DATABASE_URL" in gateway_env:
-        pytest.skip("the embedded database's files")
     store_byok(gateway.url, owner, agent)
-    path = Path(database_url(gateway_env).split("///", 1)[1])
-
-    for file in (path, path.with_name(path.name + "-wal")):
-        if file.exists():
-            assert BYOK_SECRET[8:].encode() not in file.read_bytes()
+    if "DATABASE_URL" in gateway_env:
+        # Postgres: the table's heap file on disk, after a checkpoint has written every dirty page there.
+        rows(gateway_env, "CHECKPOINT")
+        [found] = rows(
+            gateway_env,
+            "SELECT pg_read_binary_file(pg_relation_filepath('agent_vault_keys')) AS content",
+        )
+        content = as_bytes(found["content"])
+    else:
+        path = Path(database_url(gateway_env).split("///", 1)[1])
+        # Read by another process: closing a descriptor of the file here would drop this process's SQLite
+        # locks on it (POSIX lock semantics), which the in-thread gateways' connections rely on.
+        content = subprocess.run(["cat", str(path), f"{path}-wal"], capture_output=True, check=True).stdout
+    assert len(content) > 0
+    assert BYOK_SECRET[8:].encode() not in content
 
 
 def test_a_ciphertext_moved_to_another_agents_row_does_not_open(
@@ -662,3 +671,22 @@ def test_the_chat_quota_counts_this_months_tokens(
 
     error = chat_quota_error(gateway_env, agent, quotas)
     assert error is not None and error.code == "quota_exceeded"
+
+
+def test_an_agent_keys_last_use_is_recorded(gateway: LiveServer, owner: str, agent: str) -> None:
+    created = create_key(gateway.url, owner, agent)
+    assert (
+        httpx.get(f"{gateway.url}/v1/agents/{agent}/quota", headers=bearer(created["raw_key"])).status_code
+        == 200
+    )
+
+    deadline = time.monotonic() + 15  # the gateway writes last use every 10 s
+    while time.monotonic() < deadline:
+        [listed] = httpx.get(f"{gateway.url}/v1/agents/{agent}/api-keys", headers=bearer(owner)).json()[
+            "data"
+        ]
+        if listed["last_used_at"] is not None:
+            break
+        time.sleep(0.5)
+
+    assert listed["last_used_at"] is not None and listed["last_used_at"] >= created["created_at"]

@@ -93,7 +93,9 @@ def test_create_refuses_bad_fields(alice: User, body: dict[str, Any], param: str
 
 
 def test_create_refuses_a_body_that_is_not_json(alice: User) -> None:
-    response = alice.request("POST", "/v1/agents", content=b"{nope", headers={"content-type": "application/json"})
+    response = alice.request(
+        "POST", "/v1/agents", content=b"{nope", headers={"content-type": "application/json"}
+    )
 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
