@@ -32,17 +32,22 @@ class ProofDocument:
 
 @dataclass(slots=True)
 class Verdict:
-    """What held and what did not; the proof holds only when every check passed."""
+    """Each check in the order it ran, and whether it passed; the proof holds only when every one did."""
 
-    passed: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
+    checks: list[tuple[bool, str]] = field(default_factory=list)
+
+    def passed(self, line: str) -> None:
+        self.checks.append((True, line))
+
+    def failed(self, line: str) -> None:
+        self.checks.append((False, line))
 
     @property
     def holds(self) -> bool:
-        return bool(self.passed) and not self.failed
+        return bool(self.checks) and all(ok for ok, _ in self.checks)
 
     def report(self) -> str:
-        lines = [f"ok    {line}" for line in self.passed] + [f"FAIL  {line}" for line in self.failed]
+        lines = [f"{'ok  ' if ok else 'FAIL'}  {line}" for ok, line in self.checks]
         lines.append("VERIFIED" if self.holds else "NOT VERIFIED")
         return "\n".join(lines)
 
@@ -102,19 +107,19 @@ def check_proof(document: ProofDocument, verifier: NoteVerifier) -> Verdict:
         text, signer = verifier.open(document.checkpoint)
         checkpoint = parse_checkpoint(text)
     except (NoteError, CheckpointError) as exc:
-        verdict.failed.append(f"checkpoint signature: {exc}")
+        verdict.failed(f"checkpoint signature: {exc}")
         return verdict
-    verdict.passed.append(f"checkpoint signed by {signer} with this key")
+    verdict.passed(f"checkpoint signed by {signer} with this key")
     if checkpoint.origin != signer:
-        verdict.failed.append(f"checkpoint origin {checkpoint.origin!r} is not its signer {signer!r}")
+        verdict.failed(f"checkpoint origin {checkpoint.origin!r} is not its signer {signer!r}")
     if (checkpoint.tree_size, checkpoint.root_hash) != (document.tree_size, document.root_hash):
-        verdict.failed.append(
+        verdict.failed(
             f"checkpoint is for a tree of {checkpoint.tree_size} leaves with root "
             f"sha256:{checkpoint.root_hash.hex()}, not the proof's tree of {document.tree_size} leaves "
             f"with root sha256:{document.root_hash.hex()}"
         )
     else:
-        verdict.passed.append(f"checkpoint is the tree of {checkpoint.tree_size} leaves the proof is for")
+        verdict.passed(f"checkpoint is the tree of {checkpoint.tree_size} leaves the proof is for")
     leaf = f"sha256:{document.leaf_hash.hex()}"
     try:
         verify_inclusion(
@@ -125,9 +130,11 @@ def check_proof(document: ProofDocument, verifier: NoteVerifier) -> Verdict:
             document.root_hash,
         )
     except ProofError as exc:
-        verdict.failed.append(f"inclusion of leaf {leaf} at index {document.leaf_index}: {exc}")
+        verdict.failed(f"inclusion of leaf {leaf} at index {document.leaf_index}: {exc}")
     else:
-        verdict.passed.append(f"leaf {leaf} is at index {document.leaf_index} of that tree")
+        verdict.passed(
+            f"audit path leads from leaf {leaf} at index {document.leaf_index} to the proof's root"
+        )
     return verdict
 
 

@@ -3,7 +3,6 @@ sign tree heads. The one entry point for the rest of the gateway; the arithmetic
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 from collections.abc import Mapping
@@ -11,16 +10,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.db.base import utcnow
 from gateway.db.engine import Database
 from gateway.errors import InvalidRequestError
 from gateway.transparency import store
+from gateway.transparency.appender import AppendedLeaf, Appender
 from gateway.transparency.checkpoint import Checkpoint
 from gateway.transparency.hashing import leaf_hash
-from gateway.transparency.proof import consistency_ranges, inclusion_ranges, nodes_needed, range_hash
+from gateway.transparency.proof import NodeId, consistency_ranges, inclusion_ranges, nodes_needed, range_hash
 from gateway.transparency.signer import NoteSigner
 from gateway.transparency.verify import ProofError, verify_inclusion
+
+__all__ = [
+    "AppendedLeaf",
+    "ConsistencyProof",
+    "LeafProof",
+    "SignedCheckpoint",
+    "TransparencyLog",
+    "canonical_json",
+    "hash_text",
+    "parse_hash_text",
+]
 
 HASH_TEXT = re.compile(r"sha256:([0-9a-f]{64})")
 
@@ -43,15 +54,6 @@ def parse_hash_text(s: str, *, param: str = "hash") -> bytes:
 def canonical_json(event: Mapping[str, Any]) -> bytes:
     """The leaf bytes of an event: JSON with sorted keys and no spaces, in UTF-8."""
     return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
-
-
-@dataclass(frozen=True)
-class AppendedLeaf:
-    """Where an appended event landed."""
-
-    index: int
-    leaf_hash: bytes
-    tree_size: int  # the size of the tree right after this append
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ class TransparencyLog:
     def __init__(self, database: Database, signer: NoteSigner) -> None:
         self.database = database
         self.signer = signer
-        self._append_lock = asyncio.Lock()  # this process's appends queue here, not in the connection pool
+        self._appender = Appender(database)
         self._latest: SignedCheckpoint | None = None
 
     @property
@@ -129,17 +131,10 @@ class TransparencyLog:
         return self.signer.name
 
     async def append(self, *, agent_id: str | None, kind: str, event: Mapping[str, Any]) -> AppendedLeaf:
-        """Appends the event's canonical JSON as the next leaf, in a transaction of its own."""
+        """Appends the event's canonical JSON as a leaf; returns once it is committed (in a transaction of the
+        log's own, shared with the appends that arrived at the same moment)."""
         content = canonical_json(event)
-        hashed = leaf_hash(content)
-        async with self._append_lock, self.database.engine.begin() as connection:
-            tree = await store.lock_tree(connection)
-            index = tree.size
-            completed = tree.append(hashed)
-            now = utcnow()
-            leaf = store.NewLeaf(index, hashed, agent_id, kind, content, now)
-            await store.write_append(connection, [leaf], completed, tree=tree, at=now)
-        return AppendedLeaf(index=index, leaf_hash=hashed, tree_size=tree.size)
+        return await self._appender.append(leaf_hash(content), agent_id=agent_id, kind=kind, content=content)
 
     async def proof_for(self, leaf_hash: bytes) -> LeafProof | None:
         """The inclusion proof of the (first) leaf with this hash against the latest tree, or None if unknown."""
@@ -149,7 +144,7 @@ class TransparencyLog:
                 return None
             leaf, head = found
             ranges = inclusion_ranges(leaf.leaf_index, head.tree_size)
-            hashes = await store.read_hashes(connection, nodes_needed(ranges))
+            hashes = await self._hashes(connection, nodes_needed(ranges), head)
         return LeafProof(
             leaf_hash=leaf.leaf_hash,
             leaf_index=leaf.leaf_index,
@@ -181,7 +176,7 @@ class TransparencyLog:
                     param="first" if not 1 <= first <= second else "second",
                 )
             ranges = consistency_ranges(first, second)
-            hashes = await store.read_hashes(connection, nodes_needed([*ranges, (0, first), (0, second)]))
+            hashes = await self._hashes(connection, nodes_needed([*ranges, (0, first), (0, second)]), head)
         return ConsistencyProof(
             first=first,
             second=second,
@@ -204,6 +199,14 @@ class TransparencyLog:
             "key_id": self.signer.key_id.hex(),
             "verifier_key": self.signer.verifier_key,
         }
+
+    @staticmethod
+    async def _hashes(
+        connection: AsyncConnection, needed: set[NodeId], head: store.TreeHead
+    ) -> dict[NodeId, bytes]:
+        """The hashes of `needed`: the latest tree's peaks from its head, the others from the nodes table."""
+        known = {node: head.peaks[node] for node in needed if node in head.peaks}
+        return known | await store.read_hashes(connection, needed - known.keys())
 
     def _signed(self, head: store.TreeHead) -> SignedCheckpoint:
         latest = self._latest

@@ -7,17 +7,17 @@ lock), so several processes append to one tree without gaps or duplicate indexes
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import SmallInteger, Table, literal, select, tuple_, union_all, update
+from sqlalchemy import SmallInteger, Table, literal, select, text, tuple_, union_all, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable, Select
 
 from gateway.db.log_models import TREE_HEAD_ID, LogLeaf, LogNode, LogTreeHead
 from gateway.transparency.compact import CompactRange
-from gateway.transparency.proof import NodeId
+from gateway.transparency.proof import NodeId, perfect_subtrees
 
 LEAVES: Table = LogLeaf.__table__  # type: ignore[assignment]
 NODES: Table = LogNode.__table__  # type: ignore[assignment]
@@ -30,8 +30,21 @@ class LogStoreError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class TreeHead:
+    """The latest tree: its size, its root, and the hashes of the perfect subtrees it is made of (its peaks).
+
+    Every subtree on a proof's right edge is a run of peaks, so a proof against this tree reads only the
+    perfect subtrees left of its path from the nodes table: at most log2(n) rows.
+    """
+
     tree_size: int
     root_hash: bytes
+    peaks: Mapping[NodeId, bytes]
+
+    @classmethod
+    def from_row(cls, tree_size: int, root_hash: bytes, compact_range: bytes) -> TreeHead:
+        tree = CompactRange.from_bytes(tree_size, compact_range)
+        ids = perfect_subtrees(0, tree_size) if tree_size else []
+        return cls(tree_size, root_hash, dict(zip(ids, tree.peaks, strict=True)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +86,59 @@ async def lock_tree(connection: AsyncConnection) -> CompactRange:
     return CompactRange.from_bytes(row.tree_size, row.compact_range)
 
 
+# On Postgres an append's rows go in one statement of constant text, whatever the number of leaves and nodes:
+# the tree head stays locked for three round trips (lock, write, commit) and the statement is prepared once.
+POSTGRES_APPEND = text(
+    """
+    WITH appended AS (
+        INSERT INTO transparency_leaves (leaf_index, leaf_hash, agent_id, kind, content, created_at)
+        SELECT * FROM unnest(
+            CAST(:leaf_indexes AS bigint[]), CAST(:leaf_hashes AS bytea[]), CAST(:agent_ids AS varchar[]),
+            CAST(:kinds AS varchar[]), CAST(:contents AS bytea[]), CAST(:created_ats AS timestamptz[])
+        )
+    ), completed AS (
+        INSERT INTO transparency_nodes (level, node_index, hash)
+        SELECT * FROM unnest(
+            CAST(:levels AS smallint[]), CAST(:node_indexes AS bigint[]), CAST(:hashes AS bytea[])
+        )
+    )
+    UPDATE transparency_tree_heads
+    SET tree_size = :tree_size, root_hash = :root_hash, compact_range = :compact_range, updated_at = :at
+    WHERE id = :head_id
+    """
+)
+
+
 async def write_append(
     connection: AsyncConnection,
-    leaves: Collection[NewLeaf],
-    nodes: Collection[tuple[NodeId, bytes]],
+    leaves: Sequence[NewLeaf],
+    nodes: Sequence[tuple[NodeId, bytes]],
     *,
     tree: CompactRange,
     at: datetime,
 ) -> None:
     """Writes appended leaves, the perfect nodes they completed, and the new tree head (under `lock_tree`)."""
+    if connection.dialect.name == "postgresql":
+        await connection.execute(
+            POSTGRES_APPEND,
+            {
+                "leaf_indexes": [leaf.leaf_index for leaf in leaves],
+                "leaf_hashes": [leaf.leaf_hash for leaf in leaves],
+                "agent_ids": [leaf.agent_id for leaf in leaves],
+                "kinds": [leaf.kind for leaf in leaves],
+                "contents": [leaf.content for leaf in leaves],
+                "created_ats": [leaf.created_at for leaf in leaves],
+                "levels": [node.level for node, _ in nodes],
+                "node_indexes": [node.index for node, _ in nodes],
+                "hashes": [h for _, h in nodes],
+                "head_id": TREE_HEAD_ID,
+                "tree_size": tree.size,
+                "root_hash": tree.root(),
+                "compact_range": tree.to_bytes(),
+                "at": at,
+            },
+        )
+        return
     await connection.execute(
         LEAVES.insert(),
         [
@@ -109,11 +166,12 @@ async def write_append(
 
 async def read_tree_head(connection: AsyncConnection) -> TreeHead:
     """The latest tree head."""
-    query = select(HEADS.c.tree_size, HEADS.c.root_hash).where(HEADS.c.id == TREE_HEAD_ID)
+    head = HEADS.c
+    query = select(head.tree_size, head.root_hash, head.compact_range).where(head.id == TREE_HEAD_ID)
     row = (await connection.execute(query)).one_or_none()
     if row is None:
         raise LogStoreError("the transparency log has no tree head: run `gateway migrate`")
-    return TreeHead(row.tree_size, row.root_hash)
+    return TreeHead.from_row(row.tree_size, row.root_hash, row.compact_range)
 
 
 async def find_leaf(connection: AsyncConnection, leaf_hash: bytes) -> tuple[StoredLeaf, TreeHead] | None:
@@ -121,17 +179,25 @@ async def find_leaf(connection: AsyncConnection, leaf_hash: bytes) -> tuple[Stor
     head, read in one statement (so from one snapshot, in which the head includes the leaf); None if unknown."""
     leaf, head = LEAVES.c, HEADS.c
     query = (
-        select(leaf.leaf_index, leaf.leaf_hash, leaf.agent_id, leaf.kind, head.tree_size, head.root_hash)
-        .where(leaf.leaf_hash == leaf_hash, head.id == TREE_HEAD_ID)
+        select(
+            leaf.leaf_index,
+            leaf.leaf_hash,
+            leaf.agent_id,
+            leaf.kind,
+            head.tree_size,
+            head.root_hash,
+            head.compact_range,
+        )
+        .select_from(LEAVES.join(HEADS, head.id == TREE_HEAD_ID))
+        .where(leaf.leaf_hash == leaf_hash)
         .order_by(leaf.leaf_index)
         .limit(1)
     )
     row = (await connection.execute(query)).one_or_none()
     if row is None:
         return None
-    return StoredLeaf(row.leaf_index, row.leaf_hash, row.agent_id, row.kind), TreeHead(
-        row.tree_size, row.root_hash
-    )
+    stored = StoredLeaf(row.leaf_index, row.leaf_hash, row.agent_id, row.kind)
+    return stored, TreeHead.from_row(row.tree_size, row.root_hash, row.compact_range)
 
 
 async def read_hashes(connection: AsyncConnection, nodes: Collection[NodeId]) -> dict[NodeId, bytes]:
