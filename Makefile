@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run migrate test lint format bench bench-usage clean
+.PHONY: install run migrate test lint format bench bench-setup bench-usage bench-log clean
 
 $(BIN)/gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +31,17 @@ format: install
 	$(BIN)/ruff format gateway tests migrations bench
 	$(BIN)/ruff check --fix gateway tests migrations bench
 
-bench: install  ## load benchmark against the upstream hit directly; see docs/BENCHMARKS.md
+bench: install  ## the gateway against nginx, LiteLLM, a bare proxy and the upstream; see docs/BENCHMARKS.md
 	$(BIN)/python bench/run.py
+
+bench-setup: install  ## what `make bench` installs on first use: Debian's wrk and nginx if missing, LiteLLM's venv
+	$(BIN)/python bench/run.py --setup
 
 bench-usage: install  ## one million usage events in Postgres, then each usage route timed
 	$(BIN)/python bench/usage.py
+
+bench-log: install  ## one million transparency log leaves in Postgres, then proofs timed and their reads counted
+	$(BIN)/python bench/transparency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,10 +1,11 @@
 """The streaming load generator: a small asyncio + aiohttp client in its own process, off the proxies' CPU.
 
-`wrk` cannot tell when the first byte of a response arrived; this client can, so it measures the streams (time to
-first byte, streams per second) and warms each target up before `wrk` measures it. `run.py` starts it once and sends it one JSON job a line on stdin; it answers each with one JSON line on
-stdout: the requests completed inside the measured window, the errors, and the raw latency (or time to first
-byte) samples in seconds, for `run.py` to pool across rounds. Each job opens fresh keep-alive connections,
-warms them up for `warmup` seconds, then measures for `duration` seconds.
+`wrk` cannot tell when the first byte of a response arrived; this client can, so it measures the streams (time
+to first byte, streams per second) and warms each target up before `wrk` measures it. `run.py` starts it once
+and sends it one JSON job a line on stdin; it answers each with one JSON line on stdout: the requests completed
+inside the measured window, the errors, and the raw latency (or time to first byte) samples in seconds, for
+`run.py` to pool across rounds. Each job opens fresh keep-alive connections, warms them up for `warmup` seconds,
+then measures for `duration` seconds.
 """
 
 from __future__ import annotations
@@ -66,11 +67,14 @@ async def _worker(
         ok = response.status == 200 and (payload.endswith(DONE) if stream else b'"usage"' in payload)
         if not ok:
             window.error(began, f"HTTP {response.status}: {payload[:120]!r}")
-        elif began >= window.start and finished <= window.end:
+        elif window.start <= finished <= window.end:
+            # Throughput counts what finished inside the window, so that a target slower than the window is
+            # still measured; the latencies come from the requests that also started inside it.
             window.completed += 1
-            window.latencies.append(finished - began)
-            if stream:
-                window.ttfbs.append(first_byte - began)
+            if began >= window.start:
+                window.latencies.append(finished - began)
+                if stream:
+                    window.ttfbs.append(first_byte - began)
 
 
 async def run_job(job: dict[str, Any]) -> dict[str, Any]:

@@ -64,12 +64,27 @@ def main() -> int:
             setup = prepare_gateway(database, upstream.url.removesuffix("/v1/chat/completions"), Path(tmp))
             gateway = start_gateway(children, proxy_cpu, setup, name="gateway", workers=1)
             load = LoadGenerator(
-                children.start("loadgen", [sys.executable, str(BENCH / "loadgen.py")], cpu=load_cpu, pipes=True)
+                children.start(
+                    "loadgen", [sys.executable, str(BENCH / "loadgen.py")], cpu=load_cpu, pipes=True
+                )
             )
             load.run(gateway, concurrency=args.concurrency, stream=args.stream, duration=0.0, warmup=2.0)
             spy = subprocess.Popen(
-                [py_spy, "record", "--pid", str(gateway.pid), "--duration", str(args.seconds), "--rate", "500",
-                 "--format", "raw", "--output", str(folded), "--nonblocking"],
+                [
+                    py_spy,
+                    "record",
+                    "--pid",
+                    str(gateway.pid),
+                    "--duration",
+                    str(args.seconds),
+                    "--rate",
+                    "500",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(folded),
+                    "--nonblocking",
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
@@ -78,17 +93,26 @@ def main() -> int:
                 worker = threading.Thread(
                     target=load.run,
                     args=(gateway,),
-                    kwargs={"concurrency": args.concurrency, "stream": True, "duration": args.seconds + 1,
-                            "warmup": 0.0},
+                    kwargs={
+                        "concurrency": args.concurrency,
+                        "stream": True,
+                        "duration": args.seconds + 1,
+                        "warmup": 0.0,
+                    },
                 )
                 worker.start()
                 worker.join()
             else:
                 result = run_wrk(
-                    gateway.url, connections=args.concurrency, seconds=args.seconds + 1,
-                    headers=gateway.headers, taskset=pin,
+                    gateway.url,
+                    connections=args.concurrency,
+                    seconds=args.seconds + 1,
+                    headers=gateway.headers,
+                    taskset=pin,
                 )
-                print(f"profile: {result.rate:.0f} req/s under py-spy, {result.errors} errors", file=sys.stderr)
+                print(
+                    f"profile: {result.rate:.0f} req/s under py-spy, {result.errors} errors", file=sys.stderr
+                )
             _, spy_err = spy.communicate(timeout=60)
             if spy.returncode != 0:
                 print(spy_err.decode(errors="replace"), file=sys.stderr)

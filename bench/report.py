@@ -93,7 +93,9 @@ def build_figures(pooled: dict[tuple[str, str], Pooled], targets: list[str]) -> 
         Figure("c1_p99", "non-streamed, 1 client: latency p99", "ms", p99),
         Figure("c1_added_p50", "non-streamed, 1 client: added latency p50", "ms", minus_direct(p50), True),
         Figure("c1_added_p99", "non-streamed, 1 client: added latency p99", "ms", minus_direct(p99), True),
-        Figure("c64_rate", "non-streamed, 64 clients: throughput", "req/s", per("throughput", lambda p: p.rate)),
+        Figure(
+            "c64_rate", "non-streamed, 64 clients: throughput", "req/s", per("throughput", lambda p: p.rate)
+        ),
         Figure(
             "c64_cpu",
             "non-streamed, 64 clients: CPU time per request",
@@ -102,18 +104,20 @@ def build_figures(pooled: dict[tuple[str, str], Pooled], targets: list[str]) -> 
         ),
         Figure("s64_rate", "streamed, 64 clients: throughput", "streams/s", per("streams", lambda p: p.rate)),
         Figure(
-            "s64_ttfb50", "streamed, 64 clients: first byte p50", "ms",
+            "s64_ttfb50",
+            "streamed, 64 clients: first byte p50",
+            "ms",
             per("streams", lambda p: percentile(p.ttfbs, 0.50) * MS),
         ),
         Figure(
-            "s64_ttfb99", "streamed, 64 clients: first byte p99", "ms",
+            "s64_ttfb99",
+            "streamed, 64 clients: first byte p99",
+            "ms",
             per("streams", lambda p: percentile(p.ttfbs, 0.99) * MS),
         ),
         Figure("s1_ttfb50", "streamed, 1 client: first byte p50", "ms", ttfb1_50),
         Figure("s1_ttfb99", "streamed, 1 client: first byte p99", "ms", ttfb1_99),
-        Figure(
-            "s1_added50", "streamed, 1 client: first byte added p50", "ms", minus_direct(ttfb1_50), True
-        ),
+        Figure("s1_added50", "streamed, 1 client: first byte added p50", "ms", minus_direct(ttfb1_50), True),
     ]
 
 
@@ -204,21 +208,34 @@ def checks(rows: list[Figure], workers_gain: float) -> list[Check]:
         Check("throughput, 64 clients ÷ LiteLLM", vs_litellm, "≥ 12x", at_least(vs_litellm, 12), "x"),
         Check("throughput, 64 clients ÷ nginx", vs_nginx, "≥ 0.15x", at_least(vs_nginx, 0.15), "x"),
         Check(
-            "streams/s, 64 clients ÷ LiteLLM", streams_vs_litellm, "≥ 30x",
-            at_least(streams_vs_litellm, 30), "x",
+            "streams/s, 64 clients ÷ LiteLLM",
+            streams_vs_litellm,
+            "≥ 30x",
+            at_least(streams_vs_litellm, 30),
+            "x",
         ),
         Check("throughput ÷ pass-through", vs_passthrough, "≥ 1x", at_least(vs_passthrough, 1.0), "x"),
         Check(
-            "streams/s ÷ pass-through", streams_vs_passthrough, "≥ 1x",
-            at_least(streams_vs_passthrough, 1.0), "x",
+            "streams/s ÷ pass-through",
+            streams_vs_passthrough,
+            "≥ 1x",
+            at_least(streams_vs_passthrough, 1.0),
+            "x",
         ),
-        Check("first byte added, streamed, 1 client, p50", ttfb_added, "≤ 1 ms", at_most(ttfb_added, 1.0), " ms"),
         Check(
-            "2 workers ÷ 1 worker, given a core each (by CPU time per request)", workers_gain, "≈ 2x",
-            at_least(workers_gain, 1.8), "x",
+            "first byte added, streamed, 1 client, p50", ttfb_added, "≤ 1 ms", at_most(ttfb_added, 1.0), " ms"
+        ),
+        Check(
+            "2 workers ÷ 1 worker, given a core each (by CPU time per request)",
+            workers_gain,
+            "≈ 2x",
+            at_least(workers_gain, 1.8),
+            "x",
         ),
     ]
 
 
 def checks_table(found: list[Check]) -> str:
-    return "\n".join(["| target | measured | goal | verdict |", "|---|--:|---|---|", *(c.row() for c in found)])
+    return "\n".join(
+        ["| target | measured | goal | verdict |", "|---|--:|---|---|", *(c.row() for c in found)]
+    )

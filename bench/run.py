@@ -29,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -49,9 +48,11 @@ from report import (
     values_table,
 )
 from targets import (
+    LITELLM_VENV,
     POSTGRES_ADMIN_URL,
     BenchDatabase,
     Target,
+    ensure_litellm,
     prepare_gateway,
     start_gateway,
     start_litellm,
@@ -110,11 +111,15 @@ class LoadGenerator:
 class Bench:
     """One run: the targets, the load, and what was measured, pooled per (scenario, target)."""
 
-    def __init__(self, args: argparse.Namespace, children: Children, load: LoadGenerator, *, load_cpu: int | None):
+    def __init__(
+        self, args: argparse.Namespace, children: Children, load: LoadGenerator, *, load_cpu: int | None
+    ):
         self.args = args
         self.children = children
         self.load = load
-        self.taskset = [children.taskset, "-c", str(load_cpu)] if children.taskset and load_cpu is not None else []
+        self.taskset = (
+            [children.taskset, "-c", str(load_cpu)] if children.taskset and load_cpu is not None else []
+        )
         self.use_wrk = wrk_binary() is not None
         self.pooled: dict[tuple[str, str], Pooled] = {}
 
@@ -184,14 +189,17 @@ class Bench:
         children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once waited for
         loadside = cpu_seconds(upstream.pid) + cpu_seconds(self.load.proc.pid)
         loadside += children.ru_utime + children.ru_stime
-        return (cpu_seconds(target.pid) if target is not upstream else 0.0), loadside
+        # For `direct` the target is the upstream itself: its own CPU time per request is what it costs.
+        return cpu_seconds(target.pid), loadside
 
 
 # ----------------------------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Load benchmark: the gateway against its peers and the upstream.")
+    parser = argparse.ArgumentParser(
+        description="Load benchmark: the gateway against its peers and the upstream."
+    )
     parser.add_argument(
         "--duration",
         type=float,
@@ -210,6 +218,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=64, help="clients in the concurrent scenarios")
     parser.add_argument("--quick", action="store_true", help="a short run to check the harness")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    parser.add_argument(
+        "--setup",
+        action="store_true",
+        help="only install what is missing (wrk, nginx, LiteLLM's venv), then exit",
+    )
     parser.add_argument(
         "--only",
         default=",".join(ORDER),
@@ -254,7 +267,9 @@ def ensure_tools(progress: TextIO) -> list[str]:
         if shutil.which(binary) or os.access(f"/usr/sbin/{binary}", os.X_OK):
             continue
         if os.geteuid() != 0 or not shutil.which("apt-get"):
-            notes.append(f"{binary} is not installed and this user cannot install it (apt-get install -y {package})")
+            notes.append(
+                f"{binary} is not installed and this user cannot install it (apt-get install -y {package})"
+            )
             continue
         print(f"bench: installing {package} (apt-get install -y {package})", file=progress)
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
@@ -285,6 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     progress = sys.stderr
     notes = ensure_tools(progress)
+    if args.setup:
+        problem = ensure_litellm()
+        for line in [*notes, problem or f"LiteLLM ready in {LITELLM_VENV}"]:
+            print(f"bench: {line}", file=progress)
+        return 1 if problem else 0
     proxy_cpu, load_cpu, taskset, pinning = choose_cpus(args.no_pin)
     if load_cpu is not None:
         os.sched_setaffinity(0, {load_cpu})  # idle while measuring, but off the proxies' CPU all the same
@@ -321,7 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if name in args.only:
                         targets[name] = start_gateway(children, proxy_cpu, setup, name=name, workers=workers)
             load = LoadGenerator(
-                children.start("loadgen", [sys.executable, str(BENCH / "loadgen.py")], cpu=load_cpu, pipes=True)
+                children.start(
+                    "loadgen", [sys.executable, str(BENCH / "loadgen.py")], cpu=load_cpu, pipes=True
+                )
             )
             memory_before = {name: memory_kib(t.pid) for name, t in targets.items()}
             bench = Bench(args, children, load, load_cpu=load_cpu)
@@ -393,11 +415,12 @@ def detail_lines(
     for name in names:
         p = pooled.get(("throughput", name))
         if p is not None and p.seconds:
-            target = "—" if name == "direct" else f"{100 * p.target_cpu / p.seconds:.0f}%"
-            busy.append(f"{label(name)} {target} / {100 * p.load_cpu / p.seconds:.0f}%")
+            busy.append(
+                f"{label(name)} {100 * p.target_cpu / p.seconds:.0f}% / {100 * p.load_cpu / p.seconds:.0f}%"
+            )
     lines.append(
-        "- CPU busy at 64 clients, non-streamed (the target's CPU / the upstream + wrk + loadgen's CPU, of one "
-        "core each): " + "; ".join(busy)
+        "- CPU busy at 64 clients, non-streamed (the target's processes / the upstream + wrk + loadgen, in % of "
+        "one core; for direct, the target is the upstream): " + "; ".join(busy)
     )
     for name in names:
         if name == "direct":
@@ -438,11 +461,17 @@ def environment_lines(
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions.append(f"{name} {metadata.version(name)}")
     cpu_model = next(
-        (line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo") if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in _read_lines("/proc/cpuinfo")
+            if line.startswith("model name")
+        ),
         platform.processor() or "unknown CPU",
     )
     wrk = wrk_binary()
-    wrk_version = subprocess.run([wrk, "-v"], capture_output=True, text=True).stdout.split("Copyright")[0] if wrk else ""
+    wrk_version = ""
+    if wrk:
+        wrk_version = subprocess.run([wrk, "-v"], capture_output=True, text=True).stdout.split("Copyright")[0]
     peers = [targets[n].version for n in ("nginx", "litellm") if n in targets and targets[n].version]
     return [
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
@@ -462,7 +491,10 @@ def gateway_source() -> str:
     """The commit measured, marked when the working tree differs from it (or PYTHONPATH may point elsewhere)."""
     try:
         commit = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         changes = subprocess.run(
             ["git", "-C", str(ROOT), "status", "--porcelain", "--", "gateway", "migrations"],

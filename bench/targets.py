@@ -180,8 +180,12 @@ def start_litellm(children: Children, cpu: int | None, upstream: str, workdir: P
     argv = [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config), "--host", "127.0.0.1"]
     proc = children.start("litellm", [*argv, "--port", str(port), "--num_workers", "1"], cpu=cpu, env=env)
     version = subprocess.run(
-        [str(LITELLM_VENV / "bin" / "python"), "-c", "from importlib.metadata import version as v; "
-         "print(f\"litellm {v('litellm')}, openai {v('openai')}\")"],
+        [
+            str(LITELLM_VENV / "bin" / "python"),
+            "-c",
+            "from importlib.metadata import version as v; "
+            "print(f\"litellm {v('litellm')}, openai {v('openai')}\")",
+        ],
         capture_output=True,
         text=True,
     ).stdout.strip()

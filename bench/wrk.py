@@ -54,7 +54,9 @@ def run_wrk(
     )
     line = next((x for x in done.stdout.splitlines() if x.startswith(MARKER)), None)
     if done.returncode != 0 or line is None:
-        raise SystemExit(f"bench: wrk failed ({done.returncode}):\n{done.stdout[-1000:]}{done.stderr[-1000:]}")
+        raise SystemExit(
+            f"bench: wrk failed ({done.returncode}):\n{done.stdout[-1000:]}{done.stderr[-1000:]}"
+        )
     figures = orjson.loads(line.removeprefix(MARKER))
     kinds = ("connect", "read", "write", "status", "timeout")
     errors = sum(int(figures[k]) for k in kinds)

@@ -32,6 +32,7 @@ from gateway.routes.sessions import SessionRoutes
 from gateway.routes.tokens import TokenRoutes
 from gateway.routes.transparency import transparency_routes
 from gateway.routes.usage import UsageRoutes
+from gateway.routing import ExactPathRouter
 from gateway.settings import Settings
 from gateway.transparency.log import TransparencyLog
 from gateway.transparency.signer import NoteSigner
@@ -178,6 +179,7 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.router = ExactPathRouter(routes, lifespan=lifespan)  # the same routes, fixed paths found by lookup
     app.state.settings = settings
     app.state.transparency = transparency
     app.state.database = database  # what agent routes (gateway.agents.access) load agents through

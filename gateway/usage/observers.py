@@ -6,7 +6,9 @@ stays bounded whatever the size of the body, so a stream is observed exactly as 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -26,6 +28,9 @@ logger = logging.getLogger(__name__)
 MAX_JSON_STRING_BYTES = 1024
 """Longer JSON strings never reach the JSON parser: no value we read is that long, and one OCR image in base64
 can be hundreds of megabytes in a single string, which the parser would otherwise hold whole."""
+MAX_BUFFERED_JSON_BYTES = 64 * 1024
+"""A JSON body up to this size (a chat completion is well under it) is kept and parsed once, by orjson, when it
+ends; a larger one is read as it passes by ijson's push parser, which costs far more per byte but holds nothing."""
 
 _OBSERVED_KINDS = frozenset({"chat", "ocr"})
 _TOKEN_PATHS = (
@@ -39,6 +44,10 @@ _PAGES_PROCESSED = "usage_info.pages_processed"
 _COUNT_PATHS = frozenset({*_TOKEN_PATHS, _PAGES_PROCESSED})
 _WATCHED_PREFIXES = frozenset({"model", "pages", "pages.item", *_COUNT_PATHS})
 _VALUE_EVENTS = frozenset({"start_map", "start_array", "string", "number", "boolean", "null"})
+# What `_Findings.absorb_event` takes from an event once the model is known: a usage or usage_info object, or a
+# pages array. An event without these keys followed by `{` or `[` is not parsed at all. (A false match only
+# costs a parse; inside a JSON string the quotes are escaped, so the keys cannot be faked there.)
+_MAY_CARRY_USAGE = re.compile(rb'"(?:usage|usage_info)"\s*:\s*\{|"pages"\s*:\s*\[')
 
 
 @dataclass(slots=True)
@@ -140,9 +149,9 @@ class _Findings:
 
 
 class _BodyReader(Protocol):
-    findings: _Findings
-
     def feed(self, data: bytes) -> None: ...
+
+    def findings(self) -> _Findings: ...
 
 
 class _BodyObserver:
@@ -159,44 +168,99 @@ class _BodyObserver:
         if self._stopped or not chunk:
             return
         try:
-            for data in undo_codings(self._decoders, chunk):
-                self._reader.feed(data)
+            if not self._decoders:
+                self._reader.feed(chunk)  # the common case, without a generator per chunk
+            else:
+                for data in undo_codings(self._decoders, chunk):
+                    self._reader.feed(data)
         except Exception:  # a corrupt body, or a bug here, must never break the response it came with
             self._stopped = True
             logger.debug("stopped observing a response body", exc_info=True)
 
     def result(self) -> ObservedUsage:
-        return self._reader.findings.usage()
+        return self._reader.findings().usage()
 
 
 class _EventStreamReader:
     """Each event's data as one JSON document; a malformed event costs only itself."""
 
-    __slots__ = ("_parser", "findings")
+    __slots__ = ("_found", "_parser")
 
     def __init__(self) -> None:
         self._parser = EventStreamParser()
-        self.findings = _Findings()
+        self._found = _Findings()
+
+    def findings(self) -> _Findings:
+        return self._found
 
     def feed(self, data: bytes) -> None:
+        found = self._found
         for event in self._parser.feed(data):
             if event == b"[DONE]":
                 continue
+            if found.model is not None and _MAY_CARRY_USAGE.search(event) is None:
+                continue  # a plain delta ("usage": null at most): nothing in it that `absorb_event` would keep
             try:
                 document = orjson.loads(event)
             except orjson.JSONDecodeError:
                 continue
             if isinstance(document, dict):
-                self.findings.absorb_event(document)
+                found.absorb_event(document)
 
 
 class _JsonReader:
-    """One JSON document read with ijson's push parser: values are picked out as they pass, nothing is kept."""
+    """One JSON document: kept and parsed once at the end while it is small, streamed through ijson past that.
 
-    __slots__ = ("_events", "_in_pages", "_parser", "_strings", "findings")
+    Both read the same values; a body orjson cannot parse (cut short, or malformed) is handed to the streaming
+    reader, which finds what comes before the break, as it would have had it read the body all along.
+    """
+
+    __slots__ = ("_chunks", "_size", "_streaming")
 
     def __init__(self) -> None:
-        self.findings = _Findings()
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._streaming: _StreamingJsonReader | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self._streaming is None:
+            self._size += len(data)
+            if self._size <= MAX_BUFFERED_JSON_BYTES:
+                self._chunks.append(data)
+                return
+            self._streaming = _StreamingJsonReader()
+            held, self._chunks = self._chunks, []
+            for chunk in held:
+                self._streaming.feed(chunk)
+        self._streaming.feed(data)
+
+    def findings(self) -> _Findings:
+        if self._streaming is not None:
+            return self._streaming.findings()
+        body = b"".join(self._chunks)
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            streaming = _StreamingJsonReader()
+            with contextlib.suppress(Exception):  # it stops at the break, as it would have while streaming
+                streaming.feed(body)
+            return streaming.findings()
+        found = _Findings()
+        if isinstance(document, dict):
+            model = document.get("model")
+            if isinstance(model, str) and len(model.encode()) > MAX_JSON_STRING_BYTES:
+                document = {**document, "model": ""}  # the streaming reader never sees one this long
+            found.absorb_event(document)
+        return found
+
+
+class _StreamingJsonReader:
+    """One JSON document read with ijson's push parser: values are picked out as they pass, nothing is kept."""
+
+    __slots__ = ("_events", "_found", "_in_pages", "_parser", "_strings")
+
+    def __init__(self) -> None:
+        self._found = _Findings()
         self._strings = StringElider(MAX_JSON_STRING_BYTES)
         self._events = ijson.sendable_list()
         self._parser = ijson.parse_coro(self._events)
@@ -214,8 +278,11 @@ class _JsonReader:
                     self._absorb(prefix, event, value)
             del self._events[:]
 
+    def findings(self) -> _Findings:
+        return self._found
+
     def _absorb(self, prefix: str, event: str, value: object) -> None:
-        findings = self.findings
+        findings = self._found
         if prefix == "pages.item":
             if self._in_pages and event in _VALUE_EVENTS and findings.page_items is not None:
                 findings.page_items += 1

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import uuid
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
@@ -68,6 +68,9 @@ class UsageRecord:
     top_p: float | None = None
 
 
+_RECORD_FIELDS = tuple(field.name for field in fields(UsageRecord))
+
+
 class UsageRecorder:
     """Queues usage rows and writes them in batches; nothing is lost short of a crash."""
 
@@ -86,7 +89,9 @@ class UsageRecorder:
 
     def record(self, record: UsageRecord) -> None:
         """Queue a row (never waits on the database)."""
-        row = asdict(record)
+        # Every field is immutable (str, int, float, datetime, None): a shallow copy is what `asdict`'s deep one
+        # gave, at a fraction of its cost on the hot path.
+        row = {name: getattr(record, name) for name in _RECORD_FIELDS}
         row["id"] = uuid.uuid4().hex
         row["dataset"] = self.dataset
         row["is_error"] = record.status >= 400
