@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.ids import random_hex
 
 SCOPE_KEY = "gateway"
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -38,7 +39,7 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
     for name, value in headers:
         if name == _REQUEST_ID_RAW and SANE_REQUEST_ID.fullmatch(value):
             return value.decode("ascii")
-    return uuid.uuid4().hex
+    return random_hex()
 
 
 class ContextMiddleware:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections import deque
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -25,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.engine import Database
 from gateway.db.models import UsageEvent
+from gateway.ids import random_hex
 from gateway.usage.hours import add_to_hours
 from gateway.usage.spill import Row, SpillFile, read_rows
 
@@ -92,7 +92,7 @@ class UsageRecorder:
         # Every field is immutable (str, int, float, datetime, None): a shallow copy is what `asdict`'s deep one
         # gave, at a fraction of its cost on the hot path.
         row = {name: getattr(record, name) for name in _RECORD_FIELDS}
-        row["id"] = uuid.uuid4().hex
+        row["id"] = random_hex()
         row["dataset"] = self.dataset
         row["is_error"] = record.status >= 400
         if len(self._queue) >= MAX_QUEUE:
