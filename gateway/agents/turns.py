@@ -9,8 +9,11 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from sqlalchemy import or_, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.agents.completions import CompletionUsage, ProviderError, StreamedCompletion, stream_completion
 from gateway.agents.events import REPLY_KIND, VERDICT_KIND, reply_event, verdict_event
@@ -37,10 +40,16 @@ REQUEST_TYPE = "agent_chat"
 CONTEXT_MESSAGES = 100  # the latest messages of the session the model sees
 LONG_TEXT_CHARS = 4096  # longer messages are checked off the event loop
 CLIENT_CLOSED = 499
+# How long a turn's claim on its agent holds if its process dies before releasing it.
+TURN_LEASE = timedelta(minutes=10)
 
 
 class AgentNotRunningError(Exception):
     """The agent is stopped: the connection is closed with 4409."""
+
+
+class TurnInProgressError(Exception):
+    """Another turn of this agent is running, here or on another instance."""
 
 
 class AgentGoneError(Exception):
@@ -70,6 +79,7 @@ class _Seen:
     status: int = CLIENT_CLOSED
     completion: StreamedCompletion | None = None
     first_delta_at: float | None = None
+    lease: datetime | None = None  # until when this turn holds its agent
 
 
 @dataclass(slots=True)
@@ -90,24 +100,36 @@ class Turn:
         seen = _Seen()
         try:
             await self._run(seen)
+        except TurnInProgressError:
+            await self.send(
+                {"type": "error", "code": "turn_in_progress", "message": "Wait for the current turn to end."}
+            )
         except QuotaExceededError as exc:
             seen.status = exc.status_code
-            await self.send({"type": "error", "code": exc.code, "message": exc.message})
+            await self._finish(seen, {"type": "error", "code": exc.code, "message": exc.message})
         except ProviderError as exc:
             seen.status = exc.status
-            await self.send({"type": "error", "code": exc.code, "message": exc.message})
+            await self._finish(seen, {"type": "error", "code": exc.code, "message": exc.message})
         except (AgentNotRunningError, AgentGoneError, asyncio.CancelledError):
             raise
         except Exception:
             logger.exception("agent chat turn failed (request %s)", self.request_id)
             seen.status = 500
-            await self.send({"type": "error", "code": "internal_error", "message": "The turn failed."})
+            await self._finish(
+                seen, {"type": "error", "code": "internal_error", "message": "The turn failed."}
+            )
         finally:
+            if seen.lease is not None:  # no frame ended the turn (the socket closed): let go now
+                await asyncio.shield(self._release(seen))
             if seen.agent is not None:
                 self.services.recorder.record(self._usage_record(seen, started))
 
     async def _run(self, seen: _Seen) -> None:
         services = self.services
+        # Its own transaction, committed at once: other instances see the claim, and on SQLite the write lock is
+        # not held while the transparency log (another connection) appends below.
+        async with services.database.session() as session, session.begin():
+            seen.lease = await claim_turn(session, self.agent_id, self.principal.user_id)
         async with services.database.session() as session, session.begin():
             agent = await session.get(Agent, self.agent_id)
             if agent is None or agent.user_id != self.principal.user_id:
@@ -115,6 +137,8 @@ class Turn:
             if agent.state != RUNNING:
                 raise AgentNotRunningError()
             session.expunge(agent)  # a snapshot: a rollback below (quota) must not expire what we read
+            if seen.lease is None:
+                raise TurnInProgressError()
             seen.agent = agent
             if services.quotas is not None:
                 await lock_agent(session, agent.id)
@@ -136,20 +160,36 @@ class Turn:
             )
             prompt.leaf_hash = hash_text(leaf.leaf_hash)
             session.add(prompt)
-        await self.send(
-            {
-                "type": "governance",
-                "message_id": prompt.id,
-                "mode": verdict.mode,
-                "decision": verdict.decision,
-                "findings": [finding.as_json() for finding in verdict.findings],
-                "leaf_hash": prompt.leaf_hash,
-            }
-        )
+        frame = {
+            "type": "governance",
+            "message_id": prompt.id,
+            "mode": verdict.mode,
+            "decision": verdict.decision,
+            "findings": [finding.as_json() for finding in verdict.findings],
+            "leaf_hash": prompt.leaf_hash,
+        }
         if verdict.blocks:
             seen.status = 403
+            await self._finish(seen, frame)
             return
+        await self.send(frame)
         await self._reply(agent, prompt, seen)
+
+    async def _finish(self, seen: _Seen, frame: dict[str, Any]) -> None:
+        """Send the turn's last frame, the agent let go first: the client may send its next message at once."""
+        await self._release(seen)
+        await self.send(frame)
+
+    async def _release(self, seen: _Seen) -> None:
+        lease, seen.lease = seen.lease, None
+        if lease is None:
+            return
+        async with self.services.database.session() as session, session.begin():
+            await session.execute(
+                update(Agent)
+                .where(Agent.id == self.agent_id, Agent.turn_until == lease)
+                .values(turn_until=None)
+            )
 
     async def _evaluate(self, mode: str) -> Verdict:
         policy = self.services.policy
@@ -199,15 +239,21 @@ class Turn:
                     await self.send({"type": "stream_chunk", "message_id": reply_id, "content": delta})
             except ProviderError as exc:
                 seen.status = exc.status
-                await self.send(
-                    {"type": "error", "code": exc.code, "message": exc.message, "message_id": reply_id}
+                await self._finish(
+                    seen, {"type": "error", "code": exc.code, "message": exc.message, "message_id": reply_id}
                 )
                 return
-        await self._store_reply(agent, prompt, reply_id, "".join(parts), completion.usage)
         seen.status = 200
+        await self._store_reply(agent, prompt, reply_id, "".join(parts), completion.usage, seen)
 
     async def _store_reply(
-        self, agent: Agent, prompt: AgentMessage, reply_id: str, content: str, usage: CompletionUsage
+        self,
+        agent: Agent,
+        prompt: AgentMessage,
+        reply_id: str,
+        content: str,
+        usage: CompletionUsage,
+        seen: _Seen,
     ) -> None:
         at = utcnow()
         leaf = await self.services.log.append(
@@ -229,13 +275,14 @@ class Turn:
                     leaf_hash=hash_text(leaf.leaf_hash),
                 )
             )
-        await self.send(
+        await self._finish(
+            seen,
             {
                 "type": "stream_end",
                 "message_id": reply_id,
                 "usage": usage.as_json(),
                 "leaf_hash": hash_text(leaf.leaf_hash),
-            }
+            },
         )
 
     def _usage_record(self, seen: _Seen, started: float) -> UsageRecord:
@@ -265,3 +312,21 @@ class Turn:
             input_cost_usd=cost.input_usd,
             output_cost_usd=cost.output_usd,
         )
+
+
+async def claim_turn(session: AsyncSession, agent_id: str, user_id: str) -> datetime | None:
+    """Mark the user's agent as mid-turn until the lease ends; None when another turn holds it (or there is no
+    such agent). One conditional UPDATE, so two instances cannot both win; the lease ends a turn whose process
+    died before it could release it."""
+    now = utcnow()
+    until = now + TURN_LEASE
+    claimed = await session.execute(
+        update(Agent)
+        .where(
+            Agent.id == agent_id,
+            Agent.user_id == user_id,
+            or_(Agent.turn_until.is_(None), Agent.turn_until < now),
+        )
+        .values(turn_until=until)
+    )
+    return until if claimed.rowcount == 1 else None  # type: ignore[attr-defined]

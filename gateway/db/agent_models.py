@@ -34,6 +34,8 @@ class Agent(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     last_started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_stopped_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Set while a chat turn runs, on whichever instance: one turn at a time per agent across processes.
+    turn_until: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class AgentMessage(Base):

@@ -44,6 +44,7 @@ def upgrade() -> None:
         utc("updated_at", nullable=False),
         utc("last_started_at"),
         utc("last_stopped_at"),
+        utc("turn_until"),
         sa.ForeignKeyConstraint(
             ["user_id"], ["users.id"], name=op.f("fk_agents_user_id_users"), ondelete="CASCADE"
         ),

@@ -7,6 +7,7 @@ proofs checked with the offline verifier; stop, checkpoint and 4409; refusals; d
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import time
@@ -49,18 +50,32 @@ def provider(provider_server: tuple[FakeChatProvider, LiveServer]) -> FakeChatPr
 def chat_gateway(
     start_gateway: GatewayFactory, provider_server: tuple[FakeChatProvider, LiveServer]
 ) -> Iterator[LiveServer]:
-    url = provider_server[1].url
-    with start_gateway(
-        WORKERS_AI_BASE_URL=f"{url}/ai/v1",
-        WORKERS_AI_API_KEY=PLATFORM_KEY,
-        PROVIDER_LOCAL_LLM_BASE_URL=url,
-        PROVIDER_LOCAL_LLM_API_KEY=LOCAL_KEY,
-        PROVIDER_LOCAL_LLM_STREAM_USAGE="0",
-        GOVERNANCE_BLOCKED_PATTERNS=json.dumps([r"(?i)project\s+nightingale"]),
-        GOVERNANCE_MAX_MESSAGE_CHARS="2000",
-        QUOTA_TIERS=json.dumps({"free": {"messages_per_day": MESSAGES_PER_DAY}}),
-    ) as server:
+    with start_gateway(**chat_settings(provider_server[1].url)) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def other_instance(
+    start_gateway: GatewayFactory,
+    provider_server: tuple[FakeChatProvider, LiveServer],
+    chat_gateway: LiveServer,
+) -> Iterator[LiveServer]:
+    """A second gateway on the same database, as a second instance behind a load balancer would be."""
+    with start_gateway(migrate=False, **chat_settings(provider_server[1].url)) as server:
+        yield server
+
+
+def chat_settings(provider_url: str) -> dict[str, str]:
+    return {
+        "WORKERS_AI_BASE_URL": f"{provider_url}/ai/v1",
+        "WORKERS_AI_API_KEY": PLATFORM_KEY,
+        "PROVIDER_LOCAL_LLM_BASE_URL": provider_url,
+        "PROVIDER_LOCAL_LLM_API_KEY": LOCAL_KEY,
+        "PROVIDER_LOCAL_LLM_STREAM_USAGE": "0",
+        "GOVERNANCE_BLOCKED_PATTERNS": json.dumps([r"(?i)project\s+nightingale"]),
+        "GOVERNANCE_MAX_MESSAGE_CHARS": "2000",
+        "QUOTA_TIERS": json.dumps({"free": {"messages_per_day": MESSAGES_PER_DAY}}),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +141,7 @@ async def test_a_full_session(alice: User, provider: FakeChatProvider, tmp_path:
     assert end["leaf_hash"].startswith("sha256:") and end["leaf_hash"] != governance["leaf_hash"]
     assert [frame["type"] for frame in second_turn] == ["governance", "stream_start"] + [
         "stream_chunk"
-    ] * 3 + ["stream_end"]
+    ] * 3 + ["stream_end"], second_turn
 
     # The provider saw the agent's own key, never the platform's, and the conversation so far.
     first_call, second_call = provider.recorder.requests
@@ -394,6 +409,31 @@ async def test_one_turn_at_a_time_per_agent(alice: User, provider: FakeChatProvi
     assert busy["code"] == busy_elsewhere["code"] == "turn_in_progress"
     assert rest[-1]["type"] == "stream_end"
     assert len(provider.recorder.requests) == 1
+
+
+async def test_one_turn_at_a_time_across_instances(
+    alice: User, other_instance: LiveServer, provider: FakeChatProvider
+) -> None:
+    agent = alice.running_agent(model="gated")
+    elsewhere = dataclasses.replace(alice, base_url=other_instance.url)
+
+    async with alice.chat(agent["id"]) as socket, elsewhere.chat(agent["id"]) as other:
+        await send_message(socket, "first")
+        assert [(await next_frame(socket))["type"] for _ in range(3)] == [
+            "governance",
+            "stream_start",
+            "stream_chunk",
+        ]
+        await send_message(other, "from the other instance")
+        busy = await next_frame(other)
+        provider.release()
+        rest = [await next_frame(socket) for _ in range(3)]
+        after = await turn_frames(other, "my turn now")
+
+    assert busy["code"] == "turn_in_progress"
+    assert rest[-1]["type"] == "stream_end"
+    assert after[-1]["type"] == "stream_end"  # the first turn's claim was released when it ended
+    assert len(provider.recorder.requests) == 2
 
 
 async def test_a_provider_error_is_an_error_frame_and_the_chat_goes_on(
