@@ -25,6 +25,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+from usage import ADMIN_URL, admin  # bench/usage.py: the same admin connection to the local Postgres
 
 from gateway.db.engine import Database
 from gateway.transparency.compact import CompactRange
@@ -33,7 +34,6 @@ from gateway.transparency.log import TransparencyLog, canonical_json
 from gateway.transparency.proof import NodeId, inclusion_ranges, nodes_needed, perfect_subtrees
 from gateway.transparency.signer import NoteSigner
 
-ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 GATEWAY = str(Path(sys.executable).parent / "gateway")
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
 # Postgres' own counts of what was read: scans and rows fetched, for the leaves and nodes tables, and sequential
@@ -237,14 +237,6 @@ async def explain_nodes_query(database_url: str, index: int, size: int) -> list[
             f"{indent}... {len(probes) - 2} more probes of pk_transparency_nodes"
         ]
     return lines
-
-
-async def admin(statement: str) -> None:
-    connection = await asyncpg.connect(ADMIN_URL)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
 
 
 def main() -> int:

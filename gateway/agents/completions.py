@@ -103,12 +103,7 @@ class StreamedCompletion:
         if document is None:
             raise ProviderError("upstream_error", "The provider's answer is not JSON.", status=502)
         self._read_meta(document)
-        choices = document.get("choices")
-        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-            message = choices[0].get("message")
-            if isinstance(message, dict) and isinstance(message.get("content"), str):
-                return str(message["content"])
-        return None
+        return _first_choice_content(document, "message")
 
     def _read_chunk(self, data: bytes) -> str | None:
         document = _json(data)
@@ -117,12 +112,7 @@ class StreamedCompletion:
         if isinstance(document.get("error"), dict):
             raise ProviderError("upstream_error", "The provider reported an error mid-stream.", status=502)
         self._read_meta(document)
-        choices = document.get("choices")
-        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
-            delta = choices[0].get("delta")
-            if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-                return str(delta["content"])
-        return None
+        return _first_choice_content(document, "delta")
 
     def _read_meta(self, document: dict[str, Any]) -> None:
         if self.model is None and isinstance(document.get("model"), str):
@@ -197,3 +187,13 @@ def _count(value: object) -> int | None:
 
 def _log(provider: ChatProvider, what: str, exc: BaseException) -> None:
     logger.warning("provider %s %s: %s", provider.name, what, type(exc.__cause__ or exc).__name__)
+
+
+def _first_choice_content(document: dict[str, Any], field: str) -> str | None:
+    """`choices[0][field].content` (a whole answer's `message`, a stream chunk's `delta`) when it is text."""
+    choices = document.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        part = choices[0].get(field)
+        if isinstance(part, dict) and isinstance(part.get("content"), str):
+            return str(part["content"])
+    return None

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from sqlalchemy import select
@@ -65,45 +66,53 @@ class Authenticator:
         raise AuthenticationError("The credential is not valid.")
 
     async def _api_token(self, token: str) -> Principal:
-        if not self.codec.is_well_formed_api_token(token):
-            raise AuthenticationError("The API token is not valid.")
-        key = self.codec.lookup_hash(token)
-        principal = self._cached(key)
-        if principal is not None:
-            return principal
-        generation = self.cache.generation
-        async with self.database.session() as session:
+        async def load(session: AsyncSession, key: str) -> Principal | None:
             found = await find_api_token(session, key)
-        now = utcnow()
-        if found is None or not _token_is_live(*found, now=now):
-            self.cache.refuse(key)
-            raise AuthenticationError("The API token is not valid, or was revoked or has expired.")
-        record, user = found
-        principal = Principal(
-            user_id=user.id,
-            kind=API_TOKEN,
-            scopes=frozenset(record.scopes),
-            token_id=record.id,
-            is_admin=user.is_admin,
-            expires_at=record.expires_at.timestamp() if record.expires_at else None,
-        )
-        self.cache.remember(key, principal, generation=generation)
-        return principal
+            if found is None or not _token_is_live(*found, now=utcnow()):
+                return None
+            record, user = found
+            return Principal(
+                user_id=user.id,
+                kind=API_TOKEN,
+                scopes=frozenset(record.scopes),
+                token_id=record.id,
+                is_admin=user.is_admin,
+                expires_at=record.expires_at.timestamp() if record.expires_at else None,
+            )
+
+        well_formed = self.codec.is_well_formed_api_token(token)
+        return await self._stored(token, well_formed, load, refused="API token", why="revoked or has expired")
 
     async def _agent_key(self, agent_key: str) -> Principal:
-        if not self.codec.is_well_formed(agent_key, AGENT_KEY_PREFIX):
-            raise AuthenticationError("The agent key is not valid.")
-        key = self.codec.lookup_hash(agent_key)
+        async def load(session: AsyncSession, key: str) -> Principal | None:
+            found = await find_agent_key(session, key)
+            return found.principal() if found is not None and found.is_live else None
+
+        well_formed = self.codec.is_well_formed(agent_key, AGENT_KEY_PREFIX)
+        return await self._stored(agent_key, well_formed, load, refused="agent key", why="revoked")
+
+    async def _stored(
+        self,
+        credential: str,
+        well_formed: bool,
+        load: Callable[[AsyncSession, str], Awaitable[Principal | None]],
+        *,
+        refused: str,
+        why: str,
+    ) -> Principal:
+        """A credential stored as a keyed hash (API token, agent key): from the cache, else one lookup."""
+        if not well_formed:
+            raise AuthenticationError(f"The {refused} is not valid.")
+        key = self.codec.lookup_hash(credential)
         principal = self._cached(key)
         if principal is not None:
             return principal
         generation = self.cache.generation
         async with self.database.session() as session:
-            found = await find_agent_key(session, key)
-        if found is None or not found.is_live:
+            principal = await load(session, key)
+        if principal is None:
             self.cache.refuse(key)
-            raise AuthenticationError("The agent key is not valid, or was revoked.")
-        principal = found.principal()
+            raise AuthenticationError(f"The {refused} is not valid, or was {why}.")
         self.cache.remember(key, principal, generation=generation)
         return principal
 

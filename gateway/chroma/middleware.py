@@ -138,12 +138,9 @@ def _identity(user_id: str) -> dict[str, Any]:
     return {"user_id": user_id, "tenant": DEFAULT_TENANT, "databases": [DEFAULT_DATABASE]}
 
 
-async def _send_json(
-    send: Send, status: int, document: Any, headers: list[tuple[bytes, bytes]] = JSON_HEADERS
-) -> None:
+async def _send_json(send: Send, status: int, document: Any) -> None:
     body = orjson.dumps(document)
-    kept = [(k, v) for k, v in headers if k.lower() != b"content-length"]
-    await send({"type": "http.response.start", "status": status, "headers": [*kept, _length(body)]})
+    await send({"type": "http.response.start", "status": status, "headers": [*JSON_HEADERS, _length(body)]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
