@@ -114,7 +114,7 @@ def create_app(settings: Settings) -> Starlette:
     database = Database(settings.database_url)
     identity = build_identity(settings, database)
     clients = UpstreamClients(
-        list(configured_upstreams(settings)),
+        configured_upstreams(settings).values(),
         connect_timeout=settings.upstream_connect_timeout,
         read_timeout=settings.upstream_read_timeout,
     )

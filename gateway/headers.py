@@ -44,15 +44,19 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes
     )
 
 
+_REQUEST_DROPPED = HOP_BY_HOP | CLIENT_CREDENTIALS | REQUEST_REPLACED
+_RESPONSE_DROPPED = HOP_BY_HOP | RESPONSE_DROPPED
+
+
 def request_headers_for_upstream(headers: RawHeaders) -> RawHeaders:
     """The client's headers an upstream may see: no hop-by-hop, no credentials, no forwarding headers."""
-    dropped = HOP_BY_HOP | CLIENT_CREDENTIALS | REQUEST_REPLACED | connection_tokens(headers)
+    dropped = _REQUEST_DROPPED | tokens if (tokens := connection_tokens(headers)) else _REQUEST_DROPPED
     return [(name, value) for name, value in headers if name.lower() not in dropped]
 
 
 def response_headers_for_client(headers: RawHeaders) -> RawHeaders:
     """The upstream's headers the client may see; the upstream's request id is renamed, not lost."""
-    dropped = HOP_BY_HOP | RESPONSE_DROPPED | connection_tokens(headers)
+    dropped = _RESPONSE_DROPPED | tokens if (tokens := connection_tokens(headers)) else _RESPONSE_DROPPED
     kept: RawHeaders = []
     for name, value in headers:
         lowered = name.lower()

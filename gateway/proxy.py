@@ -1,10 +1,9 @@
 """The generic streaming reverse proxy: one ASGI app per upstream route, bodies streamed both ways.
 
-It sends through the upstream's pooled aiohttp session (the one under its `httpx` client): on the hot path,
-httpx's request and response models cost more than everything else the proxy does (docs/BENCHMARKS.md).
-aiohttp's errors become ours here and nowhere else, by phase: anything that fails before the upstream answered
-is 502, except waiting too long for its response headers, which is 504. Once the response has started, a failure
-can only end the stream. When the client goes away the upstream response is closed at once.
+It sends through the upstream's connection pool (`gateway.http1`). The client's errors become ours here and
+nowhere else, by phase: anything that fails before the upstream answered is 502, except waiting too long for its
+response headers, which is 504. Once the response has started, a failure can only end the stream. When the client
+goes away the upstream connection is closed at once.
 """
 
 from __future__ import annotations
@@ -12,20 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
-import aiohttp
 from starlette.types import Message, Receive, Scope, Send
-from yarl import URL
 
 from gateway.errors import UpstreamTimeoutError, UpstreamUnavailableError
 from gateway.headers import forwarded_for, request_headers_for_upstream, response_headers_for_client
+from gateway.http1 import BrokenOff, ConnectFailed, HeadersTimeout, HttpPool, UpstreamError
 from gateway.middleware.context import RequestContext
 from gateway.upstreams import Upstream, UpstreamClients
 
 logger = logging.getLogger("gateway.proxy")
 
-# Failures of the upstream connection, whatever the client library calls them.
-TRANSPORT_ERRORS = (aiohttp.ClientError, OSError)
+# How long an exchange runs before a task starts watching its client for a disconnect.
+WATCH_AFTER_SECONDS = 0.02
 
 
 class ReverseProxy:
@@ -35,45 +34,45 @@ class ReverseProxy:
         self.upstream = upstream
         self.clients = clients
         self.url = upstream.url(path)
-        self._parsed_url = URL(self.url)
-        self._credential = (
-            (upstream.credential[0].decode("latin-1"), upstream.credential[1].decode("latin-1"))
-            if upstream.credential is not None
-            else None
-        )
+        self.path = (urlsplit(self.url).path or "/").encode("ascii")
+        self._credential = upstream.credential
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert scope["type"] == "http"
-        session = self.clients.session(self.upstream.name)
+        pool = self.clients.pool(self.upstream.name)
         exchange = _Exchange(scope, receive, send, upstream=self.upstream.name)
         body = await exchange.request_body()
         if exchange.disconnected:
             return  # the client left before its body was in: nothing to send
-        target = self._target(scope)
-        url = self._parsed_url if target == self.url else URL(target)
-        await exchange.run(session, url, self._headers(scope), body, timeouts=self.clients.session_timeout)
+        headers, length = self._headers(scope)
+        await exchange.run(pool, self._target(scope), headers, body, length=length)
 
-    def _target(self, scope: Scope) -> str:
+    def _target(self, scope: Scope) -> bytes:
+        """The request target on the upstream: its path, and the client's query as it came."""
         query: bytes = scope.get("query_string", b"")
-        return f"{self.url}?{query.decode('latin-1')}" if query else self.url
+        return self.path + b"?" + query if query else self.path
 
-    def _headers(self, scope: Scope) -> list[tuple[str, str]]:
+    def _headers(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], int | None]:
+        """The headers for the upstream, and the length the client declared (used only for a streamed body)."""
         client_headers: list[tuple[bytes, bytes]] = scope["headers"]
-        headers = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in request_headers_for_upstream(client_headers)
-        ]
+        headers = []
+        length = None
+        for name, value in request_headers_for_upstream(client_headers):
+            if name.lower() == b"content-length":
+                length = int(value) if value.isdigit() else None  # the pool writes it again
+            else:
+                headers.append((name, value))
         client = scope.get("client")
         chain = forwarded_for(client_headers, client[0] if client else None)
         if chain:
-            headers.append(("x-forwarded-for", chain.decode("latin-1")))
-        headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
+            headers.append((b"x-forwarded-for", chain))
+        headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
         context = RequestContext.of(scope)
         if context is not None:
-            headers.append(("x-request-id", context.request_id))
+            headers.append((b"x-request-id", context.request_id.encode("latin-1")))
         if self._credential is not None:
             headers.append(self._credential)
-        return headers
+        return headers, length
 
 
 class _Exchange:
@@ -100,7 +99,7 @@ class _Exchange:
         self.disconnected = False
         self.finished = False
         self._task: asyncio.Task[object] | None = None
-        self._watcher: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | asyncio.TimerHandle | None = None
 
     async def request_body(self) -> bytes | AsyncIterator[bytes] | None:
         """The body as bytes when it came in one message (the common case), else a stream of it."""
@@ -133,8 +132,14 @@ class _Exchange:
 
     def _watch_for_disconnect(self) -> None:
         """Once the body is in, the server's `receive` only returns when the client has gone (or the response
-        ended): a task waits on it for the rest of the exchange."""
+        ended): a task waits on it for the rest of the exchange. Most exchanges are over in a few milliseconds,
+        so the task is only started once this one has lasted `WATCH_AFTER_SECONDS` (a client that left earlier
+        is seen then, at once: its `receive` has the disconnect waiting)."""
         if self._watcher is None and self._task is not None and not self.finished:
+            self._watcher = asyncio.get_running_loop().call_later(WATCH_AFTER_SECONDS, self._start_watching)
+
+    def _start_watching(self) -> None:
+        if not self.finished:
             self._watcher = asyncio.get_running_loop().create_task(self._cancel_on_disconnect())
 
     async def _cancel_on_disconnect(self) -> None:
@@ -144,12 +149,12 @@ class _Exchange:
 
     async def run(
         self,
-        session: aiohttp.ClientSession,
-        url: URL,
-        headers: list[tuple[str, str]],
+        pool: HttpPool,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterator[bytes] | None,
         *,
-        timeouts: aiohttp.ClientTimeout,
+        length: int | None,
     ) -> None:
         """Forward the request and stream the answer; raises a `GatewayError` only before the answer starts.
 
@@ -160,7 +165,7 @@ class _Exchange:
         if self.body_read:
             self._watch_for_disconnect()
         try:
-            await self._forward(session, url, headers, body, timeouts)
+            await self._forward(pool, target, headers, body, length)
         except asyncio.CancelledError:
             if not self.disconnected or task is None:
                 raise
@@ -172,30 +177,21 @@ class _Exchange:
 
     async def _forward(
         self,
-        session: aiohttp.ClientSession,
-        url: URL,
-        headers: list[tuple[str, str]],
+        pool: HttpPool,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterator[bytes] | None,
-        timeouts: aiohttp.ClientTimeout,
+        length: int | None,
     ) -> None:
+        method = self.scope["method"].encode("ascii")
         try:
-            response = await session.request(
-                self.scope["method"],
-                url,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                timeout=timeouts,
-            )
-        except aiohttp.ConnectionTimeoutError as exc:
-            # No free connection, or none made, in time: connecting failed.
-            self._log_failure("could not connect", exc)
-            raise UpstreamUnavailableError() from exc
-        except aiohttp.ServerTimeoutError as exc:
+            response = await pool.request(method, target, headers, body, length=length)
+        except HeadersTimeout as exc:
             self._log_failure("sent no response headers in time", exc)
             raise UpstreamTimeoutError() from exc
-        except TRANSPORT_ERRORS as exc:
-            self._log_failure("failed before answering", exc)
+        except (ConnectFailed, BrokenOff) as exc:
+            what = "could not connect" if isinstance(exc, ConnectFailed) else "failed before answering"
+            self._log_failure(what, exc)
             raise UpstreamUnavailableError() from exc
 
         complete = False
@@ -204,22 +200,25 @@ class _Exchange:
                 {
                     "type": "http.response.start",
                     "status": response.status,
-                    "headers": response_headers_for_client(list(response.raw_headers)),
+                    "headers": response_headers_for_client(response.headers),
                 }
             )
-            content = response.content
             try:
-                while chunk := await content.readany():
+                chunk = await response.read_chunk()
+                # The chunk that completes the body goes as the last message (most answers come whole).
+                while chunk and not response.ended:
                     await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    chunk = await response.read_chunk()
                 complete = True
-            except TRANSPORT_ERRORS as exc:
+            except UpstreamError as exc:
                 self._log_failure("broke off its response", exc)
-                if "content-length" in response.headers:
+                if response.has_length:
                     # A short body under a Content-Length cannot end cleanly: dropping the connection
                     # is the only honest signal left.
                     raise
+                chunk = b""
             self.finished = True
-            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self.send({"type": "http.response.body", "body": chunk, "more_body": False})
         finally:
             if complete:
                 response.release()  # read to its end: the connection goes back to the pool

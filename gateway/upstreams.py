@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
@@ -12,6 +13,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from gateway.http1 import HttpPool
 from gateway.settings import Settings
 
 OPENAI = "openai"
@@ -91,19 +93,20 @@ def chroma_upstream(settings: Settings) -> Upstream | None:
 
 
 class UpstreamClients:
-    """One `httpx.AsyncClient` per upstream, on the aiohttp transport (DESIGN.md says why), keeping no cookies."""
+    """Per upstream: the pool the streaming proxy sends through (`gateway.http1`), and an `httpx.AsyncClient` on
+    the aiohttp transport (DESIGN.md says why) for the gateway's own calls (agents, Chroma lookups); neither keeps
+    cookies."""
 
-    def __init__(self, names: list[str], *, connect_timeout: float, read_timeout: float) -> None:
-        self.names = names
+    def __init__(self, upstreams: Iterable[Upstream], *, connect_timeout: float, read_timeout: float) -> None:
+        self.upstreams = {upstream.name: upstream for upstream in upstreams}
+        self.names = list(self.upstreams)
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
         self.timeout = httpx.Timeout(
             connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
         )
-        # What the proxy sends with: the same pool as the httpx client's, without httpx's per-request layers.
-        self.session_timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=read_timeout
-        )
         self._clients: dict[str, httpx.AsyncClient] = {}
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._pools: dict[str, HttpPool] = {}
         self._stack = AsyncExitStack()
 
     def __getitem__(self, name: str) -> httpx.AsyncClient:
@@ -112,36 +115,43 @@ class UpstreamClients:
         except KeyError:
             raise RuntimeError(f"the {name!r} upstream client is not open (outside the lifespan?)") from None
 
-    def session(self, name: str) -> aiohttp.ClientSession:
-        """The aiohttp session under `self[name]`: the streaming proxy sends through it directly."""
+    def pool(self, name: str) -> HttpPool:
+        """The connections the streaming proxy sends `name`'s requests over."""
         try:
-            return self._sessions[name]
+            return self._pools[name]
         except KeyError:
-            raise RuntimeError(f"the {name!r} upstream client is not open (outside the lifespan?)") from None
+            raise RuntimeError(f"the {name!r} upstream pool is not open (outside the lifespan?)") from None
 
     async def __aenter__(self) -> UpstreamClients:
-        for name in self.names:
-            self._clients[name] = await self._stack.enter_async_context(self._new_client(name))
+        for name, upstream in self.upstreams.items():
+            self._clients[name] = await self._stack.enter_async_context(self._new_client())
+            pool = self._pools[name] = HttpPool(
+                upstream.base_url,
+                max_connections=MAX_CONNECTIONS,
+                keepalive_seconds=KEEPALIVE_SECONDS,
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
+            )
+            self._stack.push_async_callback(pool.aclose)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._clients.clear()
-        self._sessions.clear()
+        self._pools.clear()
         await self._stack.aclose()
 
-    def _new_client(self, name: str) -> httpx.AsyncClient:
+    def _new_client(self) -> httpx.AsyncClient:
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_SECONDS),
             cookie_jar=aiohttp.DummyCookieJar(),
-            # Send what the client sent: no defaults of aiohttp's own (a forced Accept-Encoding would
-            # make the upstream compress for a client that never asked for it).
+            # Send what was asked: no defaults of aiohttp's own (a forced Accept-Encoding would make the
+            # upstream compress for a client that never asked for it).
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             auto_decompress=False,
             trust_env=False,
         )
-        self._sessions[name] = session
         refuse_all_cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
         return httpx.AsyncClient(
             transport=AiohttpTransport(client=session),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import NotConfiguredError
@@ -14,11 +16,13 @@ class ChromaProxy(ReverseProxy):
 
     def __init__(self, upstream: Upstream, *, clients: UpstreamClients) -> None:
         super().__init__(upstream, clients=clients, path="")
+        self.prefix = urlsplit(upstream.base_url).path.rstrip("/").encode("ascii")
 
-    def _target(self, scope: Scope) -> str:
+    def _target(self, scope: Scope) -> bytes:
         query: bytes = scope.get("query_string", b"")
-        path = self.url + scope["raw_path"].decode("ascii")
-        return f"{path}?{query.decode('ascii')}" if query else path
+        raw_path: bytes = scope["raw_path"]
+        path = self.prefix + raw_path
+        return path + b"?" + query if query else path
 
 
 class ChromaNotConfigured:

@@ -154,6 +154,8 @@ class PriceTable:
 
 def _usd(count: int, price: Decimal, *, per: Decimal = Decimal(1)) -> float:
     """``count`` units at ``price`` USD per ``per`` units, computed exactly, rounded to 1e-9 at the end."""
+    if not count or not price:
+        return 0.0  # most rows: no pages on a chat, no price for an unknown model (Decimal arithmetic is not free)
     amount = _EXACT.divide(_EXACT.multiply(Decimal(count), price), per)
     return float(amount.quantize(_NANO_USD, context=_EXACT))
 

@@ -1,0 +1,258 @@
+"""One keep-alive HTTP/1.1 connection to an upstream: an asyncio protocol fed to httptools' response parser.
+
+The parser's callbacks fill in the exchange in progress (status, raw headers, body chunks) and wake whoever waits
+for it; body chunks are buffered up to a bound, past which the socket stops being read until the proxy has passed
+them on. One exchange at a time; whether the connection can serve another is decided when this one ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import cast
+
+import httptools
+
+from gateway.http1.errors import BodyTimeout, BrokenOff, HeadersTimeout
+
+# Buffered response bytes past which the socket is no longer read, and below which it is read again.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+NO_BODY_STATUSES = (204, 304)
+
+
+class Connection(asyncio.Protocol):
+    """A connection and the exchange it carries; `on_close` tells its pool when it is gone."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, *, read_timeout: float, on_close: Callable[[Connection], None]
+    ) -> None:
+        self.loop = loop
+        self.read_timeout = read_timeout
+        self.on_close = on_close
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.reused = False  # it served an exchange before this one
+        self.idle_since = 0.0
+        self._busy = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._reset(head_request=False)
+
+    def _reset(self, *, head_request: bool) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.has_length = False
+        self.headers_done = False
+        self.done = False
+        self.keep_alive = False
+        self.error: BaseException | None = None
+        self.answered = False  # some of the response has arrived
+        self.request_sent = False  # the whole request is written (else the upstream answered early)
+        self._head_request = head_request
+        self._interim = False
+        self._surplus = False
+        self._until_close = False
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._reading_paused = False
+
+    # The exchange, as the pool drives it.
+
+    def begin(self, *, head_request: bool) -> None:
+        self._reset(head_request=head_request)
+        self._busy = True
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            raise BrokenOff("the connection closed before the request was sent")
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait until the socket takes more of a streamed request body."""
+        if self.closed:
+            raise BrokenOff("the connection closed while the request was being sent")
+        if self._write_paused:
+            self._drain_waiter = self.loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    async def response_started(self) -> None:
+        """Wait for the response headers: `HeadersTimeout` after the read timeout, `BrokenOff` if the
+        connection ends first."""
+        while not self.headers_done:
+            if self.error is not None:
+                raise self.error
+            await self._wait(HeadersTimeout)
+
+    async def read_chunk(self) -> bytes:
+        """The body bytes buffered so far, waiting for some if there are none; `b""` once the body is complete."""
+        while True:
+            if self._chunks:
+                chunks = self._chunks
+                chunk = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self._buffered = 0
+                if self._reading_paused and self.transport is not None and not self.closed:
+                    self._reading_paused = False
+                    self.transport.resume_reading()
+                return chunk
+            if self.done:
+                return b""
+            if self.error is not None:
+                raise self.error
+            await self._wait(BodyTimeout)
+
+    @property
+    def drained(self) -> bool:
+        """The response is complete and every body byte has been handed out."""
+        return self.done and not self._chunks
+
+    def finish(self) -> bool:
+        """Ends the exchange; True when the connection can carry another."""
+        self._busy = False
+        reusable = (
+            self.done and self.keep_alive and self.request_sent and not self.closed and self.error is None
+        )
+        if not reusable:
+            self.close()
+        return reusable
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self.closed = True
+
+    async def _wait(self, timeout_error: type[Exception]) -> None:
+        waiter = self._waiter = self.loop.create_future()
+        timer = self.loop.call_later(self.read_timeout, _time_out, waiter, timeout_error, self.read_timeout)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not registered as `asyncio.Transport`
+
+    def data_received(self, data: bytes) -> None:
+        if not self._busy or self.done:
+            # Nothing may follow a complete response: whatever an idle connection sends, it is not ours to reuse.
+            self.close()
+            return
+        self.answered = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(BrokenOff("the upstream switched protocols"))
+        except httptools.HttpParserError as exc:
+            self._fail(BrokenOff(f"the upstream's response could not be parsed ({exc})"))
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.headers_done and not self.done and self._until_close and exc is None:
+            self.done = True  # a body delimited by the end of the connection
+        elif self._busy and not self.done and self.error is None:
+            self.error = BrokenOff("the upstream closed the connection before the response was complete")
+        self._wake()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(
+                BrokenOff("the connection closed while the request was being sent")
+            )
+        self.on_close(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    # httptools' callbacks. Nothing may follow a complete response in the same read either: a second message
+    # is not parsed into the first, and the connection is not reused after it.
+
+    def on_message_begin(self) -> None:
+        if self.done:
+            self._surplus = True
+            self.keep_alive = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._surplus:
+            self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self._surplus:
+            return
+        status = self.parser.get_status_code()
+        if status < 200:  # an interim response (100 Continue, 103 Early Hints): the real one follows
+            self._interim = True
+            self.headers = []
+            return
+        self.status = status
+        self.headers_done = True
+        framing = _framing(self.headers)
+        self.has_length = framing == b"content-length"
+        if self._head_request:
+            self.done = True  # no body follows, whatever the headers say; the parser cannot know that
+        elif framing is None and status not in NO_BODY_STATUSES:
+            self._until_close = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self._surplus:
+            return
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._surplus:
+            return
+        if self._interim:
+            self._interim = False
+            return
+        self.done = True
+        # A HEAD response leaves the parser expecting a body: the connection is not reused after one.
+        self.keep_alive = self.parser.should_keep_alive() and not self._head_request and not self._until_close
+        self._wake()
+
+    def _fail(self, error: BaseException) -> None:
+        self.error = error
+        self.close()
+        self._wake()
+
+
+def _framing(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """How the body's end is marked: `b"chunked"`, `b"content-length"`, or None (by closing the connection)."""
+    framing = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"transfer-encoding" and b"chunked" in value.lower():
+            return b"chunked"
+        if lowered == b"content-length":
+            framing = b"content-length"
+    return framing
+
+
+def _time_out(waiter: asyncio.Future[None], error: type[Exception], seconds: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(error(f"nothing from the upstream for {seconds:g} s"))

@@ -1,0 +1,30 @@
+"""What can go wrong talking to an upstream, by the phase it went wrong in (the proxy maps phases to statuses).
+
+UpstreamError
+├── ConnectFailed         no connection: refused, unreachable, or none free or made in time
+├── HeadersTimeout        connected and sent, but no response headers within the read timeout
+├── BrokenOff             the connection closed or sent garbage before the response was complete
+└── BodyTimeout           the response started, then nothing more came within the read timeout
+"""
+
+from __future__ import annotations
+
+
+class UpstreamError(Exception):
+    """The upstream exchange failed; `str()` says how, for the logs (never any header or body)."""
+
+
+class ConnectFailed(UpstreamError):
+    pass
+
+
+class HeadersTimeout(UpstreamError):
+    pass
+
+
+class BrokenOff(UpstreamError):
+    pass
+
+
+class BodyTimeout(UpstreamError):
+    pass

@@ -1,0 +1,281 @@
+"""Keep-alive connections to one upstream origin, and the request/response exchange over one of them.
+
+Connections are reused newest first (the one most likely still open), at most `max_connections` at a time;
+waiting for a free one counts against the connect timeout. An idle connection older than `keepalive_seconds` is
+closed rather than reused. The one retry: a reused connection that the upstream had closed before it saw our
+request (it answers nothing, the classic keep-alive race) is replaced by a new one and the request sent again,
+when its body is bytes in hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+from gateway.http1.connection import Connection
+from gateway.http1.errors import BrokenOff, ConnectFailed
+
+Headers = list[tuple[bytes, bytes]]
+Body = bytes | AsyncIterator[bytes] | None
+# Methods whose requests carry a body by definition: an empty one is announced as `content-length: 0`.
+BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+
+
+class Response:
+    """An upstream response whose headers are in; the body is read chunk by chunk, then `release` or `close`."""
+
+    __slots__ = ("_connection", "_pool", "has_length", "headers", "status")
+
+    def __init__(self, connection: Connection, pool: HttpPool) -> None:
+        self._connection: Connection | None = connection
+        self._pool = pool
+        self.status = connection.status
+        self.headers = connection.headers
+        self.has_length = connection.has_length  # framed by Content-Length (a short body cannot end cleanly)
+
+    async def read_chunk(self) -> bytes:
+        """The next body bytes; `b""` at the end. Raises `BrokenOff` or `BodyTimeout`."""
+        if self._connection is None:
+            return b""
+        return await self._connection.read_chunk()
+
+    @property
+    def ended(self) -> bool:
+        """The whole body has been read: the next `read_chunk` would return `b""`."""
+        return self._connection is None or self._connection.drained
+
+    def release(self) -> None:
+        """Done with the response: its connection goes back to the pool when it can carry another exchange."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._pool._put_back(connection)
+
+    def close(self) -> None:
+        """Abandon the response: the connection is closed now, so the upstream sees the exchange end."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+            self._pool._put_back(connection)
+
+
+class HttpPool:
+    """The connections to one origin (`scheme://host[:port]`); `request` sends one exchange over one of them."""
+
+    def __init__(
+        self,
+        origin: str,
+        *,
+        max_connections: int,
+        keepalive_seconds: float,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> None:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) origin: {origin!r}")
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.host_header = parts.netloc.rpartition("@")[2].encode("idna")
+        self.ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        self.max_connections = max_connections
+        self.keepalive_seconds = keepalive_seconds
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._idle: list[Connection] = []
+        self._open: set[Connection] = set()
+        self._reserved = 0  # connections being made
+        self._waiters: deque[asyncio.Future[Connection | None]] = deque()
+        self._closed = False
+
+    async def request(
+        self, method: bytes, target: bytes, headers: Headers, body: Body, *, length: int | None = None
+    ) -> Response:
+        """Send a request and wait for its response headers. `target` is the path and query; `headers` must not
+        carry Host, Content-Length or Transfer-Encoding: the pool writes those (`length` for a streamed body of
+        known size, else it is sent chunked)."""
+        if isinstance(body, bytes):
+            length = len(body)
+        elif body is None:
+            length = 0 if method in BODY_METHODS else None
+        head = request_head(method, target, self.host_header, headers, length, streamed=not _in_hand(body))
+        connection = await self._acquire()
+        try:
+            await self._exchange(connection, method, head, body, length)
+        except BrokenOff:
+            if not (connection.reused and not connection.answered and _in_hand(body)):
+                self._put_back(connection)
+                raise
+            self._put_back(connection)  # the keep-alive race: once more, on a new connection
+            connection = await self._acquire(fresh=True)
+            try:
+                await self._exchange(connection, method, head, body, length)
+            except BaseException:
+                connection.close()
+                self._put_back(connection)
+                raise
+        except BaseException:
+            connection.close()
+            self._put_back(connection)
+            raise
+        return Response(connection, self)
+
+    async def _exchange(
+        self, connection: Connection, method: bytes, head: bytes, body: Body, length: int | None
+    ) -> None:
+        connection.begin(head_request=method == b"HEAD")
+        if body is None or isinstance(body, bytes):
+            connection.write(head + body if body else head)
+        else:
+            connection.write(head)
+            try:
+                await _send_stream(connection, body, length)
+            except BrokenOff:
+                if not connection.headers_done:
+                    raise
+                # The upstream answered (a 413, say) and hung up before taking the whole body: its answer stands.
+                return
+        connection.request_sent = True
+        await connection.response_started()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for connection in list(self._open):
+            connection.close()
+        self._idle.clear()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectFailed("the gateway is shutting down"))
+
+    async def _acquire(self, *, fresh: bool = False) -> Connection:
+        if self._closed:
+            raise ConnectFailed("the gateway is shutting down")
+        now = asyncio.get_running_loop().time()
+        while self._idle and not fresh:
+            connection = self._idle.pop()
+            if not connection.closed and now - connection.idle_since < self.keepalive_seconds:
+                connection.reused = True
+                return connection
+            connection.close()
+        if len(self._open) + self._reserved >= self.max_connections:
+            handed = await self._wait_for_connection()
+            if handed is not None:
+                handed.reused = True
+                return handed
+        return await self._connect()
+
+    async def _wait_for_connection(self) -> Connection | None:
+        """Wait for a connection someone releases (or for room to make one: None)."""
+        waiter: asyncio.Future[Connection | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                return await waiter
+        except BaseException as exc:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._pass_on(waiter.result())  # handed over just as we gave up: the next in line takes it
+            if isinstance(exc, TimeoutError):
+                raise ConnectFailed(f"no free connection within {self.connect_timeout:g} s") from None
+            raise
+
+    async def _connect(self) -> Connection:
+        loop = asyncio.get_running_loop()
+        self._reserved += 1
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, connection = await loop.create_connection(
+                    lambda: Connection(loop, read_timeout=self.read_timeout, on_close=self._forget),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.host if self.ssl else None,
+                )
+        except TimeoutError:
+            raise ConnectFailed(f"no connection within {self.connect_timeout:g} s") from None
+        except OSError as exc:  # refused, unreachable, resolution and TLS failures
+            raise ConnectFailed(f"could not connect ({type(exc).__name__})") from exc
+        finally:
+            self._reserved -= 1
+        if self._closed:
+            connection.close()
+            raise ConnectFailed("the gateway is shutting down")
+        self._open.add(connection)
+        return connection
+
+    def _put_back(self, connection: Connection) -> None:
+        """An exchange ended: keep the connection for the next one, or hand it (or its room) to a waiter."""
+        if connection.finish() and not self._closed:
+            connection.idle_since = asyncio.get_running_loop().time()
+            if not self._hand_over(connection):
+                self._idle.append(connection)
+        else:
+            self._forget(connection)
+
+    def _forget(self, connection: Connection) -> None:
+        """A connection closed: it no longer counts against the limit."""
+        if connection in self._open:
+            self._open.discard(connection)
+            if connection in self._idle:
+                self._idle.remove(connection)
+            self._hand_over(None)
+
+    def _pass_on(self, connection: Connection | None) -> None:
+        if connection is None:
+            self._hand_over(None)
+        elif not self._hand_over(connection):
+            self._idle.append(connection)
+
+    def _hand_over(self, connection: Connection | None) -> bool:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return True
+        return False
+
+
+async def _send_stream(connection: Connection, body: AsyncIterator[bytes], length: int | None) -> None:
+    """A streamed body: chunked when its length is unknown, else exactly `length` bytes (a body that turns out
+    longer or shorter fails here, before the upstream could take the difference for another request)."""
+    sent = 0
+    async for chunk in body:
+        if not chunk:
+            continue
+        sent += len(chunk)
+        if length is None:
+            connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        elif sent > length:
+            raise BrokenOff(f"the request body is longer than its declared {length} bytes")
+        else:
+            connection.write(chunk)
+        await connection.drain()
+    if length is None:
+        connection.write(b"0\r\n\r\n")
+    elif sent != length:
+        raise BrokenOff(f"the request body ended at {sent} of its declared {length} bytes")
+
+
+def _in_hand(body: Body) -> bool:
+    return body is None or isinstance(body, bytes)
+
+
+def request_head(
+    method: bytes, target: bytes, host: bytes, headers: Headers, length: int | None, *, streamed: bool
+) -> bytes:
+    """The request line and headers. A CR or LF inside any of them would let one header smuggle another (or a
+    second request): none can arrive through the server's parser, and this refuses the bytes if one ever does."""
+    lines = [method + b" " + target + b" HTTP/1.1", b"host: " + host]
+    lines += [name + b": " + value for name, value in headers]
+    if length is not None:
+        lines.append(b"content-length: %d" % length)
+    elif streamed:
+        lines.append(b"transfer-encoding: chunked")
+    head = b"\r\n".join(lines) + b"\r\n\r\n"
+    if head.count(b"\n") != len(lines) + 1 or head.count(b"\r") != len(lines) + 1:
+        raise ValueError("a request line or header holds a CR or LF")
+    return head

@@ -1,0 +1,1134 @@
+"""The lean HTTP/1.1 upstream client (`gateway.http1`), over real loopback sockets.
+
+Each test scripts a small upstream with `asyncio.start_server`: it reads the raw request bytes, writes raw
+HTTP/1.1 response bytes, and records what it received and how many connections it accepted. The assertions are
+about what a user of `HttpPool` sees: statuses, headers and bodies, the errors by phase, and which connections are
+reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+import pytest
+
+from gateway.http1 import BodyTimeout, BrokenOff, ConnectFailed, HeadersTimeout, HttpPool, Response
+from gateway.http1.connection import HIGH_WATER
+
+# The most bytes one read from a socket hands to the protocol (asyncio's selector transports).
+MAX_READ = 256 * 1024
+
+
+# A scripted upstream.
+
+
+@dataclass
+class Request:
+    """One request as the upstream received it."""
+
+    line: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes  # de-chunked
+    raw: bytes  # every byte of this request as it came over the wire
+
+    @property
+    def target(self) -> bytes:
+        return self.line.split(b" ")[1]
+
+    def values(self, name: bytes) -> list[bytes]:
+        return [value for key, value in self.headers if key.lower() == name]
+
+
+class Peer:
+    """One connection the upstream accepted."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.received = bytearray()  # everything that came in
+        self.requests: list[Request] = []
+        self.eof = asyncio.Event()  # the client closed its side
+        self._buffer = bytearray()  # received, not yet parsed
+
+    async def _fill(self) -> bool:
+        try:
+            data = await self.reader.read(65536)
+        except ConnectionError:
+            data = b""
+        if not data:
+            self.eof.set()
+            return False
+        self.received += data
+        self._buffer += data
+        return True
+
+    async def _until(self, marker: bytes) -> bytes | None:
+        while (at := self._buffer.find(marker)) < 0:
+            if not await self._fill():
+                return None
+        return self._take(at + len(marker))
+
+    async def _exactly(self, size: int) -> bytes | None:
+        while len(self._buffer) < size:
+            if not await self._fill():
+                return None
+        return self._take(size)
+
+    def _take(self, size: int) -> bytes:
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    async def read_request(self) -> Request | None:
+        """The next whole request, or None when the connection ends first."""
+        head = await self._until(b"\r\n\r\n")
+        if head is None:
+            return None
+        line, *fields = head[:-4].split(b"\r\n")
+        headers = []
+        for field in fields:
+            name, _, value = field.partition(b":")
+            headers.append((name, value.strip()))
+        request = Request(line, headers, b"", head)
+        lengths = request.values(b"content-length")
+        if lengths:
+            body = await self._exactly(int(lengths[0]))
+            if body is None:
+                return None
+            request.body = body
+            request.raw += body
+        elif any(b"chunked" in value.lower() for value in request.values(b"transfer-encoding")):
+            while True:
+                size_line = await self._until(b"\r\n")
+                if size_line is None:
+                    return None
+                size = int(size_line.split(b";")[0], 16)
+                data = await self._exactly(size + 2)
+                if data is None:
+                    return None
+                request.raw += size_line + data
+                request.body += data[:-2]
+                if size == 0:
+                    break
+        self.requests.append(request)
+        return request
+
+    async def read_until_eof(self) -> None:
+        """Take whatever else comes, until the client closes the connection."""
+        while await self._fill():
+            pass
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def reset(self) -> None:
+        """Abort the connection with a TCP reset (as a crashing upstream or a middlebox does), not a clean close."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
+
+    async def drain(self) -> None:
+        with contextlib.suppress(ConnectionError):
+            await self.writer.drain()
+
+
+Handler = Callable[[Peer], Awaitable[None]]
+
+
+class Upstream:
+    """A loopback server whose every connection is served by `handler`; it counts the connections it accepts."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.peers: list[Peer] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    @property
+    def accepted(self) -> int:
+        return len(self.peers)
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        peer = Peer(reader, writer)
+        self.peers.append(peer)
+        try:
+            await self.handler(peer)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            self._tasks.discard(task)
+
+    async def __aenter__(self) -> Upstream:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        assert self._server is not None
+        self._server.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._server.wait_closed()
+        await asyncio.sleep(0.01)  # the transports' closing callbacks run
+
+
+def answering(response: bytes) -> Handler:
+    """Answers every request on a connection with `response`, until the client closes it."""
+
+    async def handler(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            peer.send(response)
+
+    return handler
+
+
+def ok(body: bytes = b"hello") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+
+
+@contextlib.asynccontextmanager
+async def pool_to(
+    origin: str,
+    *,
+    max_connections: int = 4,
+    keepalive_seconds: float = 5.0,
+    connect_timeout: float = 1.0,
+    read_timeout: float = 1.0,
+) -> AsyncIterator[HttpPool]:
+    pool = HttpPool(
+        origin,
+        max_connections=max_connections,
+        keepalive_seconds=keepalive_seconds,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+    )
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
+        await asyncio.sleep(0.01)  # the transports' closing callbacks run
+
+
+async def read_all(response: Response) -> bytes:
+    body = b""
+    while chunk := await response.read_chunk():
+        body += chunk
+    return body
+
+
+async def get_text(pool: HttpPool, target: bytes = b"/") -> bytes:
+    """One GET read to its end and released."""
+    response = await pool.request(b"GET", target, [], None)
+    body = await read_all(response)
+    response.release()
+    return body
+
+
+async def stream(*chunks: bytes) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        await asyncio.sleep(0)
+        yield chunk
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# Responses as the user sees them.
+
+
+async def test_content_length_response_status_raw_headers_and_body() -> None:
+    """The proxy forwards status, headers (as the upstream spelled them) and body; `has_length` tells it the
+    body is framed by Content-Length."""
+    raw = (
+        b"HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nX-Request-ID: Req_1\r\ncontent-length: 11\r\n\r\n"
+        b"hello world"
+    )
+    async with Upstream(answering(raw)) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"GET", b"/", [], None)
+        assert response.status == 201
+        assert response.headers == [
+            (b"Content-Type", b"text/plain"),
+            (b"X-Request-ID", b"Req_1"),
+            (b"content-length", b"11"),
+        ]
+        assert response.has_length is True
+        assert await read_all(response) == b"hello world"
+        assert await response.read_chunk() == b""  # and stays at its end
+        response.release()
+
+
+async def test_chunked_response_arriving_in_pieces() -> None:
+    """A streamed (chunked) answer arrives whole, de-chunked, however the upstream's writes fall; `has_length` is
+    false, so the proxy knows not to promise a length."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n")
+        for piece in (b"5\r\nhello\r\n", b"1\r\n \r\n6\r\nwor", b"ld!\r\n", b"0\r\n\r\n"):
+            await peer.drain()
+            await asyncio.sleep(0.02)
+            peer.send(piece)
+        await peer.read_until_eof()
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"GET", b"/stream", [], None)
+        assert response.status == 200
+        assert response.headers == [
+            (b"Transfer-Encoding", b"chunked"),
+            (b"Content-Type", b"text/event-stream"),
+        ]
+        assert response.has_length is False
+        assert await read_all(response) == b"hello world!"
+        response.release()
+
+
+async def test_chunked_response_with_trailers_completes() -> None:
+    """Trailer fields after the last chunk end the body cleanly (they are not body bytes)."""
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-Checksum: 1\r\n\r\n"
+    async with Upstream(answering(raw)) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"GET", b"/", [], None)
+        assert await read_all(response) == b"abc"
+        response.release()
+        assert await get_text(pool) == b"abc"
+    assert upstream.accepted == 1
+
+
+# The request as the upstream sees it.
+
+
+async def test_request_line_host_and_headers_as_given() -> None:
+    """The target goes out byte for byte (no re-encoding of path or query), Host names the origin, and the
+    given headers follow in order and case; a GET without a body announces none."""
+    target = b"/v1/models/a%2Fb?limit=10&q=a%20b+c&empty=&x=%7E~"
+    headers = [(b"X-Api-Key", b"secret"), (b"accept", b"*/*"), (b"X-Dup", b"1"), (b"X-Dup", b"2")]
+    async with Upstream(answering(ok())) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"GET", target, headers, None)
+        response.release()
+    (request,) = upstream.peers[0].requests
+    assert request.line == b"GET " + target + b" HTTP/1.1"
+    assert request.headers[0] == (b"host", b"127.0.0.1:%d" % upstream.port)
+    assert request.headers[1:] == headers
+    assert request.values(b"content-length") == []
+    assert request.values(b"transfer-encoding") == []
+    assert request.raw.endswith(b"\r\n\r\n")
+
+
+async def test_bytes_body_is_sent_with_its_content_length() -> None:
+    """A body in hand goes out with its exact length, so the upstream knows where the request ends."""
+    async with Upstream(answering(ok())) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(
+            b"POST", b"/v1/chat", [(b"Content-Type", b"application/json")], b'{"a":1}'
+        )
+        response.release()
+    (request,) = upstream.peers[0].requests
+    assert request.values(b"content-length") == [b"7"]
+    assert request.values(b"transfer-encoding") == []
+    assert request.body == b'{"a":1}'
+    assert request.raw.endswith(b'\r\n\r\n{"a":1}')
+
+
+async def test_post_without_body_announces_content_length_zero() -> None:
+    """A POST with no body still says `content-length: 0`: some upstreams answer 411 Length Required, and
+    without it the request's end would be ambiguous."""
+    async with Upstream(answering(ok())) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"POST", b"/reset", [], None)
+        response.release()
+    (request,) = upstream.peers[0].requests
+    assert request.values(b"content-length") == [b"0"]
+    assert request.values(b"transfer-encoding") == []
+    assert request.body == b""
+
+
+async def test_get_without_body_has_no_content_length() -> None:
+    """A GET announces no body at all: no Content-Length, no Transfer-Encoding."""
+    async with Upstream(answering(ok())) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"GET", b"/", [], None)
+        response.release()
+    (request,) = upstream.peers[0].requests
+    assert request.values(b"content-length") == []
+    assert request.values(b"transfer-encoding") == []
+
+
+async def test_streamed_body_of_unknown_length_is_sent_chunked() -> None:
+    """A body streamed from the client without a known length goes out chunked; an empty piece is skipped, not
+    sent as the zero-size chunk that would end the body early."""
+    async with Upstream(answering(ok())) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"POST", b"/upload", [], stream(b"abc", b"", b"defgh"))
+        assert response.status == 200
+        response.release()
+    (request,) = upstream.peers[0].requests
+    assert request.values(b"transfer-encoding") == [b"chunked"]
+    assert request.values(b"content-length") == []
+    assert request.raw.endswith(b"\r\n\r\n3\r\nabc\r\n5\r\ndefgh\r\n0\r\n\r\n")
+    assert request.body == b"abcdefgh"
+
+
+async def test_streamed_body_of_known_length_is_sent_raw() -> None:
+    """A streamed body whose length is given goes out as is, after `content-length`."""
+    async with Upstream(answering(ok())) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"PUT", b"/upload", [], stream(b"abc", b"defgh"), length=8)
+        response.release()
+    (request,) = upstream.peers[0].requests
+    assert request.values(b"content-length") == [b"8"]
+    assert request.values(b"transfer-encoding") == []
+    assert request.raw.endswith(b"\r\n\r\nabcdefgh")
+
+
+async def test_large_streamed_body_is_pulled_only_as_fast_as_the_upstream_reads() -> None:
+    """A big upload to a slow upstream is not buffered whole in the gateway: the body's iterator waits while
+    the socket is full, and every byte arrives in order."""
+    pieces = 256  # 16 MiB in 64 KiB pieces
+    produced = 0
+    produced_when_upstream_started_reading = -1
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal produced
+        for index in range(pieces):
+            produced += 1
+            yield bytes([index % 251]) * 65536
+
+    async def handler(peer: Peer) -> None:
+        nonlocal produced_when_upstream_started_reading
+        await asyncio.sleep(0.3)  # does not read at first
+        produced_when_upstream_started_reading = produced
+        if await peer.read_request() is not None:
+            peer.send(ok())
+        await peer.read_until_eof()
+
+    expected = hashlib.sha256(b"".join(bytes([index % 251]) * 65536 for index in range(pieces))).hexdigest()
+    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"POST", b"/upload", [], body(), length=pieces * 65536)
+        assert await read_all(response) == b"hello"
+        response.release()
+    assert 0 <= produced_when_upstream_started_reading < pieces
+    (request,) = upstream.peers[0].requests
+    assert hashlib.sha256(request.body).hexdigest() == expected
+
+
+async def test_header_with_cr_or_lf_is_refused_before_anything_is_sent() -> None:
+    """A CR or LF in a header (or the target) would smuggle a header or a second request to the upstream: the
+    pool refuses it before writing a byte, and the connection stays good for the next request."""
+    bad_requests: list[tuple[bytes, list[tuple[bytes, bytes]]]] = [
+        (b"/", [(b"X-A", b"1\r\nX-Injected: yes")]),
+        (b"/", [(b"X-A", b"1\nX-Injected: yes")]),
+        (b"/", [(b"X-A", b"1\rX-Injected: yes")]),
+        (b"/", [(b"X-A\r\nX-Injected", b"yes")]),
+        (b"/ HTTP/1.1\r\nX-Injected: yes\r\nX-B:", []),
+    ]
+    async with Upstream(answering(ok())) as upstream, pool_to(upstream.origin) as pool:
+        assert await get_text(pool, b"/first") == b"hello"
+        sent_before = bytes(upstream.peers[0].received)
+        for target, headers in bad_requests:
+            with pytest.raises(ValueError):
+                await pool.request(b"GET", target, headers, None)
+        await asyncio.sleep(0.05)
+        assert bytes(upstream.peers[0].received) == sent_before
+        assert await get_text(pool, b"/after") == b"hello"
+    assert upstream.accepted == 1
+    assert [request.target for request in upstream.peers[0].requests] == [b"/first", b"/after"]
+    assert b"Injected" not in upstream.peers[0].received
+
+
+async def test_header_with_cr_or_lf_on_a_fresh_pool_connects_nowhere() -> None:
+    """Refused before a connection is even made: the upstream accepts nothing, receives nothing."""
+    async with Upstream(answering(ok())) as upstream, pool_to(upstream.origin) as pool:
+        with pytest.raises(ValueError):
+            await pool.request(b"POST", b"/", [(b"X-A", b"v\r\n\r\nGET /admin HTTP/1.1")], b"x")
+        await asyncio.sleep(0.05)
+    assert upstream.accepted == 0
+
+
+async def test_userinfo_in_the_origin_is_not_sent_as_host() -> None:
+    """Credentials written into an origin URL never reach the upstream in the Host header."""
+    async with Upstream(answering(ok())) as upstream:
+        origin = f"http://user:pass@127.0.0.1:{upstream.port}"
+        async with pool_to(origin) as pool:
+            assert await get_text(pool) == b"hello"
+    (request,) = upstream.peers[0].requests
+    assert request.values(b"host") == [b"127.0.0.1:%d" % upstream.port]
+    assert b"pass" not in upstream.peers[0].received
+
+
+def test_origin_must_be_http_or_https() -> None:
+    """A misconfigured upstream fails when the pool is made, not on the first request."""
+    for origin in ("ftp://example.com", "example.com:80", "http://", "unix:///tmp/sock"):
+        with pytest.raises(ValueError):
+            HttpPool(origin, max_connections=1, keepalive_seconds=1, connect_timeout=1, read_timeout=1)
+
+
+# Keep-alive.
+
+
+async def test_released_connection_is_reused() -> None:
+    """Two requests one after the other share one connection: no new TCP handshake per request."""
+    async with Upstream(answering(ok())) as upstream, pool_to(upstream.origin) as pool:
+        assert await get_text(pool, b"/1") == b"hello"
+        assert await get_text(pool, b"/2") == b"hello"
+    assert upstream.accepted == 1
+    assert [request.target for request in upstream.peers[0].requests] == [b"/1", b"/2"]
+
+
+async def test_closed_response_connection_is_not_reused() -> None:
+    """`close()` abandons a response mid-body: the upstream sees the connection end (and can stop
+    generating), and the next request gets a new connection."""
+
+    async def handler(peer: Peer) -> None:
+        if await peer.read_request() is None:
+            return
+        if len(upstream.peers) == 1:
+            peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+            await peer.read_until_eof()
+        else:
+            peer.send(ok())
+            await peer.read_until_eof()
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"GET", b"/1", [], None)
+        assert await response.read_chunk() == b"partial"
+        response.close()
+        assert await response.read_chunk() == b""
+        await asyncio.wait_for(upstream.peers[0].eof.wait(), 1)
+        assert await get_text(pool, b"/2") == b"hello"
+    assert upstream.accepted == 2
+
+
+async def test_response_released_before_its_end_is_not_reused() -> None:
+    """Releasing a response whose body was not read to the end must not put the connection back: its unread
+    bytes would become the next request's answer. The upstream sees it close."""
+
+    async def handler(peer: Peer) -> None:
+        if await peer.read_request() is None:
+            return
+        if len(upstream.peers) == 1:
+            peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf ")
+        else:
+            peer.send(ok(b"next"))
+        await peer.read_until_eof()
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"GET", b"/1", [], None)
+        assert await response.read_chunk() == b"half "
+        response.release()
+        await asyncio.wait_for(upstream.peers[0].eof.wait(), 1)
+        assert await get_text(pool, b"/2") == b"next"
+    assert upstream.accepted == 2
+
+
+async def test_connection_close_response_is_not_reused() -> None:
+    """An upstream that says `Connection: close` will not read another request on that connection, even if it
+    leaves it open: the pool closes it and makes a new one."""
+    raw = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello"
+    async with Upstream(answering(raw)) as upstream, pool_to(upstream.origin) as pool:
+        assert await get_text(pool, b"/1") == b"hello"
+        await asyncio.wait_for(upstream.peers[0].eof.wait(), 1)
+        assert await get_text(pool, b"/2") == b"hello"
+    assert upstream.accepted == 2
+    assert [len(peer.requests) for peer in upstream.peers] == [1, 1]
+
+
+async def test_connection_idle_past_keepalive_is_not_reused() -> None:
+    """An idle connection older than `keepalive_seconds` is likely closed by the upstream by now: a new one is
+    made, and the stale one is closed."""
+    async with (
+        Upstream(answering(ok())) as upstream,
+        pool_to(upstream.origin, keepalive_seconds=0.05) as pool,
+    ):
+        assert await get_text(pool, b"/1") == b"hello"
+        await asyncio.sleep(0.15)
+        assert await get_text(pool, b"/2") == b"hello"
+        await asyncio.wait_for(upstream.peers[0].eof.wait(), 1)
+    assert upstream.accepted == 2
+
+
+async def test_connection_within_keepalive_is_reused() -> None:
+    """The counterpart: idle for less than `keepalive_seconds`, the connection is reused."""
+    async with Upstream(answering(ok())) as upstream, pool_to(upstream.origin, keepalive_seconds=1.0) as pool:
+        assert await get_text(pool, b"/1") == b"hello"
+        await asyncio.sleep(0.1)
+        assert await get_text(pool, b"/2") == b"hello"
+    assert upstream.accepted == 1
+
+
+async def test_keepalive_race_bytes_body_is_retried_on_a_new_connection() -> None:
+    """The classic keep-alive race: the upstream drops an idle connection just as our next request goes out on
+    it, answering nothing. A request whose body is in hand is sent again on a new connection, and the user never
+    sees the failure."""
+
+    async def handler(peer: Peer) -> None:
+        if await peer.read_request() is None:
+            return
+        peer.send(ok(b"first"))
+        if len(upstream.peers) == 1:
+            await peer.read_request()  # the second request arrives; the upstream has already given up on it
+            return  # closed without a word
+        await peer.read_until_eof()
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
+        assert await get_text(pool, b"/1") == b"first"
+        response = await pool.request(b"POST", b"/2", [(b"X-A", b"b")], b"payload")
+        assert response.status == 200
+        assert await read_all(response) == b"first"
+        response.release()
+    assert upstream.accepted == 2
+    assert [request.target for request in upstream.peers[0].requests] == [b"/1", b"/2"]
+    (retried,) = upstream.peers[1].requests
+    assert retried.line == b"POST /2 HTTP/1.1"
+    assert retried.values(b"x-a") == [b"b"]
+    assert retried.body == b"payload"
+
+
+async def test_upstream_closing_right_after_a_response_does_not_fail_the_next_request() -> None:
+    """The upstream closes an idle kept-alive connection right after its response, without saying
+    `Connection: close`; the next request (sent straight away, before the close is noticed) still succeeds, on
+    a new connection."""
+
+    async def handler(peer: Peer) -> None:
+        if await peer.read_request() is not None:
+            peer.send(ok(b"answer"))
+        # returning closes the connection at once
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"GET", b"/1", [], None)
+        assert await read_all(response) == b"answer"
+        response.release()
+        second = await pool.request(b"POST", b"/2", [], b"payload")
+        assert await read_all(second) == b"answer"
+        second.release()
+    assert upstream.accepted == 2
+    assert upstream.peers[1].requests[0].body == b"payload"
+
+
+async def test_keepalive_race_streamed_body_is_not_retried() -> None:
+    """A streamed body has been consumed and cannot be sent again: the race surfaces as `BrokenOff` (the proxy
+    answers 502) rather than a retry with an empty or partial body."""
+
+    async def handler(peer: Peer) -> None:
+        if await peer.read_request() is None:
+            return
+        peer.send(ok(b"first"))
+        await peer.read_request()  # the second request arrives; the upstream closes without answering
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
+        assert await get_text(pool, b"/1") == b"first"
+        with pytest.raises(BrokenOff):
+            await pool.request(b"POST", b"/2", [], stream(b"abc", b"def"))
+    assert upstream.accepted == 1
+    assert [request.body for request in upstream.peers[0].requests] == [b"", b"abcdef"]
+
+
+async def test_idle_connection_sent_unsolicited_bytes_is_not_reused() -> None:
+    """Bytes from an upstream on an idle connection belong to no request: reusing that connection would hand
+    them to the next request as its answer. The pool drops it."""
+
+    async def handler(peer: Peer) -> None:
+        if await peer.read_request() is None:
+            return
+        peer.send(ok(b"first"))
+        if len(upstream.peers) == 1:
+            await asyncio.sleep(0.05)
+            peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
+        else:
+            while await peer.read_request() is not None:
+                peer.send(ok(b"other"))
+        await peer.read_until_eof()
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
+        assert await get_text(pool, b"/1") == b"first"
+        await asyncio.sleep(0.15)
+        assert await get_text(pool, b"/2") == b"first"
+        await asyncio.wait_for(upstream.peers[0].eof.wait(), 1)
+    assert upstream.accepted == 2
+    assert len(upstream.peers[0].requests) == 1
+
+
+async def test_bytes_after_a_complete_response_are_not_taken_as_its_body() -> None:
+    """An upstream that writes more than one response's worth in one go (a second, unasked-for response):
+    the body ends where its Content-Length says, the surplus is not appended to it, and the connection is not
+    reused."""
+    raw = ok(b"hello") + b"HTTP/1.1 404 Not Found\r\nX-Stale: 1\r\nContent-Length: 5\r\n\r\nstale"
+
+    async def handler(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            peer.send(raw)
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"GET", b"/1", [], None)
+        assert response.status == 200
+        assert await read_all(response) == b"hello"
+        assert response.headers == [(b"Content-Length", b"5")]
+        response.release()
+        assert await get_text(pool, b"/2") == b"hello"
+    assert upstream.accepted == 2
+
+
+async def test_aclose_closes_idle_connections() -> None:
+    """At shutdown the pool closes its kept-alive connections: the upstream sees them end."""
+    async with Upstream(answering(ok())) as upstream:
+        pool = HttpPool(
+            upstream.origin, max_connections=4, keepalive_seconds=5, connect_timeout=1, read_timeout=1
+        )
+        try:
+            assert await get_text(pool) == b"hello"
+            assert not upstream.peers[0].eof.is_set()
+        finally:
+            await pool.aclose()
+        await asyncio.wait_for(upstream.peers[0].eof.wait(), 1)
+
+
+async def test_request_after_aclose_fails() -> None:
+    """A pool that has shut down makes no new connections."""
+    async with Upstream(answering(ok())) as upstream, pool_to(upstream.origin) as pool:
+        await pool.aclose()
+        with pytest.raises(ConnectFailed):
+            await pool.request(b"GET", b"/", [], None)
+    assert upstream.accepted == 0
+
+
+# Errors by phase.
+
+
+async def test_refused_connection_is_connect_failed() -> None:
+    """Nothing listening: `ConnectFailed` (the proxy's 502), not an OSError leaking out."""
+    async with pool_to(f"http://127.0.0.1:{free_port()}") as pool:
+        with pytest.raises(ConnectFailed):
+            await pool.request(b"GET", b"/", [], None)
+
+
+async def test_silent_upstream_is_headers_timeout() -> None:
+    """Connected and sent, but no answer: `HeadersTimeout` after about the read timeout (the proxy's 504),
+    and the connection is given up, so the upstream sees it close."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.read_until_eof()
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin, read_timeout=0.3) as pool:
+        started = time.monotonic()
+        with pytest.raises(HeadersTimeout):
+            await pool.request(b"GET", b"/", [], None)
+        elapsed = time.monotonic() - started
+        await asyncio.wait_for(upstream.peers[0].eof.wait(), 1)
+    assert 0.27 <= elapsed < 1.0
+
+
+async def test_upstream_closing_without_answer_is_broken_off() -> None:
+    """On a fresh connection, a close before any answer is `BrokenOff`, and it is not retried (only a reused
+    connection can have lost the keep-alive race)."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
+        with pytest.raises(BrokenOff):
+            await pool.request(b"POST", b"/", [], b"body")
+    assert upstream.accepted == 1
+
+
+async def test_invalid_response_is_broken_off() -> None:
+    """Garbage instead of HTTP is `BrokenOff`, and the connection is closed."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        peer.send(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        await peer.read_until_eof()
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
+        with pytest.raises(BrokenOff):
+            await pool.request(b"GET", b"/", [], None)
+        await asyncio.wait_for(upstream.peers[0].eof.wait(), 1)
+    assert upstream.accepted == 1
+
+
+async def test_invalid_response_on_a_reused_connection_is_not_retried() -> None:
+    """An upstream that answered (even garbage) has seen the request: it is not sent again."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        peer.send(ok())
+        await peer.read_request()
+        peer.send(b"HTTP/1.1 abc nonsense\r\n\r\n")
+        await peer.read_until_eof()
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
+        assert await get_text(pool) == b"hello"
+        with pytest.raises(BrokenOff):
+            await pool.request(b"POST", b"/", [], b"once")
+    assert upstream.accepted == 1
+
+
+async def test_body_stalling_is_body_timeout() -> None:
+    """Headers promise 100 bytes, 10 come, then nothing: the user gets the 10 bytes, then `BodyTimeout` after
+    about the read timeout (a stalled stream is cut off rather than held forever)."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+        await peer.read_until_eof()
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin, read_timeout=0.3) as pool:
+        response = await pool.request(b"GET", b"/", [], None)
+        assert response.has_length is True
+        assert await response.read_chunk() == b"0123456789"
+        started = time.monotonic()
+        with pytest.raises(BodyTimeout):
+            await response.read_chunk()
+        elapsed = time.monotonic() - started
+        response.close()
+        await asyncio.wait_for(upstream.peers[0].eof.wait(), 1)
+    assert 0.27 <= elapsed < 1.0
+
+
+async def test_body_cut_short_is_broken_off() -> None:
+    """Headers promise 100 bytes, 10 come, then the upstream closes: the user gets the 10 bytes, then
+    `BrokenOff` (a truncated body must not look complete)."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"GET", b"/", [], None)
+        assert await response.read_chunk() == b"0123456789"
+        with pytest.raises(BrokenOff):
+            await response.read_chunk()
+        response.close()
+
+
+async def test_chunked_body_cut_short_is_broken_off() -> None:
+    """The same for a chunked body that ends without its last chunk."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"GET", b"/", [], None)
+        with pytest.raises(BrokenOff):
+            await read_all(response)
+        response.close()
+
+
+# Bodies without a length, and responses without a body.
+
+
+async def test_body_delimited_by_close_is_read_whole_and_not_reused() -> None:
+    """No Content-Length and not chunked: the body is everything until the upstream closes, which is its
+    complete end (not an error); that connection is of course not reused."""
+
+    async def handler(peer: Peer) -> None:
+        if await peer.read_request() is None:
+            return
+        if len(upstream.peers) == 1:
+            peer.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nfirst part, ")
+            await peer.drain()
+            await asyncio.sleep(0.05)
+            peer.send(b"second part")
+            await peer.drain()
+            return  # the close ends the body
+        peer.send(ok(b"next"))
+        await peer.read_until_eof()
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"GET", b"/1", [], None)
+        assert response.has_length is False
+        assert await read_all(response) == b"first part, second part"
+        assert await response.read_chunk() == b""
+        response.release()
+        assert await get_text(pool, b"/2") == b"next"
+    assert upstream.accepted == 2
+
+
+async def test_body_delimited_by_close_cut_by_a_reset_is_broken_off() -> None:
+    """A body delimited by the connection's end is complete only when the upstream closes cleanly: a reset
+    (the upstream crashed, or a middlebox cut it) means the body was truncated, and must not be passed on as
+    a complete one."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        peer.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nfirst part, ")
+        await peer.drain()
+        await asyncio.sleep(0.05)
+        peer.reset()
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"GET", b"/", [], None)
+        assert response.has_length is False
+        assert await response.read_chunk() == b"first part, "
+        with pytest.raises(BrokenOff):
+            await response.read_chunk()
+        response.close()
+
+
+async def test_length_framed_body_cut_by_a_reset_is_broken_off() -> None:
+    """The same reset in a Content-Length body: `BrokenOff` after the bytes that came."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst part, ")
+        await peer.drain()
+        await asyncio.sleep(0.05)
+        peer.reset()
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"GET", b"/", [], None)
+        assert await response.read_chunk() == b"first part, "
+        with pytest.raises(BrokenOff):
+            await response.read_chunk()
+        response.close()
+
+
+async def test_head_response_completes_without_waiting_for_a_body() -> None:
+    """A HEAD answer carries the Content-Length the GET would have, but no body: the exchange ends with the
+    headers instead of waiting for bytes that never come."""
+
+    async def handler(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nContent-Type: text/plain\r\n\r\n")
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin, read_timeout=2.0) as pool:
+        started = time.monotonic()
+        response = await pool.request(b"HEAD", b"/file", [], None)
+        assert response.status == 200
+        assert response.headers[0] == (b"Content-Length", b"1234")
+        assert await response.read_chunk() == b""
+        response.release()
+        assert time.monotonic() - started < 1.0
+    assert upstream.peers[0].requests[0].line == b"HEAD /file HTTP/1.1"
+
+
+async def test_no_content_response_completes_without_waiting() -> None:
+    """A 204 has no body by definition: it completes at once."""
+    raw = b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n"
+    async with Upstream(answering(raw)) as upstream, pool_to(upstream.origin, read_timeout=2.0) as pool:
+        started = time.monotonic()
+        response = await pool.request(b"DELETE", b"/thing", [], None)
+        assert response.status == 204
+        assert response.headers == [(b"X-A", b"1")]
+        assert await response.read_chunk() == b""
+        response.release()
+        assert time.monotonic() - started < 1.0
+
+
+async def test_no_content_connection_is_reused() -> None:
+    """A complete 204 leaves the connection ready for the next request."""
+    raw = b"HTTP/1.1 204 No Content\r\n\r\n"
+    async with Upstream(answering(raw)) as upstream, pool_to(upstream.origin) as pool:
+        for _ in range(3):
+            response = await pool.request(b"DELETE", b"/thing", [], None)
+            assert response.status == 204
+            assert await response.read_chunk() == b""
+            response.release()
+    assert upstream.accepted == 1
+
+
+async def test_not_modified_with_content_length_completes_without_waiting() -> None:
+    """A 304 may carry the Content-Length of the representation it stands for, yet has no body."""
+    raw = b'HTTP/1.1 304 Not Modified\r\nContent-Length: 500\r\nETag: "x"\r\n\r\n'
+    async with Upstream(answering(raw)) as upstream, pool_to(upstream.origin, read_timeout=2.0) as pool:
+        started = time.monotonic()
+        response = await pool.request(b"GET", b"/cached", [(b"If-None-Match", b'"x"')], None)
+        assert response.status == 304
+        assert await response.read_chunk() == b""
+        response.release()
+        assert time.monotonic() - started < 1.0
+        assert await get_text(pool, b"/cached") == b""
+    assert upstream.accepted == 1
+
+
+async def test_interim_continue_is_skipped() -> None:
+    """A `100 Continue` before the real answer is not the answer: the user sees the final status and only its
+    headers."""
+
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        peer.send(b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n")
+        await peer.drain()
+        await asyncio.sleep(0.05)
+        peer.send(b"HTTP/1.1 201 Created\r\nX-Final: 1\r\nContent-Length: 2\r\n\r\nok")
+        await peer.read_until_eof()
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"POST", b"/", [], b"data")
+        assert response.status == 201
+        assert response.headers == [(b"X-Final", b"1"), (b"Content-Length", b"2")]
+        assert await read_all(response) == b"ok"
+        response.release()
+
+
+async def test_interim_responses_in_the_same_packet_are_skipped() -> None:
+    """Several interim answers (103 Early Hints, 100 Continue) arriving with the final one in one read."""
+    raw = (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal"
+    )
+    async with Upstream(answering(raw)) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"GET", b"/", [], None)
+        assert response.status == 200
+        assert response.headers == [(b"Content-Length", b"5")]
+        assert await read_all(response) == b"final"
+        response.release()
+        assert await get_text(pool) == b"final"
+    assert upstream.accepted == 1
+
+
+# Flow control.
+
+
+async def test_large_chunked_body_read_slowly_arrives_whole() -> None:
+    """A multi-megabyte stream read slowly by the consumer (a slow client behind the proxy) arrives complete and
+    in order, while the gateway holds only a bounded amount of it at a time."""
+    pieces = [bytes([index % 256]) * 65536 + index.to_bytes(4, "big") for index in range(128)]  # ~8 MiB
+    expected = b"".join(pieces)
+
+    async def handler(peer: Peer) -> None:
+        await peer.read_request()
+        peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for piece in pieces:
+            peer.send(b"%x\r\n%b\r\n" % (len(piece), piece))
+            await peer.drain()
+        peer.send(b"0\r\n\r\n")
+        await peer.read_until_eof()
+
+    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
+        response = await pool.request(b"GET", b"/big", [], None)
+        digest = hashlib.sha256()
+        size = largest = 0
+        while chunk := await response.read_chunk():
+            digest.update(chunk)
+            size += len(chunk)
+            largest = max(largest, len(chunk))
+            await asyncio.sleep(0.01)
+        response.release()
+        assert size == len(expected)
+        assert digest.hexdigest() == hashlib.sha256(expected).hexdigest()
+        assert largest <= HIGH_WATER + MAX_READ
+    assert upstream.accepted == 1
+
+
+# The connection limit.
+
+
+async def test_request_waits_for_a_connection_at_the_limit() -> None:
+    """With `max_connections=1`, a second concurrent request waits until the first response is released, then
+    goes out on that same connection."""
+    async with (
+        Upstream(answering(ok())) as upstream,
+        pool_to(upstream.origin, max_connections=1, connect_timeout=1.0) as pool,
+    ):
+        first = await pool.request(b"GET", b"/1", [], None)
+        second_task = asyncio.create_task(pool.request(b"GET", b"/2", [], None))
+        await asyncio.sleep(0.1)
+        assert not second_task.done()
+        assert await read_all(first) == b"hello"
+        first.release()
+        second = await asyncio.wait_for(second_task, 1)
+        assert await read_all(second) == b"hello"
+        second.release()
+    assert upstream.accepted == 1
+    assert [request.target for request in upstream.peers[0].requests] == [b"/1", b"/2"]
+
+
+async def test_request_at_the_limit_gives_up_after_connect_timeout() -> None:
+    """With the only connection held, a second request fails with `ConnectFailed` after about the connect
+    timeout, instead of queueing forever."""
+    async with (
+        Upstream(answering(ok())) as upstream,
+        pool_to(upstream.origin, max_connections=1, connect_timeout=0.3) as pool,
+    ):
+        first = await pool.request(b"GET", b"/1", [], None)
+        started = time.monotonic()
+        with pytest.raises(ConnectFailed):
+            await pool.request(b"GET", b"/2", [], None)
+        elapsed = time.monotonic() - started
+        assert await read_all(first) == b"hello"
+        first.release()
+    assert 0.27 <= elapsed < 1.0
+    assert upstream.accepted == 1
+
+
+async def test_pool_is_usable_after_a_waiter_gave_up() -> None:
+    """A request that timed out waiting leaves no trace in the pool: the held connection, once released, serves
+    the next request."""
+    async with (
+        Upstream(answering(ok())) as upstream,
+        pool_to(upstream.origin, max_connections=1, connect_timeout=0.2) as pool,
+    ):
+        first = await pool.request(b"GET", b"/1", [], None)
+        with pytest.raises(ConnectFailed):
+            await pool.request(b"GET", b"/2", [], None)
+        assert await read_all(first) == b"hello"
+        first.release()
+        assert await get_text(pool, b"/3") == b"hello"
+    assert upstream.accepted == 1
+    assert [request.target for request in upstream.peers[0].requests] == [b"/1", b"/3"]
+
+
+async def test_waiter_gets_room_when_the_held_connection_is_closed() -> None:
+    """At the limit, a connection that is closed rather than released makes room: the waiting request gets a new
+    connection at once."""
+    async with (
+        Upstream(answering(ok())) as upstream,
+        pool_to(upstream.origin, max_connections=1, connect_timeout=2.0) as pool,
+    ):
+        first = await pool.request(b"GET", b"/1", [], None)
+        second_task = asyncio.create_task(pool.request(b"GET", b"/2", [], None))
+        await asyncio.sleep(0.05)
+        first.close()
+        second = await asyncio.wait_for(second_task, 1.0)
+        assert await read_all(second) == b"hello"
+        second.release()
+    assert upstream.accepted == 2
+
+
+async def test_cancelled_request_closes_its_connection_and_frees_its_room() -> None:
+    """A request cancelled while waiting for headers (the client went away) closes its connection, so the
+    upstream sees it end and the next request is not kept waiting for room."""
+
+    async def handler(peer: Peer) -> None:
+        if await peer.read_request() is None:
+            return
+        if len(upstream.peers) == 1:
+            await peer.read_until_eof()  # never answers
+            return
+        peer.send(ok())
+        await peer.read_until_eof()
+
+    async with (
+        Upstream(handler) as upstream,
+        pool_to(upstream.origin, max_connections=1, connect_timeout=2.0, read_timeout=5) as pool,
+    ):
+        task = asyncio.create_task(pool.request(b"GET", b"/slow", [], None))
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(upstream.peers[0].eof.wait(), 1)
+        assert await asyncio.wait_for(get_text(pool, b"/next"), 1.0) == b"hello"
+    assert upstream.accepted == 2
