@@ -145,7 +145,9 @@ class Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not registered as `asyncio.Transport`
+        self.transport = cast(
+            asyncio.Transport, transport
+        )  # uvloop's are not registered as `asyncio.Transport`
 
     def data_received(self, data: bytes) -> None:
         if not self._busy or self.done:
