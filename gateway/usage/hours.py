@@ -91,3 +91,35 @@ async def add_to_hours(session: AsyncSession, rows: Iterable[dict[str, Any]]) ->
         ),
         latency_rows,
     )
+
+
+def postgres_hours_from(source: str) -> str:
+    """Postgres: the same aggregation as `add_to_hours`, in SQL, over the event rows of the relation `source` (a
+    CTE of the batch's newly inserted events): a data-modifying CTE that upserts the hours, then the statement
+    that upserts the latency histograms. Postgres groups the batch itself, so the writer's event loop does not.
+
+    The bucket is `latency_bucket` with the same float8 operations in the same order (both use the C library's
+    log), and the hour is truncated in UTC whatever the session's time zone."""
+    hour = "date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+    bucket = (
+        "CASE WHEN latency_ms <= 1 THEN 0"
+        f" ELSE ceil(ln(latency_ms) / ln({BUCKET_GROWTH}::float8) - 1e-9::float8)::integer END"
+    )
+    hour_key = "dataset, hour, request_type, provider, model, path"
+    sums = ", ".join(f"sum({name})" for name in SUMMED)
+    added = ", ".join(
+        f"{name} = usage_hours.{name} + excluded.{name}"
+        for name in ("requests", "errors", "latency_sum_ms", *SUMMED)
+    )
+    latency_key = "dataset, hour, request_type, provider, bucket"
+    return (
+        f"hours AS (INSERT INTO usage_hours ({hour_key}, requests, errors, latency_sum_ms, {', '.join(SUMMED)})"
+        f" SELECT dataset, {hour}, request_type, coalesce(provider, ''), coalesce(model, ''), path,"
+        f" count(*), count(*) FILTER (WHERE is_error), sum(latency_ms), {sums}"
+        f" FROM {source} GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6"
+        f" ON CONFLICT ({hour_key}) DO UPDATE SET {added})"
+        f" INSERT INTO usage_hour_latencies ({latency_key}, requests)"
+        f" SELECT dataset, {hour}, request_type, coalesce(provider, ''), {bucket}, count(*)"
+        f" FROM {source} GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"
+        f" ON CONFLICT ({latency_key}) DO UPDATE SET requests = usage_hour_latencies.requests + excluded.requests"
+    )

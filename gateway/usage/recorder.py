@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, fields
 from datetime import datetime
 from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.db.engine import Database
 from gateway.db.models import UsageEvent
 from gateway.ids import random_hex
-from gateway.usage.hours import add_to_hours
+from gateway.usage.hours import add_to_hours, postgres_hours_from
 from gateway.usage.spill import Row, SpillFile, read_rows
 
 logger = logging.getLogger("gateway.usage")
@@ -195,36 +196,35 @@ def _read_all(path: Path) -> list[Row]:
 async def write_events(session: AsyncSession, rows: list[Row]) -> None:
     """Insert event rows, skipping those already there (a replay), and add the new ones to their hours."""
     if session.get_bind().dialect.name == "postgresql":
-        inserted = await _copy_events(session, rows)
-    else:
-        statement = sqlite_insert(UsageEvent).on_conflict_do_nothing(index_elements=["id"])
-        inserted = set((await session.execute(statement.returning(UsageEvent.id), rows)).scalars())
+        await _copy_events(session, rows)
+        return
+    statement = sqlite_insert(UsageEvent).on_conflict_do_nothing(index_elements=["id"])
+    inserted = set((await session.execute(statement.returning(UsageEvent.id), rows)).scalars())
     await add_to_hours(session, (row for row in rows if row["id"] in inserted))
 
 
-async def _copy_events(session: AsyncSession, rows: list[Row]) -> set[str]:
-    """Postgres: the rows go in by binary COPY into a transaction-scoped staging table, then one INSERT ... SELECT
-    skips those already there. The ORM's multi-row INSERT cost about 45 µs of CPU per row in the gateway's event
-    loop (BENCHMARKS.md: a flush held the loop for some 15 ms); COPY costs a few."""
+async def _copy_events(session: AsyncSession, rows: list[Row]) -> None:
+    """Postgres: the rows go in by binary COPY into a transaction-scoped staging table, then one statement inserts
+    those not already there and adds them to their hours. The ORM's multi-row INSERT cost about 45 µs of CPU per
+    row in the gateway's event loop, and the hours' upserts through it some 8 ms a flush (BENCHMARKS.md); this
+    costs the loop a few µs a row."""
     # Through SQLAlchemy, so that its transaction is open on the connection before the driver is used directly.
     await session.execute(text(_STAGING_TABLE))
     connection = await session.connection()
     driver: Any = (await connection.get_raw_connection()).driver_connection
-    await driver.copy_records_to_table(
-        _STAGING,
-        records=[tuple(row[name] for name in _EVENT_COLUMNS) for row in rows],
-        columns=_EVENT_COLUMNS,
-    )
-    return {record[0] for record in await driver.fetch(_FROM_STAGING)}
+    await driver.copy_records_to_table(_STAGING, records=map(_event_values, rows), columns=_EVENT_COLUMNS)
+    await driver.execute(_FROM_STAGING)
 
 
 _EVENT_COLUMNS = tuple(column.name for column in UsageEvent.__table__.columns)
+_event_values = itemgetter(*_EVENT_COLUMNS)
 _STAGING = "usage_events_incoming"
 _STAGING_TABLE = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} (LIKE usage_events INCLUDING DEFAULTS)"
     " ON COMMIT DELETE ROWS"
 )
 _FROM_STAGING = (
-    f"INSERT INTO usage_events ({', '.join(_EVENT_COLUMNS)}) SELECT {', '.join(_EVENT_COLUMNS)} FROM {_STAGING}"
-    " ON CONFLICT (id) DO NOTHING RETURNING id"
+    f"WITH inserted AS (INSERT INTO usage_events ({', '.join(_EVENT_COLUMNS)})"
+    f" SELECT {', '.join(_EVENT_COLUMNS)} FROM {_STAGING} ON CONFLICT (id) DO NOTHING RETURNING *),"
+    f" {postgres_hours_from('inserted')}"
 )

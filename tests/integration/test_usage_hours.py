@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 
+from gateway.db.engine import Database
+from gateway.db.models import UsageHour, UsageHourLatency
 from gateway.settings import Settings
+from gateway.usage.hours import BUCKET_GROWTH, hour_of, latency_bucket
 from tests.conftest import GatewayFactory
 from tests.integration.test_usage_routes import insert_rows, row
 
@@ -73,3 +79,71 @@ def test_a_long_window_matches_the_raw_events(
     assert sum(day["requests"] for day in daily) == 600
     for day in daily:
         assert day["requests"] == sum(r["created_at"].date().isoformat() == day["date"] for r in rows)
+
+
+def test_the_writer_aggregates_each_batch_as_latency_bucket_and_hour_of_say(
+    start_gateway: GatewayFactory, gateway_env: dict[str, str]
+) -> None:
+    """On Postgres the hours are summed by SQL, on SQLite in Python: both must put every event in the hour and the
+    latency bucket that `hour_of` and `latency_bucket` give, bucket edges included, and a replayed batch must not
+    count twice."""
+    dataset = f"t_{uuid.uuid4().hex}"
+    edges = [BUCKET_GROWTH**k for k in range(1, 200, 7)]
+    latencies = [0.0, 0.5, 1.0, 1.0000001, 3.3, 250.0, 60_000.0]
+    latencies += (
+        edges + [math.nextafter(edge, 0) for edge in edges] + [math.nextafter(edge, 2e9) for edge in edges]
+    )
+    now = datetime.now(UTC)
+    rows = [
+        row(
+            dataset,
+            at=now - timedelta(minutes=37 * index),
+            provider="openai" if index % 3 else None,
+            model="gpt-4o-mini" if index % 2 else None,
+            latency_ms=latency,
+            status=500 if index % 5 == 0 else 200,
+            input_tokens=index,
+        )
+        for index, latency in enumerate(latencies)
+    ]
+    with start_gateway(ANALYTICS_DATASET=dataset):  # migrates the database first
+        url = Settings.from_env(gateway_env, env_file=None).database_url
+        insert_rows(url, rows)
+        insert_rows(url, rows)  # a replay of the same batch
+        hours, buckets = read_aggregates(url, dataset)
+
+    expected_buckets: Counter[tuple[datetime, str, int]] = Counter(
+        (hour_of(r["created_at"]), r["provider"] or "", latency_bucket(r["latency_ms"])) for r in rows
+    )
+    assert buckets == expected_buckets
+    expected_hours: dict[tuple[datetime, str, str], tuple[int, int, int]] = {}
+    for r in rows:
+        key = (hour_of(r["created_at"]), r["provider"] or "", r["model"] or "")
+        requests, errors, tokens = expected_hours.get(key, (0, 0, 0))
+        expected_hours[key] = (requests + 1, errors + (r["status"] >= 400), tokens + r["input_tokens"])
+    assert hours == expected_hours
+
+
+def read_aggregates(
+    url: str, dataset: str
+) -> tuple[dict[tuple[datetime, str, str], tuple[int, int, int]], Counter[tuple[datetime, str, int]]]:
+    async def run() -> tuple[Any, Any]:
+        database = Database(url)
+        database.open()
+        try:
+            async with database.session() as session:
+                hours = await session.execute(select(UsageHour).where(UsageHour.dataset == dataset))
+                buckets = await session.execute(
+                    select(UsageHourLatency).where(UsageHourLatency.dataset == dataset)
+                )
+                return (
+                    {
+                        (h.hour, h.provider, h.model): (h.requests, h.errors, h.input_tokens)
+                        for h in hours.scalars()
+                    },
+                    Counter({(b.hour, b.provider, b.bucket): b.requests for b in buckets.scalars()}),
+                )
+        finally:
+            await database.close()
+
+    return asyncio.run(run())
