@@ -36,7 +36,7 @@ from typing import Any, TextIO
 
 import asyncpg
 import orjson
-from processes import Children, cpu_seconds, memory_kib
+from processes import Children, cpu_seconds, memory_kib, shallow_cpu_idle
 from report import (
     Pooled,
     Scenario,
@@ -219,6 +219,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a short run to check the harness")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument(
+        "--no-latency-qos",
+        action="store_true",
+        help="let idle CPUs halt (by default the run holds /dev/cpu_dma_latency at 0 when it may)",
+    )
+    parser.add_argument(
         "--setup",
         action="store_true",
         help="only install what is missing (wrk, nginx, LiteLLM's venv), then exit",
@@ -318,7 +323,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if wrk_binary() is None:
         notes.append("wrk missing: the non-streamed scenarios ran on bench/loadgen.py instead")
     database = BenchDatabase()
-    with stop_on_signals(), tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+    with (
+        stop_on_signals(),
+        shallow_cpu_idle(not args.no_latency_qos) as cpu_idle,
+        tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp,
+    ):
         workdir = Path(tmp)
         children = Children(workdir, taskset)
         try:
@@ -362,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = build_figures(bench.pooled, names)
     print(f"\n## Load benchmark ({'quick' if args.quick else 'normal'} mode, {elapsed:.0f} s of load)\n")
     print("\n".join(environment_lines(pinning, args, targets, postgres)))
+    print(f"- CPU idle states: {cpu_idle}")
     print("\n### Figures\n")
     print(values_table(rows, names))
     print("\n### Ratios to the upstream hit directly\n")
