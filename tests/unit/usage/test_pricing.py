@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from decimal import Decimal
+import random
+from decimal import Context, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,20 @@ def test_a_missing_file_raises_pricing_error_naming_the_file(tmp_path: Path) -> 
 
     assert str(path) in str(raised.value)
     assert isinstance(raised.value, ValueError)
+
+
+def test_costs_are_the_exact_decimal_product_rounded_half_even_to_the_nano_dollar() -> None:
+    """The cost is computed in integers for speed; it must equal the exact decimal definition, ties and huge
+    counts included (a float or a rounding slip would drift the analytics from the provider's bill)."""
+    exact = Context(prec=60)
+    rng = random.Random(7)
+    prices = ["0.15", "2", "0.000123456789123", "1.1e-10", "0.0000000015", "0.0000000025", "0.827", "3e2"]
+    for _ in range(20_000):
+        price = Decimal(rng.choice([*prices, str(rng.randint(0, 10**6) / 10 ** rng.randint(0, 12))]))
+        count = rng.choice([1, 3, rng.randint(0, 10**7), rng.randint(0, 2**31)])
+        table = PriceTable({"m": ModelPrice(price, price)}, ocr_price_per_page=price)
+        cost = table.cost("m", input_tokens=count, output_tokens=0, ocr_pages=count)
+        per_million = exact.divide(exact.multiply(Decimal(count), price), Decimal(1_000_000))
+        per_page = exact.multiply(Decimal(count), price)
+        assert cost.input_usd == float(per_million.quantize(Decimal("1e-9"), context=exact))
+        assert cost.ocr_usd == float(per_page.quantize(Decimal("1e-9"), context=exact))
