@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
+from gateway.accesslog import AccessLog
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.jwt import ExternalTokens, PlatformTokens, TokenVerifier
 from gateway.auth.principals import PrincipalCache
@@ -184,7 +185,7 @@ def create_app(settings: Settings) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(ContextMiddleware)],
+        middleware=[Middleware(ContextMiddleware, access_log=AccessLog() if settings.access_log else None)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -41,6 +41,7 @@ def uvicorn_options() -> dict[str, Any]:
         "server_header": False,
         # The proxy appends the TCP peer to X-Forwarded-For itself; uvicorn must not rewrite the peer from it.
         "proxy_headers": False,
+        "access_log": False,  # the gateway writes its own (gateway.accesslog), when ACCESS_LOG is on
         "log_config": log_config,
     }
 

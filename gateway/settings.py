@@ -86,6 +86,7 @@ class Settings:
     chroma_auth_scheme: str | None = None
     chroma_namespace_separator: str = DEFAULT_CHROMA_SEPARATOR
     api_auth_required: bool = False
+    access_log: bool = True
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 300.0
@@ -167,6 +168,7 @@ class Settings:
                 "CHROMA_NAMESPACE_SEPARATOR", default=DEFAULT_CHROMA_SEPARATOR
             ),
             api_auth_required=reader.boolean("API_AUTH_REQUIRED", default=False),
+            access_log=reader.boolean("ACCESS_LOG", default=True),
             max_request_bytes=reader.positive_int("MAX_REQUEST_BYTES", default=DEFAULT_MAX_REQUEST_BYTES),
             upstream_connect_timeout=reader.seconds("UPSTREAM_CONNECT_TIMEOUT", default=10.0),
             upstream_read_timeout=reader.seconds("UPSTREAM_READ_TIMEOUT", default=300.0),

@@ -9,6 +9,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.accesslog import AccessLog
 from gateway.ids import random_hex
 
 SCOPE_KEY = "gateway"
@@ -43,10 +44,12 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
 
 
 class ContextMiddleware:
-    """Opens every HTTP request: attaches a `RequestContext` and puts `X-Request-ID` on the response."""
+    """Opens every HTTP request: attaches a `RequestContext`, puts `X-Request-ID` on the response, and logs the
+    response (when given an access log)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: AccessLog | None = None) -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,6 +65,8 @@ class ContextMiddleware:
                 headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != _REQUEST_ID_RAW]
                 headers.append(request_id_header)
                 message["headers"] = headers
+                if self.access_log is not None:
+                    self.access_log.response(scope, message["status"], context.request_id)
             await send(message)
 
         await self.app(scope, receive, send_with_request_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -37,6 +38,32 @@ def test_serve_with_two_workers_answers(tmp_path: Path) -> None:
         statuses = {httpx.get(f"{url}/health").status_code for _ in range(10)}
 
     assert statuses == {200}
+
+
+def test_serve_writes_an_access_line_per_response_with_its_request_id(tmp_path: Path) -> None:
+    """One line per response, uvicorn's format plus the request id; the path is logged as the client sent it
+    (percent-encoded), so no request can write a line of its own into the log."""
+    with serving(tmp_path, env=clean_env()) as url:
+        assert httpx.get(f"{url}/health?deep=1", headers={"X-Request-ID": "trace-1"}).status_code == 200
+        missing = httpx.get(f"{url}/nowhere")
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as raw:
+            raw.sendall(b"GET /a%0d%0aINFO:forged HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            while raw.recv(65536):
+                pass
+
+    lines = (tmp_path / "serve.log").read_text().splitlines()
+    assert any(line.endswith('"GET /health?deep=1 HTTP/1.1" 200 trace-1') for line in lines), lines
+    request_id = missing.headers["x-request-id"]
+    assert any(line.endswith(f'"GET /nowhere HTTP/1.1" 404 {request_id}') for line in lines), lines
+    assert any('"GET /a%0d%0aINFO:forged HTTP/1.1" 404' in line for line in lines), lines
+    assert not any(line.startswith("INFO:forged") for line in lines)
+
+
+def test_serve_without_access_log_writes_no_access_lines(tmp_path: Path) -> None:
+    with serving(tmp_path, env={**clean_env(), "ACCESS_LOG": "0"}) as url:
+        assert httpx.get(f"{url}/health", headers={"X-Request-ID": "trace-2"}).status_code == 200
+
+    assert "trace-2" not in (tmp_path / "serve.log").read_text()
 
 
 @pytest.mark.parametrize(
