@@ -122,15 +122,20 @@ class UsageRecorder:
 
     async def drain(self) -> None:
         """Write (or spill) everything still queued."""
-        await self.flush()
+        await self.flush(until_empty=True)
 
-    async def flush(self) -> None:
+    async def flush(self, *, until_empty: bool = False) -> None:
+        """Write the rows queued when the flush began; rows queued while it writes wait for the next one (or all,
+        with `until_empty`). Under steady load a flush that chased the queue never ended, writing batch after
+        small batch back to back: a statement's fixed cost paid a few rows at a time (BENCHMARKS.md)."""
         async with self._write_lock:
-            while self._queue:
+            budget = len(self._queue)
+            while self._queue and (budget > 0 or until_empty):
                 batch = list(islice(self._queue, BATCH_SIZE))
                 if await self._insert(batch):
                     for _ in batch:
                         self._queue.popleft()
+                    budget -= len(batch)
                     continue
                 # The database is away: everything queued goes to disk, to be replayed later.
                 rows = list(self._queue)

@@ -54,3 +54,38 @@ async def test_a_refused_row_is_dropped_alone_and_the_recorder_carries_on(
         assert not SpillFile(tmp_path / "spill").has_rows()
     finally:
         await database.close()
+
+
+async def test_a_flush_writes_what_was_queued_when_it_began_and_drain_writes_everything(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Rows recorded while a flush writes wait for the next flush: a flush chasing a queue that never empties
+    would write small batches back to back for as long as the load lasts. Draining (at shutdown) takes them all."""
+    await upgrade(database_url)
+    database = Database(database_url)
+    database.open()
+    dataset = f"t_{uuid.uuid4().hex}"
+    recorder = UsageRecorder(database, SpillFile(tmp_path / "spill"), dataset=dataset)
+    original_insert = recorder._insert
+    arriving = [5, 5]  # rows recorded during each of the first two writes
+
+    async def insert_while_requests_keep_coming(rows: list[dict[str, object]]) -> bool:
+        for _ in range(arriving.pop(0) if arriving else 0):
+            recorder.record(usage_record())  # requests served while the batch is written
+        return await original_insert(rows)
+
+    recorder._insert = insert_while_requests_keep_coming  # type: ignore[method-assign]
+    try:
+        for _ in range(3):
+            recorder.record(usage_record())
+        await recorder.flush()
+        assert recorder.queue_depth == 5  # the 3 queued at the start went in; the 5 that came meanwhile wait
+        await recorder.drain()
+        assert recorder.queue_depth == 0
+        async with database.session() as session:
+            stored = await session.scalar(
+                select(func.count()).select_from(UsageEvent).where(UsageEvent.dataset == dataset)
+            )
+        assert stored == 3 + 5 + 5  # drain wrote the 5 waiting and the 5 recorded during its own write
+    finally:
+        await database.close()
