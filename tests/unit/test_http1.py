@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import hashlib
+import ipaddress
 import socket
+import ssl
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from gateway.http1 import BodyTimeout, BrokenOff, ConnectFailed, HeadersTimeout, HttpPool, Response
 from gateway.http1.connection import HIGH_WATER
@@ -1132,3 +1140,80 @@ async def test_cancelled_request_closes_its_connection_and_frees_its_room() -> N
         await asyncio.wait_for(upstream.peers[0].eof.wait(), 1)
         assert await asyncio.wait_for(get_text(pool, b"/next"), 1.0) == b"hello"
     assert upstream.accepted == 2
+
+
+# TLS: real upstreams (OpenAI, Mistral) are https.
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+async def tls_upstream(cert_file: Path, key_file: Path) -> tuple[asyncio.Server, int]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = Peer(reader, writer)
+        while await peer.read_request() is not None:
+            peer.send(ok(b"over tls"))
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_https_upstream_is_reached_over_verified_tls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An https origin is spoken to over TLS, its certificate verified against the trusted roots (here the test's
+    own, through SSL_CERT_FILE as OpenSSL reads it), and its connections kept alive like any other."""
+    cert_file, key_file = self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    server, port = await tls_upstream(cert_file, key_file)
+    try:
+        async with pool_to(f"https://127.0.0.1:{port}") as pool:
+            assert await get_text(pool) == b"over tls"
+            assert await get_text(pool) == b"over tls"
+            assert len(pool._open) == 1
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_https_upstream_with_an_untrusted_certificate_is_connect_failed(tmp_path: Path) -> None:
+    """A certificate no trusted root signed is refused while connecting: the request never leaves the gateway."""
+    cert_file, key_file = self_signed(tmp_path)
+    server, port = await tls_upstream(cert_file, key_file)
+    try:
+        async with pool_to(f"https://127.0.0.1:{port}") as pool:
+            with pytest.raises(ConnectFailed):
+                await pool.request(b"GET", b"/", [], None)
+    finally:
+        server.close()
+        await server.wait_closed()
