@@ -143,6 +143,9 @@ def gateway_env(
         "MISTRAL_BASE_URL": fake_mistral_server[1].url,
         "UPSTREAM_CONNECT_TIMEOUT": "2",
         "UPSTREAM_READ_TIMEOUT": "30",
+        # In-process gateways' access lines would interleave with pytest's report (tests/integration/test_cli.py
+        # checks the access log of a real `gateway serve`).
+        "ACCESS_LOG": "0",
     }
 
 
