@@ -40,6 +40,9 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._wait_deadline = 0.0
+        self._timeout_error: type[Exception] = HeadersTimeout
         self._reset(head_request=False)
 
     def _reset(self, *, head_request: bool) -> None:
@@ -124,18 +127,37 @@ class Connection(asyncio.Protocol):
         return reusable
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.transport is not None and not self.closed:
             self.transport.close()
         self.closed = True
 
     async def _wait(self, timeout_error: type[Exception]) -> None:
         waiter = self._waiter = self.loop.create_future()
-        timer = self.loop.call_later(self.read_timeout, _time_out, waiter, timeout_error, self.read_timeout)
+        self._wait_deadline = self.loop.time() + self.read_timeout
+        self._timeout_error = timeout_error
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._wait_deadline, self._check_deadline)
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None
+
+    def _check_deadline(self) -> None:
+        """The read timeout, one timer per connection rather than one per wait: when it fires it fails the wait in
+        progress if that wait is over its deadline, else it is set again for that wait's deadline."""
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait sets the timer again
+        if self.loop.time() >= self._wait_deadline:
+            waiter.set_exception(
+                self._timeout_error(f"nothing from the upstream for {self.read_timeout:g} s")
+            )
+        else:
+            self._timer = self.loop.call_at(self._wait_deadline, self._check_deadline)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -167,6 +189,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.headers_done and not self.done and self._until_close and exc is None:
             self.done = True  # a body delimited by the end of the connection
         elif self._busy and not self.done and self.error is None:
@@ -253,8 +278,3 @@ def _framing(headers: list[tuple[bytes, bytes]]) -> bytes | None:
         if lowered == b"content-length":
             framing = b"content-length"
     return framing
-
-
-def _time_out(waiter: asyncio.Future[None], error: type[Exception], seconds: float) -> None:
-    if not waiter.done():
-        waiter.set_exception(error(f"nothing from the upstream for {seconds:g} s"))
