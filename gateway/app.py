@@ -8,10 +8,12 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from gateway.accesslog import AccessLog
 from gateway.auth.authenticator import Authenticator
@@ -34,7 +36,7 @@ from gateway.routes.sessions import SessionRoutes
 from gateway.routes.tokens import TokenRoutes
 from gateway.routes.transparency import transparency_routes
 from gateway.routes.usage import UsageRoutes
-from gateway.routing import ExactPathRouter
+from gateway.routing import ExactPathRouter, ProxiedRoutes
 from gateway.settings import Settings
 from gateway.transparency.log import TransparencyLog
 from gateway.transparency.signer import NoteSigner
@@ -109,6 +111,20 @@ def identity_routes(settings: Settings, database: Database, identity: Identity) 
     ]
 
 
+class Gateway(Starlette):
+    """Starlette with the request context outermost, then the proxied routes' own way in (`ProxiedRoutes`), then
+    Starlette's stack for everything else."""
+
+    def __init__(self, *, proxied: list[Route], access_log: AccessLog | None, **options: Any) -> None:
+        super().__init__(**options)
+        self.proxied = proxied
+        self.access_log = access_log
+
+    def build_middleware_stack(self) -> ASGIApp:
+        starlette = super().build_middleware_stack()
+        return ContextMiddleware(ProxiedRoutes(starlette, self.proxied), access_log=self.access_log)
+
+
 def create_app(settings: Settings) -> Starlette:
     """A gateway for `settings`. Nothing is connected until the lifespan starts."""
     prepare_data_dir(settings)
@@ -153,6 +169,7 @@ def create_app(settings: Settings) -> Starlette:
                     await task
             await database.close()
 
+    proxied = proxied_routes(settings, clients, identity.authenticator, recorder=recorder, pricing=pricing)
     usage = UsageRoutes(
         database,
         identity.authenticator,
@@ -181,11 +198,12 @@ def create_app(settings: Settings) -> Starlette:
         ),
         *assets.routes(identity.authenticator),
         *transparency_routes(transparency),
-        *proxied_routes(settings, clients, identity.authenticator, recorder=recorder, pricing=pricing),
+        *proxied,
     ]
-    app = Starlette(
+    app = Gateway(
         routes=routes,
-        middleware=[Middleware(ContextMiddleware, access_log=AccessLog() if settings.access_log else None)],
+        proxied=proxied,
+        access_log=AccessLog() if settings.access_log else None,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

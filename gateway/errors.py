@@ -28,6 +28,7 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway.middleware.context import REQUEST_ID_HEADER, RequestContext
 
@@ -243,3 +244,12 @@ EXCEPTION_HANDLERS = {
     HTTPException: handle_http_exception,
     Exception: handle_unexpected_error,
 }
+
+
+async def respond_to_error(scope: Scope, receive: Receive, send: Send, exc: Exception) -> bool:
+    """Answer `exc`, raised before the response started, as Starlette's two error layers would with the handlers
+    above; returns whether it was expected (ours, or the router's), as opposed to a fault the server should log."""
+    handler = next(EXCEPTION_HANDLERS[cls] for cls in type(exc).__mro__ if cls in EXCEPTION_HANDLERS)
+    response = await handler(Request(scope, receive), exc)
+    await response(scope, receive, send)
+    return isinstance(exc, GatewayError | HTTPException)

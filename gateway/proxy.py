@@ -1,6 +1,6 @@
 """The generic streaming reverse proxy: one ASGI app per upstream route, bodies streamed both ways.
 
-It sends through the upstream's connection pool (`gateway.http1`). The client's errors become ours here and
+It sends through the upstream's connection pool (`gateway.http1`). The pool's errors become ours here and
 nowhere else, by phase: anything that fails before the upstream answered is 502, except waiting too long for its
 response headers, which is 504. Once the response has started, a failure can only end the stream. When the client
 goes away the upstream connection is closed at once.

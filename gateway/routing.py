@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from starlette.routing import BaseRoute, Match, Mount, Route, Router, WebSocketRoute
-from starlette.types import Lifespan, Receive, Scope, Send
+from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
+
+from gateway.errors import respond_to_error
 
 
 class ExactPathRouter(Router):
@@ -59,3 +61,39 @@ def _may_match(route: BaseRoute, path: str) -> bool:
     if isinstance(route, Route | Mount | WebSocketRoute):
         return route.path_regex.match(path) is not None
     return True
+
+
+class ProxiedRoutes:
+    """The proxied routes' way in: a request for one of their fixed paths, with their method, goes straight to
+    the route's chain; everything else to `app` (Starlette's own stack).
+
+    Starlette's app-wide layers cost a proxied request more than its auth did: the server-error layer and the
+    exception layer each wrap `send` (a call per message), the latter builds a `Request` per request, and the
+    router matches the route's regex again (docs/BENCHMARKS.md). Here one wrapper notes when the response starts,
+    and an exception before then is answered with the same handlers (`gateway.errors.respond_to_error`); a fault
+    is then re-raised for the server to log, as Starlette's server-error layer does."""
+
+    def __init__(self, app: ASGIApp, routes: Sequence[Route]) -> None:
+        self.app = app
+        self._routes = {route.path: route for route in routes if not route.param_convertors}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self._routes.get(scope["path"]) if scope["type"] == "http" else None
+        if route is None or scope["method"] not in (route.methods or ()) or scope.get("root_path"):
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        scope["route"] = route
+        scope["path_params"] = {}
+        try:
+            await route.app(scope, receive, send_noting_start)
+        except Exception as exc:
+            if started or not await respond_to_error(scope, receive, send, exc):
+                raise
