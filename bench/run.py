@@ -486,7 +486,7 @@ def environment_lines(
     return [
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
         f"- machine: {os.cpu_count()} CPUs ({cpu_model}), {platform.system()} {platform.release()}; "
-        "shared with other engineers' work, which the interleaving spreads over all targets",
+        "a VM on a shared host, whose noise the interleaving spreads over all targets",
         f"- python: {platform.python_implementation()} {platform.python_version()}; Postgres {postgres}",
         f"- packages: {', '.join(versions)}",
         f"- peers and tools: {', '.join([*peers, wrk_version.strip() or 'no wrk'])}",
