@@ -22,16 +22,14 @@ class AccessLog:
 
     def response(self, scope: Scope, status: int, request_id: str) -> None:
         """Log a response as it starts: `INFO:     client - "METHOD /path?query HTTP/1.1" 200 request-id`."""
-        client = scope.get("client")
-        peer = f"{client[0]}:{client[1]}" if client else "-"
-        target = scope.get("raw_path") or scope["path"].encode("utf-8")
-        if query := scope.get("query_string"):
-            target += b"?" + query
-        # The target is the client's bytes: anything unprintable is escaped, so no line can forge another.
-        text = target.decode("latin-1")
-        if not (text.isascii() and text.isprintable()):
-            text = text.encode("unicode_escape").decode("ascii")
-        line = f'INFO:     {peer} - "{scope["method"]} {text} HTTP/{scope["http_version"]}" {status} {request_id}\n'
+        line = f'INFO:     {_peer(scope)} - "{scope["method"]} {_target(scope)} HTTP/{scope["http_version"]}" {status}'
+        self._add(f"{line} {request_id}\n")
+
+    def websocket(self, scope: Scope, outcome: str) -> None:
+        """Log a WebSocket handshake, as uvicorn does: `INFO:     client - "WebSocket /path" accepted`."""
+        self._add(f'INFO:     {_peer(scope)} - "WebSocket {_target(scope)}" {outcome}\n')
+
+    def _add(self, line: str) -> None:
         if not self._lines:
             asyncio.get_running_loop().call_soon(self._write)
         self._lines.append(line)
@@ -43,3 +41,17 @@ class AccessLog:
             sys.stdout.flush()
         except (OSError, ValueError):
             pass  # stdout is gone (closed, or a full disk): the requests go on without their log
+
+
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "-"
+
+
+def _target(scope: Scope) -> str:
+    """The target as the client sent it; anything unprintable escaped, so that no line can forge another."""
+    target: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+    if query := scope.get("query_string"):
+        target += b"?" + query
+    text = target.decode("latin-1")
+    return text if text.isascii() and text.isprintable() else text.encode("unicode_escape").decode("ascii")

@@ -52,6 +52,9 @@ class ContextMiddleware:
         self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and self.access_log is not None:
+            await self.app(scope, receive, self._logging_handshake(scope, send))
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -70,3 +73,29 @@ class ContextMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_request_id)
+
+    def _logging_handshake(self, scope: Scope, send: Send) -> Send:
+        """A WebSocket's handshake gets its access line: accepted, or the status it was refused with."""
+        access_log = self.access_log
+        assert access_log is not None
+
+        logged = False
+
+        async def send_logging_handshake(message: Message) -> None:
+            nonlocal logged
+            kind = message["type"]
+            if not logged and kind in (
+                "websocket.accept",
+                "websocket.http.response.start",
+                "websocket.close",
+            ):
+                logged = True
+                if kind == "websocket.accept":
+                    access_log.websocket(scope, "accepted")
+                elif kind == "websocket.http.response.start":
+                    access_log.websocket(scope, str(message["status"]))
+                else:
+                    access_log.websocket(scope, "403")  # closed before accepting: the server answers 403
+            await send(message)
+
+        return send_logging_handshake
