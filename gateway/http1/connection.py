@@ -16,9 +16,9 @@ import httptools
 
 from gateway.http1.errors import BodyTimeout, BrokenOff, HeadersTimeout
 
-# Buffered response bytes past which the socket is no longer read, and below which it is read again.
+# Buffered response bytes past which the socket is no longer read; it is read again once the proxy has taken them
+# (`read_chunk` hands out everything buffered at once).
 HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
 NO_BODY_STATUSES = (204, 304)
 
 
@@ -127,9 +127,7 @@ class Connection(asyncio.Protocol):
         return reusable
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_timer()
         if self.transport is not None and not self.closed:
             self.transport.close()
         self.closed = True
@@ -159,6 +157,11 @@ class Connection(asyncio.Protocol):
         else:
             self._timer = self.loop.call_at(self._wait_deadline, self._check_deadline)
 
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -167,9 +170,8 @@ class Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(
-            asyncio.Transport, transport
-        )  # uvloop's are not registered as `asyncio.Transport`
+        # uvloop's transports are not registered as `asyncio.Transport`: a cast, not a check.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if not self._busy or self.done:
@@ -189,9 +191,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_timer()
         if self.headers_done and not self.done and self._until_close and exc is None:
             self.done = True  # a body delimited by the end of the connection
         elif self._busy and not self.done and self.error is None:

@@ -1,8 +1,9 @@
 """The usage recorder: requests hand it rows without waiting; a background task writes them in batches.
 
-The hot path only appends to an in-process queue. The writer inserts a batch per flush (one multi-row INSERT);
-when the database cannot take it, the batch goes to the spill file and is replayed once the database answers
-again. The queue is bounded: past its bound rows go straight to the spill. Shutdown drains the queue.
+The hot path only appends to an in-process queue. Each flush writes what was queued when it began, in batches (by
+COPY on Postgres, a multi-row INSERT on SQLite), with their hourly aggregates; when the database cannot take
+them, the rows go to the spill file and are replayed once the database answers again. The queue is bounded: past
+its bound rows go straight to the spill. Shutdown drains the queue.
 """
 
 from __future__ import annotations
