@@ -122,7 +122,8 @@ class Gateway(Starlette):
 
     def build_middleware_stack(self) -> ASGIApp:
         starlette = super().build_middleware_stack()
-        return ContextMiddleware(ProxiedRoutes(starlette, self.proxied), access_log=self.access_log)
+        proxied = ProxiedRoutes(starlette, self.proxied, all_routes=self.router.routes)
+        return ContextMiddleware(proxied, access_log=self.access_log)
 
 
 def create_app(settings: Settings) -> Starlette:

@@ -73,9 +73,11 @@ class ProxiedRoutes:
     and an exception before then is answered with the same handlers (`gateway.errors.respond_to_error`); a fault
     is then re-raised for the server to log, as Starlette's server-error layer does."""
 
-    def __init__(self, app: ASGIApp, routes: Sequence[Route]) -> None:
+    def __init__(self, app: ASGIApp, routes: Sequence[Route], *, all_routes: Sequence[BaseRoute]) -> None:
         self.app = app
-        self._routes = {route.path: route for route in routes if not route.param_convertors}
+        # Only a path the router itself would give to this route alone (no earlier pattern could take it).
+        fixed = _fixed_paths(all_routes)
+        self._routes = {route.path: route for route in routes if fixed.get(route.path) == [route]}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self._routes.get(scope["path"]) if scope["type"] == "http" else None

@@ -61,7 +61,14 @@ def server() -> Iterator[LiveServer]:
             ("/v1/answers", answers),
         ]
     ]
-    app = Gateway(routes=proxied, proxied=proxied, access_log=None, exception_handlers=EXCEPTION_HANDLERS)
+    shadowed = Route("/v1/shadowed", Endpoint(crashes), methods=["POST"])
+    earlier = Route("/v1/{name}", Endpoint(answers), methods=["POST"])  # takes /v1/shadowed first
+    app = Gateway(
+        routes=[*proxied, earlier, shadowed],
+        proxied=[*proxied, shadowed],
+        access_log=None,
+        exception_handlers=EXCEPTION_HANDLERS,
+    )
     with LiveServer(app) as live:
         yield live
 
@@ -111,3 +118,11 @@ def test_an_unknown_path_is_the_404_envelope(server: LiveServer) -> None:
 
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+def test_a_proxied_path_an_earlier_route_takes_is_left_to_the_router(server: LiveServer) -> None:
+    """The way in never answers for a path the router would give to another route first."""
+    response = httpx.post(f"{server.url}/v1/shadowed", headers={"x-request-id": "fast-4"})
+
+    assert response.status_code == 200
+    assert response.text == "fast-4"  # the earlier pattern route answered, not the crashing proxied one
