@@ -17,7 +17,7 @@ import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 from uvicorn.config import LOGGING_CONFIG
 
-from gateway import __version__, operator
+from gateway import __version__, operator, serving
 from gateway.agents.vault import rotate_database, vault_for
 from gateway.db.engine import prepare_data_dir
 from gateway.db.migrate import upgrade
@@ -36,7 +36,7 @@ def uvicorn_options() -> dict[str, Any]:
     log_config["loggers"]["gateway"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     return {
         "loop": "uvloop",
-        "http": "httptools",
+        "http": serving.PROTOCOL,  # uvicorn's httptools protocol, a response's writes joined
         "lifespan": "on",
         "server_header": False,
         # The proxy appends the TCP peer to X-Forwarded-For itself; uvicorn must not rewrite the peer from it.

@@ -1,0 +1,70 @@
+"""How uvicorn serves the gateway: its httptools protocol, with the writes of one loop turn sent together.
+
+uvicorn writes a response's status line and headers with one `transport.write` and its body with another: two
+system calls for every proxied response, the first of them the costliest line of the gateway's profile
+(BENCHMARKS.md). A connection's writes are held until the end of the loop turn they were made in, so that a
+response whose body is already at hand leaves in one. A streamed body still leaves chunk by chunk, a turn later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+PROTOCOL = "gateway.serving:GatewayHttpProtocol"  # what uvicorn's `http` option names
+
+
+class CoalescingTransport:
+    """A transport that joins the writes made during one turn of the event loop into one write.
+
+    Everything else is the wrapped transport's own; closing sends what is held first, aborting drops it (as the
+    transport drops its own buffer)."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._held:
+            if self._transport.is_closing():
+                self._transport.write(data)  # the transport's own answer to a late write
+                return
+            self._loop.call_soon(self._send_held)
+        self._held.append(bytes(data))
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._held))
+
+    def close(self) -> None:
+        self._send_held()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self._send_held()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._held.clear()
+        self._transport.abort()
+
+    def _send_held(self) -> None:
+        held, self._held = self._held, []
+        if held and not self._transport.is_closing():  # closing already: the connection is gone
+            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol on a `CoalescingTransport`; WebSocket upgrades hand it on as they find it."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
