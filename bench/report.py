@@ -34,6 +34,7 @@ class Pooled:
     ttfbs: list[float] = field(default_factory=list)
     target_cpu: float = 0.0  # CPU seconds the target's processes used while measured
     load_cpu: float = 0.0  # CPU seconds of the upstream and the load generator meanwhile
+    rounds_cpu: list[tuple[int, float]] = field(default_factory=list)  # (requests, target CPU s) per round
 
     @property
     def rate(self) -> float:

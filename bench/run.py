@@ -25,6 +25,7 @@ import platform
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -183,6 +184,7 @@ class Bench:
         if scenario.tool == "wrk" and self.use_wrk:
             pooled.target_cpu += after[0] - before[0]
             pooled.load_cpu += after[1] - before[1]
+            pooled.rounds_cpu.append((result.requests, after[0] - before[0]))
 
     def _cpu(self, target: Target, upstream: Target) -> tuple[float, float]:
         """(the target's CPU seconds, the upstream's + the load generators' CPU seconds) so far."""
@@ -379,11 +381,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "nginx" in targets:
         print("\n### Ratios to nginx\n")
         print(ratio_table(rows, names, "nginx"))
-    gain = _workers_gain(bench.pooled)
+    gain, gains = _workers_gain(bench.pooled)
     print("\n### The issue's targets (gateway: one worker unless said)\n")
     print(checks_table(checks(rows, gain)))
     print()
     print("\n".join(detail_lines(bench.pooled, names, memory_before, memory_after, usage_rows, elapsed)))
+    if gains:
+        print(f"- 2 workers ÷ 1 worker by round (the target's figure is their median): {_times(gains)}")
     for note in notes:
         print(f"- note: {note}")
     failed = [p.first_error for p in bench.pooled.values() if p.errors]
@@ -400,13 +404,26 @@ def _keep(targets: dict[str, Target], notes: list[str], found: Target | str) -> 
         targets[found.name] = found
 
 
-def _workers_gain(pooled: dict[tuple[str, str], Pooled]) -> float:
+def _workers_gain(pooled: dict[tuple[str, str], Pooled]) -> tuple[float, list[float]]:
     """Two workers with a core each, against one: one worker's CPU time per request over two workers'
-    (each worker then serves 1 / its CPU time per request), times two."""
+    (each worker then serves 1 / its CPU time per request), times two; the median of the rounds' ratios, and
+    those ratios. Each round measures the two one after the other, under the same machine weather; pooling
+    the rounds instead let one noisy minute move the figure by a third (BENCHMARKS.md)."""
     one, two = pooled.get(("throughput", "gateway")), pooled.get(("throughput", "gateway-2w"))
-    if one is None or two is None or not one.completed or not two.completed or not two.target_cpu:
-        return float("nan")
-    return 2 * one.cpu_per_request / two.cpu_per_request
+    if one is None or two is None:
+        return float("nan"), []
+    gains = [
+        2 * (one_cpu / one_requests) / (two_cpu / two_requests)
+        for (one_requests, one_cpu), (two_requests, two_cpu) in zip(
+            one.rounds_cpu, two.rounds_cpu, strict=False
+        )
+        if one_requests and two_requests and one_cpu and two_cpu
+    ]
+    return (statistics.median(gains) if gains else float("nan")), gains
+
+
+def _times(values: list[float]) -> str:
+    return ", ".join(f"{value:.2f}x" for value in values)
 
 
 def detail_lines(
