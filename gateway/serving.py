@@ -14,6 +14,9 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 PROTOCOL = "gateway.serving:GatewayHttpProtocol"  # what uvicorn's `http` option names
+# Past this much held, the bytes go at once: a body sent in a tight loop (no await that yields) must meet the
+# transport's own flow control, not pile up here until the turn ends.
+HOLD_AT_MOST = 64 * 1024
 
 
 class CoalescingTransport:
@@ -26,21 +29,28 @@ class CoalescingTransport:
         self._transport = transport
         self._loop = loop
         self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._scheduled = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._held:
-            if self._transport.is_closing():
-                self._transport.write(data)  # the transport's own answer to a late write
-                return
-            self._loop.call_soon(self._send_held)
-        self._held.append(bytes(data))
+        if self._transport.is_closing():
+            self._transport.write(data)  # the transport's own answer to a late write
+            return
+        chunk = bytes(data)
+        self._held.append(chunk)
+        self._held_bytes += len(chunk)
+        if self._held_bytes >= HOLD_AT_MOST:
+            self._send_held()
+        elif not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._end_of_turn)
 
     def writelines(self, chunks: Any) -> None:
         for chunk in chunks:
             self.write(chunk)
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._held))
+        return self._transport.get_write_buffer_size() + self._held_bytes
 
     def close(self) -> None:
         self._send_held()
@@ -52,10 +62,15 @@ class CoalescingTransport:
 
     def abort(self) -> None:
         self._held.clear()
+        self._held_bytes = 0
         self._transport.abort()
 
+    def _end_of_turn(self) -> None:
+        self._scheduled = False
+        self._send_held()
+
     def _send_held(self) -> None:
-        held, self._held = self._held, []
+        held, self._held, self._held_bytes = self._held, [], 0
         if held and not self._transport.is_closing():  # closing already: the connection is gone
             self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 

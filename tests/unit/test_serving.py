@@ -12,7 +12,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from websockets.sync.client import connect
 
-from gateway.serving import CoalescingTransport, GatewayHttpProtocol
+from gateway.serving import HOLD_AT_MOST, CoalescingTransport, GatewayHttpProtocol
 from tests.serving import LiveServer
 
 REQUEST = b"GET /%s HTTP/1.1\r\nhost: test\r\n%s\r\n"
@@ -50,6 +50,14 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         while True:
             text = await websocket.receive_text()
             await websocket.send_text(text.upper())
+    if scope["path"] == "/tight":  # a big body sent in a loop that never yields to the event loop
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1048576")]}
+        )
+        for _ in range(64):
+            await send({"type": "http.response.body", "body": b"x" * 16384, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
     if scope["path"] == "/stream":
         await send(
             {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
@@ -109,6 +117,14 @@ def test_a_streamed_body_still_leaves_chunk_by_chunk_in_order(server: LiveServer
     assert b"".join(WRITES) == received
 
 
+def test_a_body_sent_without_yielding_is_not_held_back_whole(server: LiveServer) -> None:
+    WRITES.clear()
+    received = exchange(server.port, REQUEST % (b"tight", b"connection: close\r\n"))
+    assert received.endswith(b"\r\n\r\n" + b"x" * 1048576)
+    assert len(WRITES) >= 1048576 // HOLD_AT_MOST  # it went out as it came, the transport's flow control on
+    assert max(map(len, WRITES)) <= HOLD_AT_MOST + 16384
+
+
 def test_websockets_work_through_it(server: LiveServer) -> None:
     with connect(f"ws://127.0.0.1:{server.port}/ws") as websocket:
         for text in ("hello", "again"):
@@ -151,6 +167,17 @@ async def test_held_writes_count_in_the_buffer_size_and_go_at_the_end_of_the_tur
     assert inner.writes == [b"abcdef", b"g"] and inner.closed
     await asyncio.sleep(0)
     assert inner.writes == [b"abcdef", b"g"]
+
+
+async def test_past_the_limit_what_is_held_goes_at_once() -> None:
+    inner = FakeTransport()
+    transport = CoalescingTransport(inner, asyncio.get_running_loop())  # type: ignore[arg-type]
+    quarter = b"q" * (HOLD_AT_MOST // 4)
+    for _ in range(5):
+        transport.write(quarter)
+    assert inner.writes == [quarter * 4]
+    await asyncio.sleep(0)
+    assert inner.writes == [quarter * 4, quarter]
 
 
 async def test_abort_drops_what_is_held() -> None:
