@@ -19,7 +19,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from processes import Children, shallow_cpu_idle
+from processes import Children, DatabaseBeside, shallow_cpu_idle
 from run import LoadGenerator, choose_cpus
 from targets import BENCH, BenchDatabase, prepare_gateway, start_gateway, start_upstream
 from wrk import run_wrk
@@ -57,7 +57,11 @@ def main() -> int:
     database = BenchDatabase()
     args.out.mkdir(parents=True, exist_ok=True)
     folded = args.out / ("streams.folded" if args.stream else "requests.folded")
-    with shallow_cpu_idle(True), tempfile.TemporaryDirectory(prefix="gateway-profile-") as tmp:
+    with (
+        shallow_cpu_idle(True),
+        DatabaseBeside(database.name, load_cpu),
+        tempfile.TemporaryDirectory(prefix="gateway-profile-") as tmp,
+    ):
         children = Children(Path(tmp), taskset)
         try:
             upstream = start_upstream(children, load_cpu)

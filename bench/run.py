@@ -37,7 +37,7 @@ from typing import Any, TextIO
 
 import asyncpg
 import orjson
-from processes import Children, cpu_seconds, memory_kib, shallow_cpu_idle
+from processes import Children, DatabaseBeside, cpu_seconds, memory_kib, shallow_cpu_idle
 from report import (
     Pooled,
     Scenario,
@@ -328,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with (
         stop_on_signals(),
         shallow_cpu_idle(not args.no_latency_qos) as cpu_idle,
+        DatabaseBeside(database.name, load_cpu) as database_pinning,
         tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp,
     ):
         workdir = Path(tmp)
@@ -374,6 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n## Load benchmark ({'quick' if args.quick else 'normal'} mode, {elapsed:.0f} s of load)\n")
     print("\n".join(environment_lines(pinning, args, targets, postgres)))
     print(f"- CPU idle states: {cpu_idle}")
+    if "gateway" in targets or "gateway-2w" in targets:
+        print(f"- Postgres: {database_pinning.summary}")
     print("\n### Figures\n")
     print(values_table(rows, names))
     print("\n### Ratios to the upstream hit directly\n")
