@@ -196,8 +196,8 @@ class DatabaseBeside:
     Postgres is the machine's own service, so the harness cannot start it pinned; left to the scheduler, its
     backends often ran on the gateway's CPU, taking the gateway's time and its caches (the gateway's own CPU per
     request measured 9% higher, and varied more from run to run). The proxies' CPU is for the proxy alone, as
-    the issue asks; the database goes with the upstream, beside the load. Backends come and go with the gateway's connection pool,
-    so /proc is scanned every half second for processes whose title names the database (`postgres: ... <db>`)."""
+    the issue asks; the database goes with the upstream, beside the load. Backends come and go with the gateway's
+    connection pool, so /proc is scanned every half second for processes whose title names the database."""
 
     def __init__(self, database: str, cpu: int | None) -> None:
         self.marker = f" {database} ".encode()
