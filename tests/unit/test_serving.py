@@ -4,12 +4,13 @@ before any close; streamed bodies and WebSockets still flow. Served by uvicorn o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from typing import Any
 
 import pytest
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.sync.client import connect
 
 from gateway.serving import HOLD_AT_MOST, CoalescingTransport, GatewayHttpProtocol
@@ -47,9 +48,11 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "websocket":
         websocket = WebSocket(scope, receive, send)
         await websocket.accept()
-        while True:
-            text = await websocket.receive_text()
-            await websocket.send_text(text.upper())
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                text = await websocket.receive_text()
+                await websocket.send_text(text.upper())
+        return
     if scope["path"] == "/tight":  # a big body sent in a loop that never yields to the event loop
         await send(
             {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1048576")]}
