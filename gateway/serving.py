@@ -49,6 +49,9 @@ class CoalescingTransport:
         for chunk in chunks:
             self.write(chunk)
 
+    def is_closing(self) -> bool:  # asked once a request by uvicorn: spelled out, not through __getattr__
+        return self._transport.is_closing()
+
     def get_write_buffer_size(self) -> int:
         return self._transport.get_write_buffer_size() + self._held_bytes
 
