@@ -191,24 +191,39 @@ def shallow_cpu_idle(enabled: bool) -> Iterator[str]:
 
 
 class DatabaseBeside:
-    """Keeps the Postgres processes that serve the run's database on `cpu`, the load side's, while the run lasts.
+    """Keeps the Postgres processes that serve the run's database on `cpu`, the load side's, at idle CPU priority,
+    while the run lasts: deployed, the database has cores of its own; here it must share, and it shares by
+    yielding to the request path.
 
     Postgres is the machine's own service, so the harness cannot start it pinned; left to the scheduler, its
     backends often ran on the gateway's CPU, taking the gateway's time and its caches (the gateway's own CPU per
     request measured 9% higher, and varied more from run to run). The proxies' CPU is for the proxy alone, as
-    the issue asks; the database goes with the upstream, beside the load. Backends come and go with the gateway's
-    connection pool, so /proc is scanned every half second for processes whose title names the database."""
+    the issue asks; the database goes with the upstream, beside the load. There, at normal priority, a backend
+    writing a batch of usage rows kept wrk and the upstream waiting for the CPU for up to 7 ms (`perf sched`),
+    which made the gateway's one-client p99 (BENCHMARKS.md); at idle priority (`SCHED_IDLE`) any waking process
+    takes the CPU from it at once. That only holds between processes of one scheduling group, and the kernel
+    gives every session a group of its own (autogroup, `kernel.sched_autogroup_enabled`): the harness's children
+    and Postgres each in theirs, competing as equals whatever a process's policy. So autogroups are switched off
+    for the run (before any child starts) and the setting is put back after. Backends come and go with the
+    gateway's connection pool, so /proc is scanned every half second for processes whose title names the
+    database."""
+
+    AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
 
     def __init__(self, database: str, cpu: int | None) -> None:
         self.marker = f" {database} ".encode()
         self.cpu = cpu
         self.pinned: set[int] = set()
+        self.idle: set[int] = set()
         self.refused = ""
+        self._autogroup: str | None = None  # the setting found, to put back
+        self._autogroup_note = "left as it was"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="database pinning", daemon=True)
 
     def __enter__(self) -> DatabaseBeside:
         if self.cpu is not None and hasattr(os, "sched_setaffinity") and Path("/proc").is_dir():
+            self._autogroups_off()
             self._thread.start()
         return self
 
@@ -216,6 +231,9 @@ class DatabaseBeside:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        if self._autogroup is not None:
+            with contextlib.suppress(OSError):
+                self.AUTOGROUP.write_text(self._autogroup)
 
     @property
     def summary(self) -> str:
@@ -223,11 +241,33 @@ class DatabaseBeside:
             return "not pinned (nothing is)"
         if not self.pinned:
             return f"not pinned ({self.refused or 'no process of the run database found'})"
+        idle = (
+            "at idle CPU priority (SCHED_IDLE)"
+            if self.idle == self.pinned
+            else (f"{len(self.idle)} of them at idle CPU priority (SCHED_IDLE)")
+        )
         return (
             f"every process that served the run's database ({len(self.pinned)} over the run, with the CLI's) pinned "
-            f"to CPU {self.cpu}, with the load (the machine's own service: its shared background processes left "
-            "as they were)"
+            f"to CPU {self.cpu}, with the load, {idle}; autogroups {self._autogroup_note} (the machine's own "
+            "service: its shared background processes left as they were)"
         )
+
+    def _autogroups_off(self) -> None:
+        try:
+            found = self.AUTOGROUP.read_text().strip()
+        except OSError:
+            self._autogroup_note = "not in this kernel"
+            return
+        if found == "0":
+            self._autogroup_note = "already off"
+            return
+        try:
+            self.AUTOGROUP.write_text("0")
+        except OSError as exc:
+            self._autogroup_note = f"left on ({exc.strerror}): the idle priority then counts for little"
+            return
+        self._autogroup = found
+        self._autogroup_note = "off for the run (kernel.sched_autogroup_enabled, put back after)"
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
@@ -241,8 +281,12 @@ class DatabaseBeside:
             try:
                 title = Path(entry.path, "cmdline").read_bytes()
                 if title.startswith(b"postgres: ") and self.marker in title.replace(b"\0", b" "):
-                    os.sched_setaffinity(int(entry.name), {self.cpu})
-                    self.pinned.add(int(entry.name))
+                    pid = int(entry.name)
+                    os.sched_setaffinity(pid, {self.cpu})
+                    self.pinned.add(pid)
+                    with contextlib.suppress(OSError):
+                        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+                        self.idle.add(pid)
             except PermissionError as exc:
                 self.refused = f"not permitted: {exc.strerror}"
             except OSError:
