@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run migrate test lint format bench bench-setup bench-usage bench-log clean
+.PHONY: install run migrate test lint format bench bench-setup bench-usage bench-log bench-instructions clean
 
 $(BIN)/gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ bench-usage: install  ## one million usage events in Postgres, then each usage r
 
 bench-log: install  ## one million transparency log leaves in Postgres, then proofs timed and their reads counted
 	$(BIN)/python bench/transparency.py
+
+bench-instructions: install  ## instructions per chat completion under callgrind: an A/B this host's noise cannot move
+	$(BIN)/python bench/instructions.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -73,6 +73,16 @@ class Children:
             if proc.poll() is not None:
                 raise SystemExit(f"bench: {name} exited with {proc.returncode}:\n{self.log_tail(name)}")
 
+    def stop(self, name: str) -> None:
+        """End one child (SIGTERM to its group) and wait for it."""
+        proc = self.procs.pop(name)
+        _signal_group(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+
     def close(self) -> None:
         for proc in self.procs.values():
             _signal_group(proc, signal.SIGTERM)
