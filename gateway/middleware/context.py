@@ -27,6 +27,7 @@ class RequestContext:
     started_at: float = field(default_factory=time.perf_counter)
     principal: Any = None  # a gateway.auth.principals.Principal once auth has run
     request_json: dict[str, Any] | None = None  # the parsed body, once a rewrite middleware has read it
+    response_started: bool = False  # once it has, an error can no longer be answered, only end the response
 
     @staticmethod
     def of(scope: Scope) -> RequestContext | None:
@@ -65,6 +66,7 @@ class ContextMiddleware:
 
         async def send_with_request_id(message: Message) -> None:
             if message["type"] == "http.response.start":
+                context.response_started = True
                 headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != _REQUEST_ID_RAW]
                 headers.append(request_id_header)
                 message["headers"] = headers

@@ -22,7 +22,7 @@ import functools
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
@@ -33,6 +33,7 @@ __all__ = ["Cost", "ModelPrice", "PriceTable", "PricingError", "normalise_model"
 
 SHIPPED_PRICES = "prices.json"
 _MILLION = Decimal(1_000_000)
+_FOUND_AT_MOST = 4096
 _SNAPSHOT_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4}|latest)$")
 
 
@@ -86,6 +87,9 @@ class PriceTable:
 
     models: Mapping[str, ModelPrice]
     ocr_price_per_page: Decimal
+    # The price found for each model name asked about (requests name few models, each many times); bounded, since
+    # a client can send any name.
+    _found: dict[str, ModelPrice | None] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         models = {_canonical_name(name): price for name, price in self.models.items()}
@@ -122,9 +126,16 @@ class PriceTable:
         """
         if not model:
             return None
+        found = self._found
+        if model in found:
+            return found[model]
         name = _canonical_name(model)
         price = self.models.get(name)
-        return price if price is not None else self.models.get(_SNAPSHOT_SUFFIX.sub("", name))
+        if price is None:
+            price = self.models.get(_SNAPSHOT_SUFFIX.sub("", name))
+        if len(found) < _FOUND_AT_MOST:
+            found[model] = price
+        return price
 
     def cost(
         self,
@@ -157,20 +168,26 @@ def _usd(count: int, price: Decimal, *, per: Decimal = Decimal(1)) -> float:
     In integers (nano-USD) rather than Decimal arithmetic, which cost a few µs a call on every request."""
     if not count or not price:
         return 0.0  # most rows: no pages on a chat, no price for an unknown model
-    units, exponent = _digits(price)
-    numerator, denominator = count * units, _digits(per)[0]
-    scale = exponent - _digits(per)[1] + 9  # nano-USD = numerator * 10**scale / denominator
-    if scale >= 0:
-        numerator *= 10**scale
-    else:
-        denominator *= 10**-scale
-    nano, rest = divmod(numerator, denominator)
+    numerator, denominator = _nano_usd_ratio(price, per)
+    nano, rest = divmod(count * numerator, denominator)
     if 2 * rest > denominator or (2 * rest == denominator and nano % 2):
         nano += 1
     return nano / 1_000_000_000  # int / int rounds once, correctly, as float(Decimal) does
 
 
 @functools.lru_cache(maxsize=1024)
+def _nano_usd_ratio(price: Decimal, per: Decimal) -> tuple[int, int]:
+    """Nano-USD per unit as a fraction of integers: one unit costs numerator / denominator nano-USD."""
+    units, exponent = _digits(price)
+    numerator, denominator = units, _digits(per)[0]
+    scale = exponent - _digits(per)[1] + 9  # nano-USD = numerator * 10**scale / denominator
+    if scale >= 0:
+        numerator *= 10**scale
+    else:
+        denominator *= 10**-scale
+    return numerator, denominator
+
+
 def _digits(value: Decimal) -> tuple[int, int]:
     """A finite, non-negative decimal as (units, exponent): value == units * 10**exponent."""
     _, digits, exponent = value.as_tuple()
