@@ -55,6 +55,8 @@ class Inflater:
 
 def decoders_for(content_encoding: str | None) -> list[Inflater] | None:
     """The decoders that undo `content_encoding`, first to apply first; None when we cannot undo it."""
+    if not content_encoding:
+        return []  # most responses: nothing to undo
     codings = [coding.strip().lower() for coding in (content_encoding or "").split(",")]
     codings = [coding for coding in codings if coding and coding != "identity"]
     if any(coding not in _INFLATABLE for coding in codings):

@@ -7,6 +7,7 @@ stays bounded whatever the size of the body, so a stream is observed exactly as 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ _TOKEN_PATHS = (
     "usage.output_tokens",
     "usage.total_tokens",
 )
+_TOKEN_KEYS = tuple((path, path.removeprefix("usage.")) for path in _TOKEN_PATHS)  # (path, key in "usage")
 _PAGES_PROCESSED = "usage_info.pages_processed"
 _COUNT_PATHS = frozenset({*_TOKEN_PATHS, _PAGES_PROCESSED})
 _WATCHED_PREFIXES = frozenset({"model", "pages", "pages.item", *_COUNT_PATHS})
@@ -81,15 +83,21 @@ def observer_for(kind: str, *, content_type: str | None, content_encoding: str |
     decoders = decoders_for(content_encoding)
     if kind not in _OBSERVED_KINDS or decoders is None:
         return _BlindObserver()
-    media_type = (content_type or "").partition(";")[0].strip().lower()
-    reader: _BodyReader
-    if media_type == "text/event-stream":
-        reader = _EventStreamReader()
-    elif media_type == "application/json" or media_type.endswith("+json"):
-        reader = _JsonReader()
-    else:
+    reader = _reader_for(content_type or "")
+    if reader is None:
         return _BlindObserver()
-    return _BodyObserver(decoders, reader)
+    return _BodyObserver(decoders, reader())
+
+
+@functools.lru_cache(maxsize=64)
+def _reader_for(content_type: str) -> type[_EventStreamReader | _JsonReader] | None:
+    """The reader for a media type (responses carry few distinct Content-Types, so each is parsed once)."""
+    media_type = content_type.partition(";")[0].strip().lower()
+    if media_type == "text/event-stream":
+        return _EventStreamReader
+    if media_type == "application/json" or media_type.endswith("+json"):
+        return _JsonReader
+    return None
 
 
 class _BlindObserver:
@@ -122,9 +130,13 @@ class _Findings:
             self.model = model
         usage = event.get("usage")
         if isinstance(usage, dict):
-            for path in _TOKEN_PATHS:
-                self.counts.pop(path, None)
-                self.record(path, usage.get(path.removeprefix("usage.")))
+            counts = self.counts
+            for path, key in _TOKEN_KEYS:
+                count = _as_count(usage.get(key))
+                if count is None:
+                    counts.pop(path, None)
+                else:
+                    counts[path] = count
         usage_info = event.get("usage_info")
         if isinstance(usage_info, dict):
             self.record(_PAGES_PROCESSED, usage_info.get("pages_processed"))
