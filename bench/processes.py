@@ -251,11 +251,9 @@ class DatabaseBeside:
             return "not pinned (nothing is)"
         if not self.pinned:
             return f"not pinned ({self.refused or 'no process of the run database found'})"
-        idle = (
-            "at idle CPU priority (SCHED_IDLE)"
-            if self.idle == self.pinned
-            else (f"{len(self.idle)} of them at idle CPU priority (SCHED_IDLE)")
-        )
+        idle = "at idle CPU priority (SCHED_IDLE)"
+        if self.idle != self.pinned:
+            idle = f"{len(self.idle)} of them at idle CPU priority (SCHED_IDLE)"
         return (
             f"every process that served the run's database ({len(self.pinned)} over the run, with the CLI's) pinned "
             f"to CPU {self.cpu}, with the load, {idle}; autogroups {self._autogroup_note} (the machine's own "

@@ -57,7 +57,7 @@ def decoders_for(content_encoding: str | None) -> list[Inflater] | None:
     """The decoders that undo `content_encoding`, first to apply first; None when we cannot undo it."""
     if not content_encoding:
         return []  # most responses: nothing to undo
-    codings = [coding.strip().lower() for coding in (content_encoding or "").split(",")]
+    codings = [coding.strip().lower() for coding in content_encoding.split(",")]
     codings = [coding for coding in codings if coding and coding != "identity"]
     if any(coding not in _INFLATABLE for coding in codings):
         return None
