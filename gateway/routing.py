@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from starlette.routing import BaseRoute, Match, Mount, Route, Router, WebSocketRoute
-from starlette.types import ASGIApp, Lifespan, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
 from gateway.errors import respond_to_error
 from gateway.middleware.context import RequestContext
@@ -71,9 +71,9 @@ class ProxiedRoutes:
     Starlette's app-wide layers cost a proxied request more than its auth did: the server-error layer and the
     exception layer each wrap `send` (a call per message), the latter builds a `Request` per request, and the
     router matches the route's regex again (docs/BENCHMARKS.md). Here the request context tells whether the
-    response has started (`ContextMiddleware` notes it; no wrapper of our own), and an exception before then is
-    answered with the same handlers (`gateway.errors.respond_to_error`); a fault is then re-raised for the server
-    to log, as Starlette's server-error layer does."""
+    response has started (`ContextMiddleware`, outside this, notes it; without it a request takes Starlette's
+    way), and an exception before then is answered with the same handlers (`gateway.errors.respond_to_error`); a
+    fault is then re-raised for the server to log, as Starlette's server-error layer does."""
 
     def __init__(self, app: ASGIApp, routes: Sequence[Route], *, all_routes: Sequence[BaseRoute]) -> None:
         self.app = app
@@ -83,26 +83,19 @@ class ProxiedRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self._routes.get(scope["path"]) if scope["type"] == "http" else None
-        if route is None or scope["method"] not in (route.methods or ()) or scope.get("root_path"):
+        context = RequestContext.of(scope)  # ContextMiddleware notes there whether the response has started
+        if (
+            route is None
+            or context is None
+            or scope["method"] not in (route.methods or ())
+            or scope.get("root_path")
+        ):
             await self.app(scope, receive, send)
             return
         scope["route"] = route
         scope["path_params"] = {}
-        context = RequestContext.of(scope)
-        if context is None:  # not under ContextMiddleware (as the app has it): note the start here
-            context = RequestContext(request_id="")
-            send = _noting_start(send, context)
         try:
             await route.app(scope, receive, send)
         except Exception as exc:
             if context.response_started or not await respond_to_error(scope, receive, send, exc):
                 raise
-
-
-def _noting_start(send: Send, context: RequestContext) -> Send:
-    async def send_noting_start(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            context.response_started = True
-        await send(message)
-
-    return send_noting_start

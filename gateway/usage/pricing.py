@@ -81,6 +81,11 @@ def _canonical_name(model: str) -> str:
     return segments[-1]
 
 
+_UNPRICED = ModelPrice(
+    input_per_million=Decimal(0), output_per_million=Decimal(0)
+)  # an unknown model costs 0
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class PriceTable:
     """Prices by model name (keys as `_canonical_name` spells them) and the OCR price per page, in USD."""
@@ -152,9 +157,7 @@ class PriceTable:
         counts = (input_tokens or 0, output_tokens or 0, ocr_pages or 0)
         if min(counts) < 0:
             raise ValueError(f"counts must be >= 0, got {counts}")
-        price = self.price_of(model)
-        if price is None:
-            price = ModelPrice(input_per_million=Decimal(0), output_per_million=Decimal(0))
+        price = self.price_of(model) or _UNPRICED
         return Cost(
             input_usd=_usd(counts[0], price.input_per_million, per=_MILLION),
             output_usd=_usd(counts[1], price.output_per_million, per=_MILLION),
