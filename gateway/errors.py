@@ -14,6 +14,7 @@ GatewayError                       status, code, public message -> the OpenAI-st
 │   └── QuotaExceededError       429  quota, budget or rate limit (Retry-After)
 ├── UpstreamError (5xx)
 │   ├── UpstreamUnavailableError 502  connect, read or protocol failure
+│   ├── UpstreamBusyError        503  no free upstream connection in time
 │   └── UpstreamTimeoutError     504  no response headers in time
 └── InternalError                500  unexpected; logged with traceback, generic body
 ```
@@ -153,6 +154,14 @@ class UpstreamUnavailableError(UpstreamError):
 
     code = "upstream_unavailable"
     message = "The upstream service is unavailable."
+
+
+class UpstreamBusyError(UpstreamError):
+    """Every connection to the upstream was in use for longer than the pool timeout."""
+
+    status_code = 503
+    code = "upstream_busy"
+    message = "The upstream service is busy; try again shortly."
 
 
 class UpstreamTimeoutError(UpstreamError):

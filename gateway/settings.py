@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import os
 import re
@@ -31,6 +32,14 @@ HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 SEPARATOR = re.compile(r"^[._-]{1,8}$")
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+# The edge's limits, nginx's defaults where it has one (large_client_header_buffers 4 8k: 32 KiB; 408s).
+DEFAULT_MAX_HEADER_BYTES = 32 * 1024
+DEFAULT_MAX_HEADERS = 100
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0
+DEFAULT_MAX_CONNECTIONS = 4096
+DEFAULT_UPSTREAM_MAX_CONNECTIONS = 1000
+DEFAULT_UPSTREAM_POOL_TIMEOUT = 10.0
 VAULT_KEY_BYTES = 32
 MIN_KEY_BYTES = 32
 ED25519_SEED_BYTES = 32
@@ -90,6 +99,17 @@ class Settings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 300.0
+    upstream_max_connections: int = DEFAULT_UPSTREAM_MAX_CONNECTIONS
+    upstream_pool_timeout: float = DEFAULT_UPSTREAM_POOL_TIMEOUT
+    # The edge: what the server refuses from clients before any app code runs (`gateway.serving`).
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_headers: int = DEFAULT_MAX_HEADERS
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # Forwarding: whose X-Forwarded-For is believed; whether the client's OpenAI org/project headers pass.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    openai_forward_org_headers: bool = True
     # Identity. Secrets left unset are generated once into the data directory (`gateway.keys`).
     platform_jwt_secret: bytes | None = field(default=None, repr=False)
     platform_jwks_url: str | None = None
@@ -172,6 +192,19 @@ class Settings:
             max_request_bytes=reader.positive_int("MAX_REQUEST_BYTES", default=DEFAULT_MAX_REQUEST_BYTES),
             upstream_connect_timeout=reader.seconds("UPSTREAM_CONNECT_TIMEOUT", default=10.0),
             upstream_read_timeout=reader.seconds("UPSTREAM_READ_TIMEOUT", default=300.0),
+            upstream_max_connections=reader.positive_int(
+                "UPSTREAM_MAX_CONNECTIONS", default=DEFAULT_UPSTREAM_MAX_CONNECTIONS
+            ),
+            upstream_pool_timeout=reader.seconds(
+                "UPSTREAM_POOL_TIMEOUT", default=DEFAULT_UPSTREAM_POOL_TIMEOUT
+            ),
+            max_header_bytes=reader.positive_int("MAX_HEADER_BYTES", default=DEFAULT_MAX_HEADER_BYTES),
+            max_headers=reader.positive_int("MAX_HEADERS", default=DEFAULT_MAX_HEADERS),
+            header_timeout=reader.seconds("HEADER_TIMEOUT", default=DEFAULT_HEADER_TIMEOUT),
+            body_timeout=reader.seconds("BODY_TIMEOUT", default=DEFAULT_BODY_TIMEOUT),
+            max_connections=reader.positive_int("MAX_CONNECTIONS", default=DEFAULT_MAX_CONNECTIONS),
+            trusted_proxies=reader.networks("TRUSTED_PROXIES"),
+            openai_forward_org_headers=reader.boolean("OPENAI_FORWARD_ORG_HEADERS", default=True),
             platform_jwt_secret=reader.secret("PLATFORM_JWT_SECRET"),
             platform_jwks_url=reader.url("PLATFORM_JWKS_URL", default="") or None,
             platform_jwt_public_key=reader.text("PLATFORM_JWT_PUBLIC_KEY"),
@@ -411,6 +444,18 @@ class _Reader:
             except re.error as exc:
                 raise SettingsError(name, f"{pattern!r} is not a valid regular expression: {exc}") from None
         return tuple(value)
+
+    def networks(self, name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """Addresses or networks, separated by commas or whitespace (`10.0.0.1, 192.168.0.0/16, ::1`)."""
+        found = []
+        for part in re.split(r"[\s,]+", self.text(name) or ""):
+            if not part:
+                continue
+            try:
+                found.append(ipaddress.ip_network(part, strict=False))
+            except ValueError:
+                raise SettingsError(name, f"expected IP addresses or networks, got {part!r}") from None
+        return tuple(found)
 
     def seconds(self, name: str, *, default: float) -> float:
         raw = self.text(name)

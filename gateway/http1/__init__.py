@@ -7,7 +7,14 @@ does only what a reverse proxy needs: write the request line and headers it is g
 body on as it arrives.
 """
 
-from gateway.http1.errors import BodyTimeout, BrokenOff, ConnectFailed, HeadersTimeout, UpstreamError
+from gateway.http1.errors import (
+    BodyTimeout,
+    BrokenOff,
+    ConnectFailed,
+    HeadersTimeout,
+    PoolTimeout,
+    UpstreamError,
+)
 from gateway.http1.pool import HttpPool, Response
 
 __all__ = [
@@ -16,6 +23,7 @@ __all__ = [
     "ConnectFailed",
     "HeadersTimeout",
     "HttpPool",
+    "PoolTimeout",
     "Response",
     "UpstreamError",
 ]

@@ -1,7 +1,8 @@
 """What can go wrong talking to an upstream, by the phase it went wrong in (the proxy maps phases to statuses).
 
 UpstreamError
-├── ConnectFailed         no connection: refused, unreachable, or none free or made in time
+├── ConnectFailed         no connection: refused, unreachable, or none made in time
+├── PoolTimeout           every connection of the pool was busy for longer than the pool timeout
 ├── HeadersTimeout        connected and sent, but no response headers within the read timeout
 ├── BrokenOff             the connection closed or sent garbage before the response was complete
 └── BodyTimeout           the response started, then nothing more came within the read timeout
@@ -15,6 +16,10 @@ class UpstreamError(Exception):
 
 
 class ConnectFailed(UpstreamError):
+    pass
+
+
+class PoolTimeout(UpstreamError):
     pass
 
 
