@@ -15,7 +15,8 @@ GatewayError                       status, code, public message -> the OpenAI-st
 ├── UpstreamError (5xx)
 │   ├── UpstreamUnavailableError 502  connect, read or protocol failure
 │   ├── UpstreamBusyError        503  no free upstream connection in time
-│   └── UpstreamTimeoutError     504  no response headers in time
+│   ├── UpstreamTimeoutError     504  no response headers in time
+│   └── UpstreamIncompleteError  502  the answer broke off once started (the client's connection is aborted)
 └── InternalError                500  unexpected; logged with traceback, generic body
 ```
 """
@@ -170,6 +171,16 @@ class UpstreamTimeoutError(UpstreamError):
     status_code = 504
     code = "upstream_timeout"
     message = "The upstream service did not answer in time."
+
+
+class UpstreamIncompleteError(UpstreamError):
+    """The upstream's answer broke off after it had started (closed, reset, or silent past the read timeout).
+
+    Raised once the response has started, so it is never rendered: the server aborts the client's connection
+    without ending the message, so that clients see an incomplete response rather than a clean end."""
+
+    code = "upstream_incomplete"
+    message = "The upstream's answer broke off before its end."
 
 
 class NotConfiguredError(GatewayError):
