@@ -1,10 +1,10 @@
 """Keep-alive connections to one upstream origin, and the request/response exchange over one of them.
 
 Connections are reused newest first (the one most likely still open), at most `max_connections` at a time;
-waiting for a free one counts against the connect timeout. An idle connection older than `keepalive_seconds` is
-closed rather than reused. The one retry: a reused connection that the upstream had closed before it saw our
-request (it answers nothing, the classic keep-alive race) is replaced by a new one and the request sent again,
-when its body is bytes in hand.
+waiting for a free one is bounded by `pool_timeout` (then `PoolTimeout`). An idle connection older than
+`keepalive_seconds` is closed rather than reused. The one retry: a reused connection that the upstream had
+closed before it saw our request (it answers nothing, the classic keep-alive race) is replaced by a new one and
+the request sent again, when its body is bytes in hand.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 from gateway.http1.connection import Connection
-from gateway.http1.errors import BrokenOff, ConnectFailed
+from gateway.http1.errors import BrokenOff, ConnectFailed, PoolTimeout
 
 Headers = list[tuple[bytes, bytes]]
 Body = bytes | AsyncIterator[bytes] | None
@@ -62,7 +62,11 @@ class Response:
 
 
 class HttpPool:
-    """The connections to one origin (`scheme://host[:port]`); `request` sends one exchange over one of them."""
+    """The connections to one origin (`scheme://host[:port]`); `request` sends one exchange over one of them.
+
+    `connect_timeout` bounds making a connection (then `ConnectFailed`); `pool_timeout` bounds waiting for a free
+    one when `max_connections` are all in use (then `PoolTimeout`); `read_timeout` bounds each wait for the
+    response's headers (`HeadersTimeout`) or its next body bytes (`BodyTimeout`)."""
 
     def __init__(
         self,
@@ -72,6 +76,7 @@ class HttpPool:
         keepalive_seconds: float,
         connect_timeout: float,
         read_timeout: float,
+        pool_timeout: float = 10.0,
     ) -> None:
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -84,6 +89,7 @@ class HttpPool:
         self.keepalive_seconds = keepalive_seconds
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.pool_timeout = pool_timeout
         self._idle: list[Connection] = []
         self._open: set[Connection] = set()
         self._reserved = 0  # connections being made
@@ -172,7 +178,7 @@ class HttpPool:
         waiter: asyncio.Future[Connection | None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout(self.pool_timeout):
                 return await waiter
         except BaseException as exc:
             if waiter in self._waiters:
@@ -180,7 +186,7 @@ class HttpPool:
             elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self._pass_on(waiter.result())  # handed over just as we gave up: the next in line takes it
             if isinstance(exc, TimeoutError):
-                raise ConnectFailed(f"no free connection within {self.connect_timeout:g} s") from None
+                raise PoolTimeout(f"no free connection within {self.pool_timeout:g} s") from None
             raise
 
     async def _connect(self) -> Connection:

@@ -28,7 +28,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.http1 import BodyTimeout, BrokenOff, ConnectFailed, HeadersTimeout, HttpPool, Response
+from gateway.http1 import (
+    BodyTimeout,
+    BrokenOff,
+    ConnectFailed,
+    HeadersTimeout,
+    HttpPool,
+    PoolTimeout,
+    Response,
+)
 from gateway.http1.connection import HIGH_WATER
 
 # The most bytes one read from a socket hands to the protocol (asyncio's selector transports).
@@ -223,6 +231,7 @@ async def pool_to(
     keepalive_seconds: float = 5.0,
     connect_timeout: float = 1.0,
     read_timeout: float = 1.0,
+    pool_timeout: float = 1.0,
 ) -> AsyncIterator[HttpPool]:
     pool = HttpPool(
         origin,
@@ -230,6 +239,7 @@ async def pool_to(
         keepalive_seconds=keepalive_seconds,
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
+        pool_timeout=pool_timeout,
     )
     try:
         yield pool
@@ -1048,7 +1058,7 @@ async def test_request_waits_for_a_connection_at_the_limit() -> None:
     goes out on that same connection."""
     async with (
         Upstream(answering(ok())) as upstream,
-        pool_to(upstream.origin, max_connections=1, connect_timeout=1.0) as pool,
+        pool_to(upstream.origin, max_connections=1, pool_timeout=1.0) as pool,
     ):
         first = await pool.request(b"GET", b"/1", [], None)
         second_task = asyncio.create_task(pool.request(b"GET", b"/2", [], None))
@@ -1063,16 +1073,17 @@ async def test_request_waits_for_a_connection_at_the_limit() -> None:
     assert [request.target for request in upstream.peers[0].requests] == [b"/1", b"/2"]
 
 
-async def test_request_at_the_limit_gives_up_after_connect_timeout() -> None:
-    """With the only connection held, a second request fails with `ConnectFailed` after about the connect
-    timeout, instead of queueing forever."""
+async def test_request_at_the_limit_gives_up_after_pool_timeout() -> None:
+    """With the only connection held, a second request fails with `PoolTimeout` (the proxy answers 503
+    `upstream_busy`) after about the pool timeout, instead of queueing forever; the connect timeout, far longer
+    here, does not apply to the wait."""
     async with (
         Upstream(answering(ok())) as upstream,
-        pool_to(upstream.origin, max_connections=1, connect_timeout=0.3) as pool,
+        pool_to(upstream.origin, max_connections=1, connect_timeout=30.0, pool_timeout=0.3) as pool,
     ):
         first = await pool.request(b"GET", b"/1", [], None)
         started = time.monotonic()
-        with pytest.raises(ConnectFailed):
+        with pytest.raises(PoolTimeout):
             await pool.request(b"GET", b"/2", [], None)
         elapsed = time.monotonic() - started
         assert await read_all(first) == b"hello"
@@ -1086,10 +1097,10 @@ async def test_pool_is_usable_after_a_waiter_gave_up() -> None:
     the next request."""
     async with (
         Upstream(answering(ok())) as upstream,
-        pool_to(upstream.origin, max_connections=1, connect_timeout=0.2) as pool,
+        pool_to(upstream.origin, max_connections=1, pool_timeout=0.2) as pool,
     ):
         first = await pool.request(b"GET", b"/1", [], None)
-        with pytest.raises(ConnectFailed):
+        with pytest.raises(PoolTimeout):
             await pool.request(b"GET", b"/2", [], None)
         assert await read_all(first) == b"hello"
         first.release()
@@ -1103,7 +1114,7 @@ async def test_waiter_gets_room_when_the_held_connection_is_closed() -> None:
     connection at once."""
     async with (
         Upstream(answering(ok())) as upstream,
-        pool_to(upstream.origin, max_connections=1, connect_timeout=2.0) as pool,
+        pool_to(upstream.origin, max_connections=1, pool_timeout=2.0) as pool,
     ):
         first = await pool.request(b"GET", b"/1", [], None)
         second_task = asyncio.create_task(pool.request(b"GET", b"/2", [], None))
@@ -1130,7 +1141,7 @@ async def test_cancelled_request_closes_its_connection_and_frees_its_room() -> N
 
     async with (
         Upstream(handler) as upstream,
-        pool_to(upstream.origin, max_connections=1, connect_timeout=2.0, read_timeout=5) as pool,
+        pool_to(upstream.origin, max_connections=1, pool_timeout=2.0, read_timeout=5) as pool,
     ):
         task = asyncio.create_task(pool.request(b"GET", b"/slow", [], None))
         await asyncio.sleep(0.1)
