@@ -13,6 +13,7 @@ from gateway.auth.authenticator import Authenticator
 from gateway.chroma.middleware import ChromaNamespaceMiddleware
 from gateway.chroma.proxy import ChromaNotConfigured, ChromaProxy
 from gateway.chroma.upstream import ChromaLookups
+from gateway.headers import ForwardingPolicy, TrustedProxies
 from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.rewrite import BodyRewriteMiddleware
 from gateway.middleware.usage import UsageMiddleware
@@ -35,10 +36,16 @@ def proxied_routes(
     """The proxied routes with their chains."""
     upstreams = configured_upstreams(settings)
     required = settings.api_auth_required
+    trusted = TrustedProxies(settings.trusted_proxies)
+    to_openai = ForwardingPolicy(trusted, forward_openai_org_headers=settings.openai_forward_org_headers)
+    # OpenAI-Organization and -Project name the operator's OpenAI account: no other vendor is told them.
+    to_others = ForwardingPolicy(trusted)
     return [
         Route(
             "/v1/chat/completions",
-            ReverseProxy(upstreams[OPENAI], clients=clients, path="/v1/chat/completions"),
+            ReverseProxy(
+                upstreams[OPENAI], clients=clients, path="/v1/chat/completions", forwarding=to_openai
+            ),
             methods=["POST"],
             middleware=[
                 Middleware(AuthMiddleware, authenticator=authenticator, required=required, scope="chat"),
@@ -50,7 +57,7 @@ def proxied_routes(
         ),
         Route(
             "/v1/ocr",
-            ReverseProxy(upstreams[MISTRAL], clients=clients, path="/v1/ocr"),
+            ReverseProxy(upstreams[MISTRAL], clients=clients, path="/v1/ocr", forwarding=to_others),
             methods=["POST"],
             middleware=[
                 Middleware(AuthMiddleware, authenticator=authenticator, required=required, scope="ocr"),
@@ -62,7 +69,9 @@ def proxied_routes(
                 ),
             ],
         ),
-        *chroma_routes(settings, clients, authenticator, recorder=recorder, pricing=pricing),
+        *chroma_routes(
+            settings, clients, authenticator, recorder=recorder, pricing=pricing, forwarding=to_others
+        ),
     ]
 
 
@@ -73,6 +82,7 @@ def chroma_routes(
     *,
     recorder: UsageRecorder,
     pricing: PriceTable,
+    forwarding: ForwardingPolicy,
 ) -> list[Route]:
     """`/v1/chroma/...`: a user always required, then usage, then the namespacing, then the proxy."""
     chroma = configured_upstreams(settings).get(CHROMA)
@@ -87,5 +97,7 @@ def chroma_routes(
             max_bytes=settings.max_request_bytes,
         ),
     ]
-    endpoint = ChromaProxy(chroma, clients=clients) if chroma else ChromaNotConfigured()
+    endpoint = (
+        ChromaProxy(chroma, clients=clients, forwarding=forwarding) if chroma else ChromaNotConfigured()
+    )
     return [Route(path, endpoint, middleware=chain) for path in ("/v1/chroma", "/v1/chroma/{path:path}")]

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.errors import UpstreamTimeoutError, UpstreamUnavailableError
-from gateway.headers import forwarded_for, request_headers_for_upstream, response_headers_for_client
+from gateway.headers import ForwardingPolicy, response_headers_for_client
 from gateway.http1 import BrokenOff, ConnectFailed, HeadersTimeout, HttpPool, UpstreamError
 from gateway.middleware.context import RequestContext
 from gateway.upstreams import Upstream, UpstreamClients
@@ -30,8 +30,16 @@ WATCH_AFTER_SECONDS = 0.02
 class ReverseProxy:
     """Forwards each request to `path` on one upstream and streams the answer back unchanged."""
 
-    def __init__(self, upstream: Upstream, *, clients: UpstreamClients, path: str) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        *,
+        clients: UpstreamClients,
+        path: str,
+        forwarding: ForwardingPolicy | None = None,
+    ) -> None:
         self.upstream = upstream
+        self.forwarding = forwarding or ForwardingPolicy()  # by default: no proxy trusted, no org headers
         self.clients = clients
         self.url = upstream.url(path)
         self.path = (urlsplit(self.url).path or "/").encode("ascii")
@@ -54,19 +62,17 @@ class ReverseProxy:
 
     def _headers(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], int | None]:
         """The headers for the upstream, and the length the client declared (used only for a streamed body)."""
-        client_headers: list[tuple[bytes, bytes]] = scope["headers"]
+        client = scope.get("client")
+        allowed = self.forwarding.request_headers(
+            scope["headers"], peer=client[0] if client else None, scheme=scope.get("scheme", "http")
+        )
         headers = []
         length = None
-        for name, value in request_headers_for_upstream(client_headers):
+        for name, value in allowed:
             if name.lower() == b"content-length":
                 length = int(value) if value.isdigit() else None  # the pool writes it again
             else:
                 headers.append((name, value))
-        client = scope.get("client")
-        chain = forwarded_for(client_headers, client[0] if client else None)
-        if chain:
-            headers.append((b"x-forwarded-for", chain))
-        headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
         context = RequestContext.of(scope)
         if context is not None:
             headers.append((b"x-request-id", context.request_id.encode("latin-1")))

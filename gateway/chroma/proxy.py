@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import NotConfiguredError
+from gateway.headers import ForwardingPolicy
 from gateway.proxy import ReverseProxy
 from gateway.upstreams import Upstream, UpstreamClients
 
@@ -14,8 +15,10 @@ from gateway.upstreams import Upstream, UpstreamClients
 class ChromaProxy(ReverseProxy):
     """Forwards to `{CHROMA_BASE_URL}{path}`, the path being the scope's (already namespaced) `raw_path`."""
 
-    def __init__(self, upstream: Upstream, *, clients: UpstreamClients) -> None:
-        super().__init__(upstream, clients=clients, path="")
+    def __init__(
+        self, upstream: Upstream, *, clients: UpstreamClients, forwarding: ForwardingPolicy | None = None
+    ) -> None:
+        super().__init__(upstream, clients=clients, path="", forwarding=forwarding)
         self.prefix = urlsplit(upstream.base_url).path.rstrip("/").encode("ascii")
 
     def _target(self, scope: Scope) -> bytes:
