@@ -3,23 +3,33 @@
 The parser's callbacks fill in the exchange in progress (status, raw headers, body chunks) and wake whoever waits
 for it; body chunks are buffered up to a bound, past which the socket stops being read until the proxy has passed
 them on. One exchange at a time; whether the connection can serve another is decided when this one ends.
+
+A response never ends cleanly unless its framing says so: a body framed by Content-Length or chunked encoding that
+the connection cuts short (FIN or RST) is `BrokenOff`, and so is a body delimited by the connection's end that ends
+in a reset rather than a FIN. The response head (status lines and headers, interim responses included) is bounded
+by `MAX_HEAD_BYTES`, counted as bytes arrive, so an upstream cannot make us buffer an endless header.
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
 from collections import deque
 from collections.abc import Callable
 from typing import cast
 
 import httptools
 
-from gateway.http1.errors import BodyTimeout, BrokenOff, HeadersTimeout
+from gateway.http1.errors import BodyTimeout, BrokenOff, HeadersTimeout, HeadersTooLarge
 
 # Buffered response bytes past which the socket is no longer read; it is read again once the proxy has taken them
 # (`read_chunk` hands out everything buffered at once).
 HIGH_WATER = 256 * 1024
 NO_BODY_STATUSES = (204, 304)
+# The most bytes of response head (status lines and headers, 1xx interim responses included) taken from an
+# upstream; past it the exchange fails. Four times the gateway's own default request limit, and what nginx's
+# largest `proxy_buffer_size` settings allow.
+MAX_HEAD_BYTES = 64 * 1024
 
 
 class Connection(asyncio.Protocol):
@@ -32,9 +42,9 @@ class Connection(asyncio.Protocol):
         self.read_timeout = read_timeout
         self.on_close = on_close
         self.transport: asyncio.Transport | None = None
+        self._readable: select.poll | None = None  # polls the socket without reading it (`is_stale`)
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
-        self.reused = False  # it served an exchange before this one
         self.idle_since = 0.0
         self._busy = False
         self._write_paused = False
@@ -53,12 +63,13 @@ class Connection(asyncio.Protocol):
         self.done = False
         self.keep_alive = False
         self.error: BaseException | None = None
-        self.answered = False  # some of the response has arrived
+        self.request_written = False  # some of the request went to the socket: the upstream may have read it
         self.request_sent = False  # the whole request is written (else the upstream answered early)
+        self._head_bytes = 0
         self._head_request = head_request
         self._interim = False
         self._surplus = False
-        self._until_close = False
+        self.until_close = False  # the body ends with the connection (no length, not chunked)
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._reading_paused = False
@@ -70,9 +81,17 @@ class Connection(asyncio.Protocol):
         self._busy = True
 
     def write(self, data: bytes) -> None:
-        if self.closed or self.transport is None:
+        """Hand request bytes to the socket. `BrokenOff` when the connection is closing; while `request_written` is
+        still False after that, none of this request left us, and it is safe to send it elsewhere."""
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
             raise BrokenOff("the connection closed before the request was sent")
-        self.transport.write(data)
+        transport.write(data)
+        if transport.is_closing():
+            # The transport tries the socket at once when nothing is queued; a reset or broken pipe there closes
+            # it before this returns, and the bytes of this call were not taken.
+            raise BrokenOff("the connection was reset as the request was being sent")
+        self.request_written = True
 
     async def drain(self) -> None:
         """Wait until the socket takes more of a streamed request body."""
@@ -110,6 +129,17 @@ class Connection(asyncio.Protocol):
             if self.error is not None:
                 raise self.error
             await self._wait(BodyTimeout)
+
+    def is_stale(self) -> bool:
+        """An idle connection that cannot carry another exchange: closed, closing, or its socket readable. Nothing
+        may arrive on an idle connection, so readable means the upstream's FIN or RST (or stray bytes) is waiting
+        for the loop to notice it: the keep-alive race, caught before a request is written rather than after.
+        One `poll` with a zero timeout on the socket, registered once per connection (urllib3's
+        `is_connection_dropped` and httpcore's `is_readable` make the same check): about a microsecond."""
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            return True
+        return self._readable is not None and bool(self._readable.poll(0))
 
     @property
     def drained(self) -> bool:
@@ -172,27 +202,49 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not registered as `asyncio.Transport`: a cast, not a check.
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._readable = select.poll()
+            self._readable.register(sock.fileno(), select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
         if not self._busy or self.done:
             # Nothing may follow a complete response: whatever an idle connection sends, it is not ours to reuse.
             self.close()
             return
-        self.answered = True
         try:
-            self.parser.feed_data(data)
+            if self.headers_done:
+                self.parser.feed_data(data)
+            else:
+                self._feed_head(data)
         except httptools.HttpParserUpgrade:
             self._fail(BrokenOff("the upstream switched protocols"))
         except httptools.HttpParserError as exc:
             self._fail(BrokenOff(f"the upstream's response could not be parsed ({exc})"))
 
+    def _feed_head(self, data: bytes) -> None:
+        """Parse bytes while the response head is incomplete, counting them: the bytes past `MAX_HEAD_BYTES` are
+        parsed only if the head ended before the limit (they are body, or the next exchange's surplus)."""
+        room = MAX_HEAD_BYTES - self._head_bytes
+        self._head_bytes += len(data)
+        if len(data) <= room:
+            self.parser.feed_data(data)
+            return
+        if room > 0:
+            self.parser.feed_data(data[:room])
+        if not self.headers_done:
+            self._fail(HeadersTooLarge(f"the upstream's response head is over {MAX_HEAD_BYTES} bytes"))
+            return
+        self.parser.feed_data(data[room:])
+
     def eof_received(self) -> bool:
-        return False  # close our side too
+        self.closed = True  # the upstream is done with this connection; the transport closes it
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._stop_timer()
-        if self.headers_done and not self.done and self._until_close and exc is None:
+        if self.headers_done and not self.done and self.until_close and exc is None:
             self.done = True  # a body delimited by the end of the connection
         elif self._busy and not self.done and self.error is None:
             self.error = BrokenOff("the upstream closed the connection before the response was complete")
@@ -238,7 +290,7 @@ class Connection(asyncio.Protocol):
         if self._head_request:
             self.done = True  # no body follows, whatever the headers say; the parser cannot know that
         elif framing is None and status not in NO_BODY_STATUSES:
-            self._until_close = True
+            self.until_close = True
         self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -259,7 +311,7 @@ class Connection(asyncio.Protocol):
             return
         self.done = True
         # A HEAD response leaves the parser expecting a body: the connection is not reused after one.
-        self.keep_alive = self.parser.should_keep_alive() and not self._head_request and not self._until_close
+        self.keep_alive = self.parser.should_keep_alive() and not self._head_request and not self.until_close
         self._wake()
 
     def _fail(self, error: BaseException) -> None:

@@ -5,6 +5,7 @@ UpstreamError
 ├── PoolTimeout           every connection of the pool was busy for longer than the pool timeout
 ├── HeadersTimeout        connected and sent, but no response headers within the read timeout
 ├── BrokenOff             the connection closed or sent garbage before the response was complete
+│   └── HeadersTooLarge   the response's status line and headers went past 64 KiB
 └── BodyTimeout           the response started, then nothing more came within the read timeout
 """
 
@@ -28,6 +29,10 @@ class HeadersTimeout(UpstreamError):
 
 
 class BrokenOff(UpstreamError):
+    pass
+
+
+class HeadersTooLarge(BrokenOff):
     pass
 
 

@@ -1,10 +1,14 @@
 """Keep-alive connections to one upstream origin, and the request/response exchange over one of them.
 
 Connections are reused newest first (the one most likely still open), at most `max_connections` at a time;
-waiting for a free one is bounded by `pool_timeout` (then `PoolTimeout`). An idle connection older than
-`keepalive_seconds` is closed rather than reused. The one retry: a reused connection that the upstream had
-closed before it saw our request (it answers nothing, the classic keep-alive race) is replaced by a new one and
-the request sent again, when its body is bytes in hand.
+waiting for a free one is bounded by `pool_timeout` (then `PoolTimeout`). Idle connections are closed by one timer
+per pool once idle for `keepalive_seconds`, and an idle connection is checked before reuse: one found closed, or
+with the upstream's FIN or RST (or stray bytes) waiting on its socket, is closed and the next one tried.
+
+A request is sent again only when the upstream cannot have received it: the connection turned out closed as the
+first bytes were written, so none left us (then once, on a new connection; a streamed body has not been pulled
+yet). Once any byte is written, a connection that ends without an answer is `BrokenOff` (the proxy's 502): an
+upstream may read a POST, act on it (a paid completion) and close without answering, and a resend would act twice.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 class Response:
     """An upstream response whose headers are in; the body is read chunk by chunk, then `release` or `close`."""
 
-    __slots__ = ("_connection", "_pool", "has_length", "headers", "status")
+    __slots__ = ("_connection", "_pool", "close_delimited", "has_length", "headers", "status")
 
     def __init__(self, connection: Connection, pool: HttpPool) -> None:
         self._connection: Connection | None = connection
@@ -35,6 +39,8 @@ class Response:
         self.status = connection.status
         self.headers = connection.headers
         self.has_length = connection.has_length  # framed by Content-Length (a short body cannot end cleanly)
+        # The body ends when the upstream closes (no Content-Length, not chunked): a FIN is its end, an RST is not.
+        self.close_delimited = connection.until_close
 
     async def read_chunk(self) -> bytes:
         """The next body bytes; `b""` at the end. Raises `BrokenOff` or `BodyTimeout`."""
@@ -94,6 +100,7 @@ class HttpPool:
         self._open: set[Connection] = set()
         self._reserved = 0  # connections being made
         self._waiters: deque[asyncio.Future[Connection | None]] = deque()
+        self._expiry: asyncio.TimerHandle | None = None  # closes idle connections past their keep-alive
         self._closed = False
 
     async def request(
@@ -111,11 +118,14 @@ class HttpPool:
         try:
             await self._exchange(connection, method, head, body, length)
         except BrokenOff:
-            if not (connection.reused and not connection.answered and _in_hand(body)):
+            if connection.request_written:
                 self._put_back(connection)
                 raise
-            self._put_back(connection)  # the keep-alive race: once more, on a new connection
-            connection = await self._acquire(fresh=True)
+            # Closed before any byte of the request left us (the keep-alive race, lost after the idle check): the
+            # upstream never saw it. Once more, on a new connection, which takes the broken one's room.
+            connection.close()
+            self._open.discard(connection)
+            connection = await self._connect()
             try:
                 await self._exchange(connection, method, head, body, length)
             except BaseException:
@@ -148,6 +158,9 @@ class HttpPool:
 
     async def aclose(self) -> None:
         self._closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         for connection in list(self._open):
             connection.close()
         self._idle.clear()
@@ -156,21 +169,25 @@ class HttpPool:
             if not waiter.done():
                 waiter.set_exception(ConnectFailed("the gateway is shutting down"))
 
-    async def _acquire(self, *, fresh: bool = False) -> Connection:
+    async def _acquire(self) -> Connection:
         if self._closed:
             raise ConnectFailed("the gateway is shutting down")
-        now = asyncio.get_running_loop().time()
-        while self._idle and not fresh:
-            connection = self._idle.pop()
-            if not connection.closed and now - connection.idle_since < self.keepalive_seconds:
-                connection.reused = True
-                return connection
-            connection.close()
+        if self._idle:
+            # The expiry timer may run late on a busy loop: the keep-alive is checked here too.
+            expired = asyncio.get_running_loop().time() - self.keepalive_seconds
+            while self._idle:
+                connection = self._idle.pop()
+                if connection.idle_since > expired and not connection.is_stale():
+                    return connection
+                connection.close()
+                self._forget(connection)
         if len(self._open) + self._reserved >= self.max_connections:
             handed = await self._wait_for_connection()
             if handed is not None:
-                handed.reused = True
-                return handed
+                if not handed.is_stale():
+                    return handed
+                handed.close()
+                self._open.discard(handed)  # its room is ours: a new connection takes it
         return await self._connect()
 
     async def _wait_for_connection(self) -> Connection | None:
@@ -218,9 +235,33 @@ class HttpPool:
         if connection.finish() and not self._closed:
             connection.idle_since = asyncio.get_running_loop().time()
             if not self._hand_over(connection):
-                self._idle.append(connection)
+                self._keep_idle(connection)
         else:
             self._forget(connection)
+
+    def _keep_idle(self, connection: Connection) -> None:
+        self._idle.append(connection)
+        if self._expiry is None:
+            expires = connection.idle_since + self.keepalive_seconds
+            self._expiry = asyncio.get_running_loop().call_at(expires, self._close_expired)
+
+    def _close_expired(self) -> None:
+        """The keep-alive timer, one per pool and set only while connections are idle: it closes those idle for
+        `keepalive_seconds`, then sets itself for the oldest one left (a connection put back later expires later,
+        so it never needs to be set earlier)."""
+        self._expiry = None
+        loop = asyncio.get_running_loop()
+        expired = loop.time() - self.keepalive_seconds
+        kept = [connection for connection in self._idle if connection.idle_since > expired]
+        if len(kept) < len(self._idle):
+            gone = [connection for connection in self._idle if connection.idle_since <= expired]
+            self._idle = kept
+            for connection in gone:
+                connection.close()
+                self._forget(connection)
+        if kept:
+            oldest = min(connection.idle_since for connection in kept)
+            self._expiry = loop.call_at(oldest + self.keepalive_seconds, self._close_expired)
 
     def _forget(self, connection: Connection) -> None:
         """A connection closed: it no longer counts against the limit."""
@@ -234,7 +275,7 @@ class HttpPool:
         if connection is None:
             self._hand_over(None)
         elif not self._hand_over(connection):
-            self._idle.append(connection)
+            self._keep_idle(connection)
 
     def _hand_over(self, connection: Connection | None) -> bool:
         while self._waiters:

@@ -1,26 +1,22 @@
 """The lean HTTP/1.1 upstream client (`gateway.http1`), over real loopback sockets.
 
-Each test scripts a small upstream with `asyncio.start_server`: it reads the raw request bytes, writes raw
+Each test scripts a small upstream (`tests.unit.scripted_upstream`): it reads the raw request bytes, writes raw
 HTTP/1.1 response bytes, and records what it received and how many connections it accepted. The assertions are
 about what a user of `HttpPool` sees: statuses, headers and bodies, the errors by phase, and which connections are
-reused.
+reused. When a request may be sent again: `test_http1_resend.py`; how a response can break off:
+`test_http1_breakoff.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import hashlib
 import ipaddress
-import socket
 import ssl
-import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
-from types import TracebackType
 
 import pytest
 from cryptography import x509
@@ -35,247 +31,20 @@ from gateway.http1 import (
     HeadersTimeout,
     HttpPool,
     PoolTimeout,
-    Response,
 )
 from gateway.http1.connection import HIGH_WATER
-
-# The most bytes one read from a socket hands to the protocol (asyncio's selector transports).
-MAX_READ = 256 * 1024
-
-
-# A scripted upstream.
-
-
-@dataclass
-class Request:
-    """One request as the upstream received it."""
-
-    line: bytes
-    headers: list[tuple[bytes, bytes]]
-    body: bytes  # de-chunked
-    raw: bytes  # every byte of this request as it came over the wire
-
-    @property
-    def target(self) -> bytes:
-        return self.line.split(b" ")[1]
-
-    def values(self, name: bytes) -> list[bytes]:
-        return [value for key, value in self.headers if key.lower() == name]
-
-
-class Peer:
-    """One connection the upstream accepted."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.received = bytearray()  # everything that came in
-        self.requests: list[Request] = []
-        self.eof = asyncio.Event()  # the client closed its side
-        self._buffer = bytearray()  # received, not yet parsed
-
-    async def _fill(self) -> bool:
-        try:
-            data = await self.reader.read(65536)
-        except ConnectionError:
-            data = b""
-        if not data:
-            self.eof.set()
-            return False
-        self.received += data
-        self._buffer += data
-        return True
-
-    async def _until(self, marker: bytes) -> bytes | None:
-        while (at := self._buffer.find(marker)) < 0:
-            if not await self._fill():
-                return None
-        return self._take(at + len(marker))
-
-    async def _exactly(self, size: int) -> bytes | None:
-        while len(self._buffer) < size:
-            if not await self._fill():
-                return None
-        return self._take(size)
-
-    def _take(self, size: int) -> bytes:
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return data
-
-    async def read_request(self) -> Request | None:
-        """The next whole request, or None when the connection ends first."""
-        head = await self._until(b"\r\n\r\n")
-        if head is None:
-            return None
-        line, *fields = head[:-4].split(b"\r\n")
-        headers = []
-        for field in fields:
-            name, _, value = field.partition(b":")
-            headers.append((name, value.strip()))
-        request = Request(line, headers, b"", head)
-        lengths = request.values(b"content-length")
-        if lengths:
-            body = await self._exactly(int(lengths[0]))
-            if body is None:
-                return None
-            request.body = body
-            request.raw += body
-        elif any(b"chunked" in value.lower() for value in request.values(b"transfer-encoding")):
-            while True:
-                size_line = await self._until(b"\r\n")
-                if size_line is None:
-                    return None
-                size = int(size_line.split(b";")[0], 16)
-                data = await self._exactly(size + 2)
-                if data is None:
-                    return None
-                request.raw += size_line + data
-                request.body += data[:-2]
-                if size == 0:
-                    break
-        self.requests.append(request)
-        return request
-
-    async def read_until_eof(self) -> None:
-        """Take whatever else comes, until the client closes the connection."""
-        while await self._fill():
-            pass
-
-    def send(self, data: bytes) -> None:
-        self.writer.write(data)
-
-    def reset(self) -> None:
-        """Abort the connection with a TCP reset (as a crashing upstream or a middlebox does), not a clean close."""
-        sock = self.writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.writer.transport.abort()
-
-    async def drain(self) -> None:
-        with contextlib.suppress(ConnectionError):
-            await self.writer.drain()
-
-
-Handler = Callable[[Peer], Awaitable[None]]
-
-
-class Upstream:
-    """A loopback server whose every connection is served by `handler`; it counts the connections it accepts."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.peers: list[Peer] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
-        self.port = 0
-
-    @property
-    def accepted(self) -> int:
-        return len(self.peers)
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        peer = Peer(reader, writer)
-        self.peers.append(peer)
-        try:
-            await self.handler(peer)
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-            self._tasks.discard(task)
-
-    async def __aenter__(self) -> Upstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        assert self._server is not None
-        self._server.close()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self._server.wait_closed()
-        await asyncio.sleep(0.01)  # the transports' closing callbacks run
-
-
-def answering(response: bytes) -> Handler:
-    """Answers every request on a connection with `response`, until the client closes it."""
-
-    async def handler(peer: Peer) -> None:
-        while await peer.read_request() is not None:
-            peer.send(response)
-
-    return handler
-
-
-def ok(body: bytes = b"hello") -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
-
-
-@contextlib.asynccontextmanager
-async def pool_to(
-    origin: str,
-    *,
-    max_connections: int = 4,
-    keepalive_seconds: float = 5.0,
-    connect_timeout: float = 1.0,
-    read_timeout: float = 1.0,
-    pool_timeout: float = 1.0,
-) -> AsyncIterator[HttpPool]:
-    pool = HttpPool(
-        origin,
-        max_connections=max_connections,
-        keepalive_seconds=keepalive_seconds,
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-        pool_timeout=pool_timeout,
-    )
-    try:
-        yield pool
-    finally:
-        await pool.aclose()
-        await asyncio.sleep(0.01)  # the transports' closing callbacks run
-
-
-async def read_all(response: Response) -> bytes:
-    body = b""
-    while chunk := await response.read_chunk():
-        body += chunk
-    return body
-
-
-async def get_text(pool: HttpPool, target: bytes = b"/") -> bytes:
-    """One GET read to its end and released."""
-    response = await pool.request(b"GET", target, [], None)
-    body = await read_all(response)
-    response.release()
-    return body
-
-
-async def stream(*chunks: bytes) -> AsyncIterator[bytes]:
-    for chunk in chunks:
-        await asyncio.sleep(0)
-        yield chunk
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
+from tests.unit.scripted_upstream import (
+    MAX_READ,
+    Peer,
+    Upstream,
+    answering,
+    free_port,
+    get_text,
+    ok,
+    pool_to,
+    read_all,
+    stream,
+)
 
 # Responses as the user sees them.
 
@@ -593,38 +362,29 @@ async def test_connection_within_keepalive_is_reused() -> None:
     assert upstream.accepted == 1
 
 
-async def test_keepalive_race_bytes_body_is_retried_on_a_new_connection() -> None:
-    """The classic keep-alive race: the upstream drops an idle connection just as our next request goes out on
-    it, answering nothing. A request whose body is in hand is sent again on a new connection, and the user never
-    sees the failure."""
+async def test_request_read_on_a_reused_connection_then_closed_is_broken_off_not_resent() -> None:
+    """The upstream reads a POST on a kept-alive connection, then closes it without answering. It may have acted
+    on it (a paid completion): the request is not sent again, and the user gets `BrokenOff` (the proxy's 502)."""
 
     async def handler(peer: Peer) -> None:
         if await peer.read_request() is None:
             return
         peer.send(ok(b"first"))
-        if len(upstream.peers) == 1:
-            await peer.read_request()  # the second request arrives; the upstream has already given up on it
-            return  # closed without a word
-        await peer.read_until_eof()
+        await peer.read_request()  # the second request arrives, and the upstream closes without a word
 
     async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
         assert await get_text(pool, b"/1") == b"first"
-        response = await pool.request(b"POST", b"/2", [(b"X-A", b"b")], b"payload")
-        assert response.status == 200
-        assert await read_all(response) == b"first"
-        response.release()
-    assert upstream.accepted == 2
+        with pytest.raises(BrokenOff):
+            await pool.request(b"POST", b"/2", [(b"X-A", b"b")], b"payload")
+    assert upstream.accepted == 1
     assert [request.target for request in upstream.peers[0].requests] == [b"/1", b"/2"]
-    (retried,) = upstream.peers[1].requests
-    assert retried.line == b"POST /2 HTTP/1.1"
-    assert retried.values(b"x-a") == [b"b"]
-    assert retried.body == b"payload"
+    assert upstream.peers[0].requests[1].body == b"payload"
 
 
 async def test_upstream_closing_right_after_a_response_does_not_fail_the_next_request() -> None:
     """The upstream closes an idle kept-alive connection right after its response, without saying
-    `Connection: close`; the next request (sent straight away, before the close is noticed) still succeeds, on
-    a new connection."""
+    `Connection: close`; the next request, sent straight away (before the loop has handled the FIN), still
+    succeeds: the idle check finds the FIN waiting on the socket, and a new connection carries the request."""
 
     async def handler(peer: Peer) -> None:
         if await peer.read_request() is not None:
@@ -756,8 +516,8 @@ async def test_silent_upstream_is_headers_timeout() -> None:
 
 
 async def test_upstream_closing_without_answer_is_broken_off() -> None:
-    """On a fresh connection, a close before any answer is `BrokenOff`, and it is not retried (only a reused
-    connection can have lost the keep-alive race)."""
+    """On a fresh connection, a close before any answer is `BrokenOff`, and it is not retried: the upstream
+    read the request."""
 
     async def handler(peer: Peer) -> None:
         await peer.read_request()
