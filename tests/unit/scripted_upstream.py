@@ -11,9 +11,12 @@ import asyncio
 import contextlib
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
+
+import uvloop
 
 from gateway.http1 import HttpPool, Response
 
@@ -253,3 +256,15 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+# The event loops the pool runs on: uvloop serves the gateway, asyncio's own loop runs most tests. The races of the
+# resend rule and of a body's end depend on how a loop orders its callbacks, so those tests run on both.
+
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def run_on(loop: str, scenario: Coroutine[Any, Any, None]) -> None:
+    """Run a test's scenario to its end on a new event loop of the kind named (a key of `LOOPS`)."""
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(scenario)
