@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -33,13 +33,22 @@ def clean_env(**variables: str) -> dict[str, str]:
 
 
 @contextmanager
-def serving(cwd: Path, *args: str, env: dict[str, str], log_name: str = "serve.log") -> Iterator[str]:
-    """`gateway serve` as a real process in `cwd`; yields its URL once it answers, stops it with SIGTERM."""
+def serving(
+    cwd: Path,
+    *args: str,
+    env: dict[str, str],
+    log_name: str = "serve.log",
+    gateway: Sequence[str] = (GATEWAY,),
+) -> Iterator[str]:
+    """`gateway serve` as a real process in `cwd`; yields its URL once it answers, stops it with SIGTERM.
+
+    `gateway` is the command that runs the `gateway` executable: this venv's by default, or another install's
+    (tests/packaging: the installed wheel's, as an unprivileged user)."""
     port = free_port()
     log = cwd / log_name
     with log.open("w") as output:
         process = subprocess.Popen(
-            [GATEWAY, "serve", "--port", str(port), *args],
+            [*gateway, "serve", "--port", str(port), *args],
             cwd=cwd,
             env=env,
             stdout=output,
