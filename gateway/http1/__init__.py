@@ -12,6 +12,7 @@ from gateway.http1.errors import (
     BrokenOff,
     ConnectFailed,
     HeadersTimeout,
+    HeadersTooLarge,
     PoolTimeout,
     UpstreamError,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "BrokenOff",
     "ConnectFailed",
     "HeadersTimeout",
+    "HeadersTooLarge",
     "HttpPool",
     "PoolTimeout",
     "Response",

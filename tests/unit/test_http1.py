@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gateway.http1 import (
-    BodyTimeout,
     BrokenOff,
     ConnectFailed,
     HeadersTimeout,
@@ -560,59 +559,8 @@ async def test_invalid_response_on_a_reused_connection_is_not_retried() -> None:
     assert upstream.accepted == 1
 
 
-async def test_body_stalling_is_body_timeout() -> None:
-    """Headers promise 100 bytes, 10 come, then nothing: the user gets the 10 bytes, then `BodyTimeout` after
-    about the read timeout (a stalled stream is cut off rather than held forever)."""
-
-    async def handler(peer: Peer) -> None:
-        await peer.read_request()
-        peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
-        await peer.read_until_eof()
-
-    async with Upstream(handler) as upstream, pool_to(upstream.origin, read_timeout=0.3) as pool:
-        response = await pool.request(b"GET", b"/", [], None)
-        assert response.has_length is True
-        assert await response.read_chunk() == b"0123456789"
-        started = time.monotonic()
-        with pytest.raises(BodyTimeout):
-            await response.read_chunk()
-        elapsed = time.monotonic() - started
-        response.close()
-        await asyncio.wait_for(upstream.peers[0].eof.wait(), 1)
-    assert 0.27 <= elapsed < 1.0
-
-
-async def test_body_cut_short_is_broken_off() -> None:
-    """Headers promise 100 bytes, 10 come, then the upstream closes: the user gets the 10 bytes, then
-    `BrokenOff` (a truncated body must not look complete)."""
-
-    async def handler(peer: Peer) -> None:
-        await peer.read_request()
-        peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
-
-    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
-        response = await pool.request(b"GET", b"/", [], None)
-        assert await response.read_chunk() == b"0123456789"
-        with pytest.raises(BrokenOff):
-            await response.read_chunk()
-        response.close()
-
-
-async def test_chunked_body_cut_short_is_broken_off() -> None:
-    """The same for a chunked body that ends without its last chunk."""
-
-    async def handler(peer: Peer) -> None:
-        await peer.read_request()
-        peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
-
-    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
-        response = await pool.request(b"GET", b"/", [], None)
-        with pytest.raises(BrokenOff):
-            await read_all(response)
-        response.close()
-
-
-# Bodies without a length, and responses without a body.
+# Bodies without a length, and responses without a body (every way a body can break off:
+# test_http1_breakoff.py).
 
 
 async def test_body_delimited_by_close_is_read_whole_and_not_reused() -> None:
@@ -640,45 +588,6 @@ async def test_body_delimited_by_close_is_read_whole_and_not_reused() -> None:
         response.release()
         assert await get_text(pool, b"/2") == b"next"
     assert upstream.accepted == 2
-
-
-async def test_body_delimited_by_close_cut_by_a_reset_is_broken_off() -> None:
-    """A body delimited by the connection's end is complete only when the upstream closes cleanly: a reset
-    (the upstream crashed, or a middlebox cut it) means the body was truncated, and must not be passed on as
-    a complete one."""
-
-    async def handler(peer: Peer) -> None:
-        await peer.read_request()
-        peer.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nfirst part, ")
-        await peer.drain()
-        await asyncio.sleep(0.05)
-        peer.reset()
-
-    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
-        response = await pool.request(b"GET", b"/", [], None)
-        assert response.has_length is False
-        assert await response.read_chunk() == b"first part, "
-        with pytest.raises(BrokenOff):
-            await response.read_chunk()
-        response.close()
-
-
-async def test_length_framed_body_cut_by_a_reset_is_broken_off() -> None:
-    """The same reset in a Content-Length body: `BrokenOff` after the bytes that came."""
-
-    async def handler(peer: Peer) -> None:
-        await peer.read_request()
-        peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst part, ")
-        await peer.drain()
-        await asyncio.sleep(0.05)
-        peer.reset()
-
-    async with Upstream(handler) as upstream, pool_to(upstream.origin) as pool:
-        response = await pool.request(b"GET", b"/", [], None)
-        assert await response.read_chunk() == b"first part, "
-        with pytest.raises(BrokenOff):
-            await response.read_chunk()
-        response.close()
 
 
 async def test_head_response_completes_without_waiting_for_a_body() -> None:
