@@ -135,6 +135,8 @@ def create_app(settings: Settings) -> Starlette:
         configured_upstreams(settings).values(),
         connect_timeout=settings.upstream_connect_timeout,
         read_timeout=settings.upstream_read_timeout,
+        max_connections=settings.upstream_max_connections,
+        pool_timeout=settings.upstream_pool_timeout,
     )
     health = Health(database)
     transparency = TransparencyLog(

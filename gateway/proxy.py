@@ -1,27 +1,24 @@
 """The generic streaming reverse proxy: one ASGI app per upstream route, bodies streamed both ways.
 
-It sends through the upstream's connection pool (`gateway.http1`). The pool's errors become ours here and
-nowhere else, by phase: anything that fails before the upstream answered is 502, except waiting too long for its
-response headers, which is 504. Once the response has started, a failure can only end the stream. When the client
-goes away the upstream connection is closed at once.
+It sends through the upstream's client (`gateway.upstream_client`), whose errors are already ours: before the
+answer they are raised for the error handler to render. Once the response has started, an answer that breaks off
+raises `UpstreamIncompleteError` rather than ending the client's message: the server then aborts the connection,
+so the client sees an incomplete response, never a clean end. When the client goes away the upstream connection is
+closed at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.errors import UpstreamTimeoutError, UpstreamUnavailableError
 from gateway.headers import ForwardingPolicy, response_headers_for_client
-from gateway.http1 import BrokenOff, ConnectFailed, HeadersTimeout, HttpPool, UpstreamError
 from gateway.middleware.context import RequestContext
+from gateway.upstream_client import UpstreamClient
 from gateway.upstreams import Upstream, UpstreamClients
-
-logger = logging.getLogger("gateway.proxy")
 
 # How long an exchange runs before a task starts watching its client for a disconnect.
 WATCH_AFTER_SECONDS = 0.02
@@ -47,13 +44,13 @@ class ReverseProxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert scope["type"] == "http"
-        pool = self.clients.pool(self.upstream.name)
-        exchange = _Exchange(scope, receive, send, upstream=self.upstream.name)
+        client = self.clients[self.upstream.name]
+        exchange = _Exchange(scope, receive, send)
         body = await exchange.request_body()
         if exchange.disconnected:
             return  # the client left before its body was in: nothing to send
         headers, length = self._headers(scope)
-        await exchange.run(pool, self._target(scope), headers, body, length=length)
+        await exchange.run(client, self._target(scope), headers, body, length=length)
 
     def _target(self, scope: Scope) -> bytes:
         """The request target on the upstream: its path, and the client's query as it came."""
@@ -93,14 +90,12 @@ class _Exchange:
         "receive",
         "scope",
         "send",
-        "upstream",
     )
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send, *, upstream: str) -> None:
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
         self.receive = receive
         self.send = send
-        self.upstream = upstream
         self.body_read = False
         self.disconnected = False
         self.finished = False
@@ -155,14 +150,16 @@ class _Exchange:
 
     async def run(
         self,
-        pool: HttpPool,
+        client: UpstreamClient,
         target: bytes,
         headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterator[bytes] | None,
         *,
         length: int | None,
     ) -> None:
-        """Forward the request and stream the answer; raises a `GatewayError` only before the answer starts.
+        """Forward the request and stream the answer. Raises an `UpstreamError` before the answer starts (for the
+        error handler to render), `UpstreamIncompleteError` when the answer breaks off after (for the server to
+        abort the client's connection).
 
         A disconnect cancels this task where it waits (for the upstream, or for the client to take a chunk);
         that cancellation is ours, so it is absorbed here and the request simply ends.
@@ -171,7 +168,7 @@ class _Exchange:
         if self.body_read:
             self._watch_for_disconnect()
         try:
-            await self._forward(pool, target, headers, body, length)
+            await self._forward(client, target, headers, body, length)
         except asyncio.CancelledError:
             if not self.disconnected or task is None:
                 raise
@@ -183,23 +180,21 @@ class _Exchange:
 
     async def _forward(
         self,
-        pool: HttpPool,
+        client: UpstreamClient,
         target: bytes,
         headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterator[bytes] | None,
         length: int | None,
     ) -> None:
-        method = self.scope["method"].encode("ascii")
-        try:
-            response = await pool.request(method, target, headers, body, length=length)
-        except HeadersTimeout as exc:
-            self._log_failure("sent no response headers in time", exc)
-            raise UpstreamTimeoutError() from exc
-        except (ConnectFailed, BrokenOff) as exc:
-            what = "could not connect" if isinstance(exc, ConnectFailed) else "failed before answering"
-            self._log_failure(what, exc)
-            raise UpstreamUnavailableError() from exc
-
+        context = RequestContext.of(self.scope)
+        response = await client.request(
+            self.scope["method"].encode("ascii"),
+            target,
+            headers,
+            body,
+            length=length,
+            request_id=context.request_id if context else None,
+        )
         complete = False
         try:
             await self.send(
@@ -209,20 +204,13 @@ class _Exchange:
                     "headers": response_headers_for_client(response.headers),
                 }
             )
-            try:
+            # The chunk that completes the body goes as the last message (most answers come whole). A body that
+            # breaks off raises here, whatever its framing: the message is never ended as if it were whole.
+            chunk = await response.read_chunk()
+            while chunk and not response.ended:
+                await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
                 chunk = await response.read_chunk()
-                # The chunk that completes the body goes as the last message (most answers come whole).
-                while chunk and not response.ended:
-                    await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    chunk = await response.read_chunk()
-                complete = True
-            except UpstreamError as exc:
-                self._log_failure("broke off its response", exc)
-                if response.has_length:
-                    # A short body under a Content-Length cannot end cleanly: dropping the connection
-                    # is the only honest signal left.
-                    raise
-                chunk = b""
+            complete = True
             self.finished = True
             await self.send({"type": "http.response.body", "body": chunk, "more_body": False})
         finally:
@@ -230,13 +218,3 @@ class _Exchange:
                 response.release()  # read to its end: the connection goes back to the pool
             else:
                 response.close()  # cut off: the upstream sees the connection close now, and stops
-
-    def _log_failure(self, what: str, exc: BaseException) -> None:
-        context = RequestContext.of(self.scope)
-        logger.warning(
-            "upstream %s %s: %s (request %s)",
-            self.upstream,
-            what,
-            type(exc).__name__,
-            context.request_id if context else "-",
-        )

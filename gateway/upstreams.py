@@ -1,28 +1,21 @@
-"""The upstream services, and the one pooled HTTP client each, opened in the lifespan and closed at shutdown."""
+"""The upstream services, and the one pooled client each, opened in the lifespan and closed at shutdown."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import TracebackType
 from urllib.parse import urlsplit
 
-import aiohttp
-import httpx
-from httpx_aiohttp import AiohttpTransport
-
 from gateway.http1 import HttpPool
-from gateway.settings import Settings
+from gateway.settings import DEFAULT_UPSTREAM_MAX_CONNECTIONS, DEFAULT_UPSTREAM_POOL_TIMEOUT, Settings
+from gateway.upstream_client import UpstreamClient
 
 OPENAI = "openai"
 MISTRAL = "mistral"
 WORKERS_AI = "workers-ai"
 CHROMA = "chroma"
-# Connections to one upstream; waiting for a free one counts against the connect timeout.
-MAX_CONNECTIONS = 1000
-KEEPALIVE_SECONDS = 30.0
+KEEPALIVE_SECONDS = 30.0  # an idle upstream connection is closed after this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +29,11 @@ class Upstream:
     def url(self, path: str) -> str:
         """The absolute URL of `path` (which starts with `/`) on this upstream."""
         return self.base_url + path
+
+    def target(self, path: str) -> bytes:
+        """The request target of `path` (which starts with `/`, already quoted) on this upstream's connections:
+        the base URL's own path, then `path`."""
+        return (urlsplit(self.base_url).path.rstrip("/") + path).encode("ascii")
 
 
 def api_root(base_url: str) -> str:
@@ -93,70 +91,51 @@ def chroma_upstream(settings: Settings) -> Upstream | None:
 
 
 class UpstreamClients:
-    """Per upstream: the pool the streaming proxy sends through (`gateway.http1`), and an `httpx.AsyncClient` on
-    the aiohttp transport (DESIGN.md says why) for the gateway's own calls (agents, Chroma lookups); neither keeps
-    cookies."""
+    """Per upstream: its pool of connections (`gateway.http1`), opened in the lifespan and closed at shutdown, and
+    the client over it (`gateway.upstream_client`) every caller sends through: the proxy, the agents' completions
+    and the Chroma lookups. No cookies are kept: the pool has no cookie jar."""
 
-    def __init__(self, upstreams: Iterable[Upstream], *, connect_timeout: float, read_timeout: float) -> None:
+    def __init__(
+        self,
+        upstreams: Iterable[Upstream],
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        max_connections: int = DEFAULT_UPSTREAM_MAX_CONNECTIONS,
+        pool_timeout: float = DEFAULT_UPSTREAM_POOL_TIMEOUT,
+    ) -> None:
         self.upstreams = {upstream.name: upstream for upstream in upstreams}
         self.names = list(self.upstreams)
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.timeout = httpx.Timeout(
-            connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout
-        )
-        self._clients: dict[str, httpx.AsyncClient] = {}
-        self._pools: dict[str, HttpPool] = {}
-        self._stack = AsyncExitStack()
+        self.max_connections = max_connections
+        self.pool_timeout = pool_timeout
+        self._clients: dict[str, UpstreamClient] = {}
 
-    def __getitem__(self, name: str) -> httpx.AsyncClient:
+    def __getitem__(self, name: str) -> UpstreamClient:
+        """The client `name`'s requests are sent through."""
         try:
             return self._clients[name]
         except KeyError:
             raise RuntimeError(f"the {name!r} upstream client is not open (outside the lifespan?)") from None
 
-    def pool(self, name: str) -> HttpPool:
-        """The connections the streaming proxy sends `name`'s requests over."""
-        try:
-            return self._pools[name]
-        except KeyError:
-            raise RuntimeError(f"the {name!r} upstream pool is not open (outside the lifespan?)") from None
-
     async def __aenter__(self) -> UpstreamClients:
         for name, upstream in self.upstreams.items():
-            self._clients[name] = await self._stack.enter_async_context(self._new_client())
-            pool = self._pools[name] = HttpPool(
+            pool = HttpPool(
                 upstream.base_url,
-                max_connections=MAX_CONNECTIONS,
+                max_connections=self.max_connections,
                 keepalive_seconds=KEEPALIVE_SECONDS,
                 connect_timeout=self.connect_timeout,
                 read_timeout=self.read_timeout,
+                pool_timeout=self.pool_timeout,
             )
-            self._stack.push_async_callback(pool.aclose)
+            self._clients[name] = UpstreamClient(upstream, pool)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        clients = list(self._clients.values())
         self._clients.clear()
-        self._pools.clear()
-        await self._stack.aclose()
-
-    def _new_client(self) -> httpx.AsyncClient:
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_SECONDS),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            # Send what was asked: no defaults of aiohttp's own (a forced Accept-Encoding would make the
-            # upstream compress for a client that never asked for it).
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            auto_decompress=False,
-            trust_env=False,
-        )
-        refuse_all_cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
-        return httpx.AsyncClient(
-            transport=AiohttpTransport(client=session),
-            timeout=self.timeout,
-            cookies=refuse_all_cookies,
-            follow_redirects=False,
-            trust_env=False,
-        )
+        for client in clients:
+            await client.pool.aclose()

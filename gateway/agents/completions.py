@@ -1,8 +1,9 @@
 """One streamed chat completion from a provider, for agent chat: the deltas as they arrive, then the usage.
 
-The client library's errors become `ProviderError` here and nowhere else, by phase as in the proxy: failing to
-connect is `upstream_unavailable`, no response headers in time is `upstream_timeout`, the provider's own error
-status is `upstream_error`. The response is closed when the block ends, however it ends (cancellation too).
+It goes through the provider's upstream client (`gateway.upstream_client`), whose one error map the proxy shares:
+its errors become `ProviderError` with their code and status (`upstream_unavailable` 502, `upstream_timeout` 504,
+`upstream_busy` 503, `upstream_incomplete` 502 for an answer that breaks off); the provider's own error status is
+`upstream_error`. The response is closed when the block ends, however it ends (cancellation too).
 """
 
 from __future__ import annotations
@@ -13,17 +14,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-import anyio
-import httpx
 import orjson
 
 from gateway.agents.providers import ChatProvider
+from gateway.errors import UpstreamError
+from gateway.upstream_client import UpstreamClient, UpstreamResponse
 from gateway.usage.sse import EventStreamParser
 
 logger = logging.getLogger("gateway.agents")
 
-TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError, OSError)
 MAX_JSON_BODY_BYTES = 4 * 1024 * 1024  # a provider that answers a stream request with plain JSON
 DONE = b"[DONE]"
 
@@ -36,6 +35,11 @@ class ProviderError(Exception):
         self.code = code
         self.message = message
         self.status = status
+
+    @classmethod
+    def from_upstream(cls, error: UpstreamError) -> ProviderError:
+        """The upstream client's error (its one map), as the turn reports it."""
+        return cls(error.code, error.message, status=error.status_code)
 
 
 @dataclass(slots=True)
@@ -61,31 +65,28 @@ class CompletionUsage:
 class StreamedCompletion:
     """An open completion: iterate `deltas()`; `usage` and `model` fill in as the provider reports them."""
 
-    response: httpx.Response
+    response: UpstreamResponse
     usage: CompletionUsage = field(default_factory=CompletionUsage)
     model: str | None = None
 
     async def deltas(self) -> AsyncIterator[str]:
         """Each non-empty content delta, as it arrives. Raises `ProviderError` if the stream breaks or carries
         an error."""
-        content_type = self.response.headers.get("content-type", "")
+        content_type = self.response.header(b"content-type") or b""
         try:
-            if content_type.startswith("text/event-stream"):
+            if content_type.startswith(b"text/event-stream"):
                 async for delta in self._event_stream():
                     yield delta
             else:
                 text = await self._json_body()
                 if text:
                     yield text
-        except TRANSPORT_ERRORS as exc:
-            logger.warning("provider broke off its answer: %s", type(exc.__cause__ or exc).__name__)
-            raise ProviderError(
-                "upstream_unavailable", "The provider broke off its answer.", status=502
-            ) from exc
+        except UpstreamError as exc:  # the answer broke off (the client logged how)
+            raise ProviderError.from_upstream(exc) from exc
 
     async def _event_stream(self) -> AsyncIterator[str]:
         parser = EventStreamParser()
-        async for chunk in self.response.aiter_bytes():
+        while chunk := await self.response.read_chunk():
             for data in parser.feed(chunk):
                 if data.strip() == DONE:
                     return
@@ -94,12 +95,10 @@ class StreamedCompletion:
                     yield text
 
     async def _json_body(self) -> str | None:
-        body = bytearray()
-        async for chunk in self.response.aiter_bytes():
-            body += chunk
-            if len(body) > MAX_JSON_BODY_BYTES:
-                raise ProviderError("upstream_error", "The provider's answer is too large.", status=502)
-        document = _json(bytes(body))
+        body = await self.response.read_all(MAX_JSON_BODY_BYTES)
+        if body is None:
+            raise ProviderError("upstream_error", "The provider's answer is too large.", status=502)
+        document = _json(body)
         if document is None:
             raise ProviderError("upstream_error", "The provider's answer is not JSON.", status=502)
         self._read_meta(document)
@@ -128,7 +127,7 @@ class StreamedCompletion:
 
 @asynccontextmanager
 async def stream_completion(
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     provider: ChatProvider,
     *,
     model: str,
@@ -136,39 +135,36 @@ async def stream_completion(
     byok_key: str | None,
     request_id: str,
 ) -> AsyncIterator[StreamedCompletion]:
-    """Send a streaming chat request and yield the open completion once the provider answered 2xx.
+    """Send a streaming chat request over the provider's client and yield the open completion once the provider
+    answered 2xx.
 
-    Precondition: `provider.is_configured`. Raises `ProviderError` before yielding when there is no answer.
+    Precondition: `provider.is_configured`, and `client` is its upstream's. Raises `ProviderError` before
+    yielding when there is no answer.
     """
-    request = client.build_request(
-        "POST",
-        provider.chat_url,
-        headers=[*provider.request_headers(byok_key), (b"x-request-id", request_id.encode("ascii"))],
-        content=orjson.dumps(provider.request_body(model=model, messages=messages)),
-    )
     try:
-        response = await client.send(request, stream=True)
-    except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-        _log(provider, "could not connect", exc)
-        raise ProviderError("upstream_unavailable", "The provider is unavailable.", status=502) from exc
-    except httpx.TimeoutException as exc:
-        _log(provider, "sent no response headers in time", exc)
-        raise ProviderError("upstream_timeout", "The provider did not answer in time.", status=504) from exc
-    except TRANSPORT_ERRORS as exc:
-        _log(provider, "failed before answering", exc)
-        raise ProviderError("upstream_unavailable", "The provider is unavailable.", status=502) from exc
+        response = await client.request(
+            b"POST",
+            client.upstream.target(provider.chat_path),
+            [*provider.request_headers(byok_key), (b"x-request-id", request_id.encode("ascii"))],
+            orjson.dumps(provider.request_body(model=model, messages=messages)),
+            request_id=request_id,
+        )
+    except UpstreamError as exc:  # the client logged how
+        raise ProviderError.from_upstream(exc) from exc
     try:
-        if not response.is_success:
-            logger.warning("provider %s answered %d", provider.name, response.status_code)
+        if not 200 <= response.status < 300:
+            logger.warning("provider %s answered %d", provider.name, response.status)
             raise ProviderError(
                 "upstream_error",
-                f"The provider answered with status {response.status_code}.",
-                status=response.status_code,
+                f"The provider answered with status {response.status}.",
+                status=response.status,
             )
         yield StreamedCompletion(response)
     finally:
-        with anyio.CancelScope(shield=True):
-            await response.aclose()
+        if response.ended:
+            response.release()  # read to its end: the connection serves the next turn
+        else:
+            response.close()  # cut short (an error, a cancelled turn): the provider sees it end now
 
 
 def _json(data: bytes) -> dict[str, Any] | None:
@@ -183,10 +179,6 @@ def _count(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return None
     return min(value, 2**31 - 1)
-
-
-def _log(provider: ChatProvider, what: str, exc: BaseException) -> None:
-    logger.warning("provider %s %s: %s", provider.name, what, type(exc.__cause__ or exc).__name__)
 
 
 def _first_choice_content(document: dict[str, Any], field: str) -> str | None:

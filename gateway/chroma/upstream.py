@@ -3,7 +3,9 @@ user's default database on first use.
 
 Chroma ignores the database in the path of every route that names a collection by id, so the gateway proves
 ownership with the one route that checks it (`.../databases/{db}/collections/by-id/{id}`) before forwarding.
-A collection never changes database and ids are never reused, so a "yes" is cached; a "no" is not.
+A collection never changes database and ids are never reused, so a "yes" is cached; a "no" is not. The lookups
+go through Chroma's upstream client, so its failures are the proxy's: 502 `upstream_unavailable` when Chroma cannot
+be reached, 504 `upstream_timeout` when it does not answer in time, 503 `upstream_busy` when its pool is full.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ import uuid
 from collections import OrderedDict
 from urllib.parse import quote
 
-import httpx
-
 from gateway.chroma.names import DEFAULT_TENANT
-from gateway.errors import NotFoundError, UpstreamError, UpstreamUnavailableError
+from gateway.errors import NotFoundError, UpstreamError
+from gateway.upstream_client import JsonAnswer
 from gateway.upstreams import Upstream, UpstreamClients
 
 MAX_CACHED = 100_000
@@ -31,33 +32,37 @@ class ChromaLookups:
         self._created: set[str] = set()
 
     async def check_owner(self, database: str, collection_id: uuid.UUID) -> None:
-        """Return when Chroma database `database` holds the collection; 404 otherwise, as if it did not exist."""
+        """Return when Chroma database `database` holds the collection; 404 otherwise, as if it did not exist.
+        Raises the upstream client's errors when Chroma gives no answer."""
         key = (database, collection_id)
         if key in self._owned:
             self._owned.move_to_end(key)
             return
         response = await self._request("GET", f"{_database_path(database)}/collections/by-id/{collection_id}")
-        if response.status_code == 404:
+        if response.status == 404:
             raise NotFoundError(f"Collection [{collection_id}] does not exist.", code="collection_not_found")
-        if response.status_code != 200:
+        if response.status != 200:
             raise UpstreamError("Chroma could not check the collection.")
         self._owned[key] = None
         if len(self._owned) > MAX_CACHED:
             self._owned.popitem(last=False)
 
     async def ensure_database(self, database: str) -> None:
-        """Create `database` unless this process has seen it exist (the official client needs its default)."""
+        """Create `database` unless this process has seen it exist (the official client needs its default).
+        Raises the upstream client's errors when Chroma gives no answer."""
         if database in self._created:
             return
         response = await self._request("GET", _database_path(database))
-        if response.status_code == 404:
+        if response.status == 404:
             response = await self._request(
-                "POST", f"/api/v2/tenants/{DEFAULT_TENANT}/databases", json={"name": database}
+                "POST",
+                f"/api/v2/tenants/{DEFAULT_TENANT}/databases",
+                json={"name": database},
             )
             # 409: another request created it first, which is as good.
-            if response.status_code not in (200, 201, 409):
+            if response.status not in (200, 201, 409):
                 raise UpstreamError("Chroma could not create the default database.")
-        elif response.status_code != 200:
+        elif response.status != 200:
             raise UpstreamError("Chroma could not read the default database.")
         self._created.add(database)
 
@@ -65,16 +70,8 @@ class ChromaLookups:
         """The database was deleted: the next use of it must create it again."""
         self._created.discard(database)
 
-    async def _request(self, method: str, path: str, json: object = None) -> httpx.Response:
-        headers = [self.upstream.credential] if self.upstream.credential else []
-        try:
-            return await self.clients[self.upstream.name].request(
-                method, self.upstream.url(path), headers=headers, json=json
-            )
-        except httpx.TimeoutException as exc:
-            raise UpstreamUnavailableError() from exc
-        except httpx.TransportError as exc:
-            raise UpstreamUnavailableError() from exc
+    async def _request(self, method: str, path: str, *, json: object = None) -> JsonAnswer:
+        return await self.clients[self.upstream.name].fetch_json(method, path, json=json)
 
 
 def _database_path(database: str) -> str:

@@ -115,6 +115,8 @@ class UsageEvent(Base):
     max_tokens: Mapped[int | None]
     temperature: Mapped[float | None] = mapped_column(Float)
     top_p: Mapped[float | None] = mapped_column(Float)
+    # The gateway's error code when it failed the request itself (`upstream_incomplete`: the answer broke off).
+    error: Mapped[str | None] = mapped_column(String(40))
 
 
 class UsageHour(Base):

@@ -2,7 +2,9 @@
 
 The body is observed, never held: each chunk goes on to the client as it came. The row is made in `finally`,
 so an error, a client that went away (recorded as 499, with the usage seen so far) or a cancelled task is
-still recorded.
+still recorded. A `GatewayError` gives the row its status and its code as the row's `error`, also when it was
+raised after the response started: an upstream answer that broke off is 502 `upstream_incomplete`, with the
+tokens seen before the break.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth.principals import Principal
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, InternalError
 from gateway.middleware.context import RequestContext
 from gateway.usage.observers import ObservedUsage, ResponseObserver, observer_for
 from gateway.usage.pricing import PriceTable
@@ -72,27 +74,30 @@ class UsageMiddleware:
                     seen.completed = True
             await send(message)
 
-        failure: int | None = None
+        failure: GatewayError | None = None
         try:
             await self.app(scope, receive, send_observing_usage)
         except GatewayError as exc:
-            failure = exc.status_code
+            failure = exc
             raise
         except Exception:
-            failure = 500
+            failure = InternalError()
             raise
         finally:
             self.recorder.record(self._record(scope, seen, failure, started_at))
 
     def _record(
-        self, scope: Scope, seen: _Observation, failure: int | None, started_at: float
+        self, scope: Scope, seen: _Observation, failure: GatewayError | None, started_at: float
     ) -> UsageRecord:
         now = time.perf_counter()
         context = RequestContext.of(scope)
         request: dict[str, Any] = (context.request_json if context else None) or {}
         principal = context.principal if context and isinstance(context.principal, Principal) else None
         observed = seen.observer.result() if seen.observer is not None else ObservedUsage()
-        status = failure or (seen.status if seen.completed and seen.status else CLIENT_CLOSED_REQUEST)
+        if failure is not None:
+            status = failure.status_code
+        else:
+            status = seen.status if seen.completed and seen.status else CLIENT_CLOSED_REQUEST
         model = _text(request.get("model")) or observed.model
         input_tokens, output_tokens = _count(observed.input_tokens), _count(observed.output_tokens)
         ocr_pages = _count(observed.ocr_pages)
@@ -124,6 +129,7 @@ class UsageMiddleware:
             max_tokens=_whole(request.get("max_completion_tokens")) or _whole(request.get("max_tokens")),
             temperature=_number(request.get("temperature")),
             top_p=_number(request.get("top_p")),
+            error=failure.code if failure is not None else None,
         )
 
 

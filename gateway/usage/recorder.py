@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from datetime import datetime
 from itertools import islice
 from operator import itemgetter
@@ -71,9 +71,14 @@ class UsageRecord:
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    error: str | None = (
+        None  # the gateway's error code when it failed the request (`upstream_incomplete`, ...)
+    )
 
 
 _RECORD_FIELDS = tuple(field.name for field in fields(UsageRecord))
+# What a row spilled before a field existed takes for it.
+_ROW_DEFAULTS = {field.name: field.default for field in fields(UsageRecord) if field.default is not MISSING}
 
 
 class UsageRecorder:
@@ -198,7 +203,9 @@ class UsageRecorder:
 
 
 def _read_all(path: Path) -> list[Row]:
-    return list(read_rows(path))
+    """A spill file's rows, each with every field: a file spilled by an older version lacks the newer ones, which
+    a multi-row INSERT or a COPY would fail on."""
+    return [{**_ROW_DEFAULTS, **row} for row in read_rows(path)]
 
 
 async def write_events(session: AsyncSession, rows: list[Row]) -> None:
@@ -235,7 +242,18 @@ async def _in_slices(rows: list[Row]) -> AsyncIterator[tuple[Any, ...]]:
 
 
 _EVENT_COLUMNS = tuple(column.name for column in UsageEvent.__table__.columns)
-_event_values = itemgetter(*_EVENT_COLUMNS)
+_values_of = itemgetter(*_EVENT_COLUMNS)
+
+
+def _event_values(row: Row) -> tuple[Any, ...]:
+    """A row's values in the table's column order; a row made without a newer field (by a caller of
+    `write_events` other than the recorder) takes that field's default."""
+    try:
+        return _values_of(row)  # type: ignore[no-any-return]
+    except KeyError:
+        return _values_of({**_ROW_DEFAULTS, **row})  # type: ignore[no-any-return]
+
+
 _STAGING = "usage_events_incoming"
 _STAGING_TABLE = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} (LIKE usage_events INCLUDING DEFAULTS)"
