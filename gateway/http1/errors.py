@@ -7,6 +7,10 @@ UpstreamError
 ├── BrokenOff             the connection closed or sent garbage before the response was complete
 │   └── HeadersTooLarge   the response's status line and headers went past 64 KiB
 └── BodyTimeout           the response started, then nothing more came within the read timeout
+
+After `ConnectFailed` or `PoolTimeout` the upstream never saw the request; after the others it may have, and the
+pool has not sent it again. `BrokenOff` or `BodyTimeout` from `Response.read_chunk` means the body is incomplete:
+a body ends cleanly only as its framing says (a FIN ends a close-delimited body; an RST never ends any).
 """
 
 from __future__ import annotations

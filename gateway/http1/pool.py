@@ -5,8 +5,12 @@ waiting for a free one is bounded by `pool_timeout` (then `PoolTimeout`). Idle c
 per pool once idle for `keepalive_seconds`, and an idle connection is checked before reuse: one found closed, or
 with the upstream's FIN or RST (or stray bytes) waiting on its socket, is closed and the next one tried.
 
+The idle check is `Connection.is_stale`: the protocol's own flags, then one zero-timeout `poll` of the socket,
+because the upstream's FIN may have arrived a moment ago and the loop not have handled it yet. Measured on uvloop:
+0.7-0.8 µs per reuse, of the 23-25 µs of CPU a whole request costs this pool and a trivial in-process upstream.
+
 A request is sent again only when the upstream cannot have received it: the connection turned out closed as the
-first bytes were written, so none left us (then once, on a new connection; a streamed body has not been pulled
+first bytes were written, so none left us (then once, on another connection; a streamed body has not been pulled
 yet). Once any byte is written, a connection that ends without an answer is `BrokenOff` (the proxy's 502): an
 upstream may read a POST, act on it (a paid completion) and close without answering, and a resend would act twice.
 """
@@ -122,10 +126,14 @@ class HttpPool:
                 self._put_back(connection)
                 raise
             # Closed before any byte of the request left us (the keep-alive race, lost after the idle check): the
-            # upstream never saw it. Once more, on a new connection, which takes the broken one's room.
+            # upstream never saw it. Once more, on a new connection, which takes the broken one's room (unless
+            # the pool had already heard it close and passed the room on).
             connection.close()
-            self._open.discard(connection)
-            connection = await self._connect()
+            if connection in self._open:
+                self._open.discard(connection)
+                connection = await self._connect()
+            else:
+                connection = await self._acquire()
             try:
                 await self._exchange(connection, method, head, body, length)
             except BaseException:
