@@ -33,6 +33,7 @@ from gateway.http1 import (
 )
 from gateway.http1.connection import HIGH_WATER
 from tests.unit.scripted_upstream import (
+    LOOPS,
     MAX_READ,
     Peer,
     Upstream,
@@ -42,6 +43,7 @@ from tests.unit.scripted_upstream import (
     ok,
     pool_to,
     read_all,
+    run_on,
     stream,
 )
 
@@ -854,12 +856,17 @@ def self_signed(tmp_path: Path) -> tuple[Path, Path]:
     return cert_file, key_file
 
 
-async def tls_upstream(cert_file: Path, key_file: Path) -> tuple[asyncio.Server, int]:
+async def tls_upstream(
+    cert_file: Path, key_file: Path, peers: list[Peer] | None = None
+) -> tuple[asyncio.Server, int]:
+    """An https upstream answering every request; each connection it accepts is appended to `peers`."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_file, key_file)
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = Peer(reader, writer)
+        if peers is not None:
+            peers.append(peer)
         while await peer.read_request() is not None:
             peer.send(ok(b"over tls"))
         writer.close()
@@ -884,6 +891,33 @@ async def test_https_upstream_is_reached_over_verified_tls(
     finally:
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_idle_https_connection_is_reused_after_a_pause(
+    loop: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before reuse the pool polls the raw socket under TLS, where records other than the response (a TLS 1.3
+    session ticket, say) could wait: a TLS connection left idle between requests is still found alive and reused,
+    on either loop."""
+    cert_file, key_file = self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+
+    async def scenario() -> None:
+        peers: list[Peer] = []
+        server, port = await tls_upstream(cert_file, key_file, peers)
+        try:
+            async with pool_to(f"https://127.0.0.1:{port}") as pool:
+                for _ in range(3):
+                    assert await get_text(pool) == b"over tls"
+                    await asyncio.sleep(0.05)
+            assert len(peers) == 1
+            assert len(peers[0].requests) == 3
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run_on(loop, scenario())
 
 
 async def test_https_upstream_with_an_untrusted_certificate_is_connect_failed(tmp_path: Path) -> None:
