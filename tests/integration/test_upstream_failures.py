@@ -1,10 +1,15 @@
-"""What a client sees when the upstream is down, silent or abandoned, and what the upstream sees of it."""
+"""What a client sees when the upstream is down, silent, busy or abandoned, and what the upstream sees of it; the
+agents' completions and the Chroma lookups fail as the proxy does (one error map)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import openai
@@ -12,6 +17,7 @@ import pytest
 
 from tests.conftest import GatewayFactory
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.integration.agents_support import new_user, turn_frames
 from tests.serving import LiveServer, free_port
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -124,3 +130,110 @@ def test_gateway_keeps_serving_after_abandoned_requests(
     with client_for(gateway, api_token) as client:
         completion = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
     assert completion.choices[0].message.content
+
+
+# ----- a full pool -----
+
+
+def test_a_full_pool_answers_503_upstream_busy_after_the_pool_timeout_and_serves_again_once_free(
+    start_gateway: GatewayFactory, fake_openai: FakeOpenAI, api_token: str
+) -> None:
+    with (
+        start_gateway(UPSTREAM_MAX_CONNECTIONS="1", UPSTREAM_POOL_TIMEOUT="0.5") as gateway,
+        client_for(gateway, api_token) as client,
+    ):
+        # The pool's one connection carries this stream for about 1.2 s more.
+        stream = client.chat.completions.create(model="slow-stream", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+        chunks = iter(stream)
+        next(chunks)
+        began = time.monotonic()
+        busy = httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": MESSAGES},
+            headers={"authorization": f"Bearer {api_token}"},
+            timeout=10,
+        )
+        waited = time.monotonic() - began
+        rest = [chunk.choices[0].delta.content for chunk in chunks if chunk.choices]
+        after = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)  # type: ignore[arg-type]
+
+    assert busy.status_code == 503
+    assert busy.json()["error"]["code"] == "upstream_busy"
+    assert 0.4 <= waited < 5
+    assert rest[-1] == "part4 "  # the stream that held the connection was not disturbed
+    assert after.choices[0].message.content
+
+
+# ----- the agents' completions and the Chroma lookups share the proxy's error map -----
+
+
+@contextmanager
+def silent_listener() -> Iterator[str]:
+    """A port whose connections are accepted by the kernel and then never answered (nobody calls accept)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def chroma_get(gateway: LiveServer, api_token: str, path: str) -> httpx.Response:
+    return httpx.get(
+        f"{gateway.url}/v1/chroma/api/v2/tenants/default_tenant/databases/{path}",
+        headers={"authorization": f"Bearer {api_token}"},
+        timeout=15,
+    )
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["default_database/collections", f"mine/collections/{uuid.uuid4()}/count"],
+    ids=["default-database-lookup", "ownership-lookup"],
+)
+def test_a_chroma_lookup_that_times_out_is_504_and_a_refused_one_502(
+    start_gateway: GatewayFactory, api_token: str, path: str
+) -> None:
+    with (
+        silent_listener() as silent,
+        start_gateway(CHROMA_BASE_URL=silent, CHROMA_API_KEY="k", UPSTREAM_READ_TIMEOUT="1") as gateway,
+    ):
+        began = time.monotonic()
+        timed_out = chroma_get(gateway, api_token, path)
+        elapsed = time.monotonic() - began
+    with start_gateway(CHROMA_BASE_URL=f"http://127.0.0.1:{free_port()}", CHROMA_API_KEY="k") as gateway:
+        refused = chroma_get(gateway, api_token, path)
+
+    assert (timed_out.status_code, timed_out.json()["error"]["code"]) == (504, "upstream_timeout")
+    assert 0.9 <= elapsed < 5
+    assert (refused.status_code, refused.json()["error"]["code"]) == (502, "upstream_unavailable")
+
+
+def agent_turn_against(
+    start_gateway: GatewayFactory, gateway_env: dict[str, str], provider_url: str
+) -> dict[str, Any]:
+    """The last frame of one agent chat turn, the agent's provider (workers-ai) at `provider_url`."""
+    settings = {
+        "WORKERS_AI_BASE_URL": f"{provider_url}/ai/v1",
+        "WORKERS_AI_API_KEY": "k",
+        "UPSTREAM_READ_TIMEOUT": "1",
+    }
+    with start_gateway(**settings) as gateway:
+        user = new_user(gateway_env, gateway.url)
+        agent = user.running_agent()
+
+        async def turn() -> list[dict[str, Any]]:
+            async with user.chat(agent["id"]) as chat:
+                return await turn_frames(chat, "hello?")
+
+        frames = asyncio.run(turn())
+    return frames[-1]
+
+
+def test_an_agent_turn_with_an_unreachable_provider_is_upstream_unavailable_and_a_silent_one_upstream_timeout(
+    start_gateway: GatewayFactory, gateway_env: dict[str, str]
+) -> None:
+    refused = agent_turn_against(start_gateway, gateway_env, f"http://127.0.0.1:{free_port()}")
+    with silent_listener() as silent:
+        timed_out = agent_turn_against(start_gateway, gateway_env, silent)
+
+    assert (refused["type"], refused["code"]) == ("error", "upstream_unavailable")
+    assert (timed_out["type"], timed_out["code"]) == ("error", "upstream_timeout")
