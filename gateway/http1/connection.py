@@ -215,21 +215,21 @@ class Connection(asyncio.Protocol):
         try:
             if self.headers_done:
                 self.parser.feed_data(data)
+            elif (head_bytes := self._head_bytes + len(data)) <= MAX_HEAD_BYTES:
+                self._head_bytes = head_bytes
+                self.parser.feed_data(data)
             else:
-                self._feed_head(data)
+                self._feed_past_head_limit(data)
         except httptools.HttpParserUpgrade:
             self._fail(BrokenOff("the upstream switched protocols"))
         except httptools.HttpParserError as exc:
             self._fail(BrokenOff(f"the upstream's response could not be parsed ({exc})"))
 
-    def _feed_head(self, data: bytes) -> None:
-        """Parse bytes while the response head is incomplete, counting them: the bytes past `MAX_HEAD_BYTES` are
-        parsed only if the head ended before the limit (they are body, or the next exchange's surplus)."""
+    def _feed_past_head_limit(self, data: bytes) -> None:
+        """Bytes that take an incomplete response head past `MAX_HEAD_BYTES`: those within the limit are parsed,
+        and the rest only if the head ended there (they are body, or the next exchange's surplus)."""
         room = MAX_HEAD_BYTES - self._head_bytes
         self._head_bytes += len(data)
-        if len(data) <= room:
-            self.parser.feed_data(data)
-            return
         if room > 0:
             self.parser.feed_data(data[:room])
         if not self.headers_done:

@@ -7,7 +7,7 @@ with the upstream's FIN or RST (or stray bytes) waiting on its socket, is closed
 
 The idle check is `Connection.is_stale`: the protocol's own flags, then one zero-timeout `poll` of the socket,
 because the upstream's FIN may have arrived a moment ago and the loop not have handled it yet. Measured on uvloop:
-0.7-0.8 µs per reuse, of the 23-25 µs of CPU a whole request costs this pool and a trivial in-process upstream.
+0.6-0.8 µs per reuse, of the 23-25 µs of CPU a whole request costs this pool and a trivial in-process upstream.
 
 A request is sent again only when the upstream cannot have received it: the connection turned out closed as the
 first bytes were written, so none left us (then once, on another connection; a streamed body has not been pulled
