@@ -46,20 +46,13 @@ def unprivileged_account() -> Account:
     try:
         entry = pwd.getpwnam(SMOKE_USER)
     except KeyError:
-        subprocess.run(
-            [
-                useradd(),
-                "--system",
-                "--user-group",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                SMOKE_USER,
-            ],
-            check=True,
-            capture_output=True,
-        )
-        entry = pwd.getpwnam(SMOKE_USER)
+        # Not checked: another run may have made the user meanwhile; the look-up below tells.
+        options = ["--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin"]
+        added = subprocess.run([useradd(), *options, SMOKE_USER], capture_output=True, text=True)
+        try:
+            entry = pwd.getpwnam(SMOKE_USER)
+        except KeyError:
+            raise AssertionError(f"useradd {SMOKE_USER} failed: {added.stderr}") from None
     return Account(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
 
