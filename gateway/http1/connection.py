@@ -27,8 +27,8 @@ from gateway.http1.errors import BodyTimeout, BrokenOff, HeadersTimeout, Headers
 HIGH_WATER = 256 * 1024
 NO_BODY_STATUSES = (204, 304)
 # The most bytes of response head (status lines and headers, 1xx interim responses included) taken from an
-# upstream; past it the exchange fails. Four times the gateway's own default request limit, and what nginx's
-# largest `proxy_buffer_size` settings allow.
+# upstream; past it the exchange fails (issue 16). Twice the default limit on the heads of the requests the gateway
+# serves (MAX_HEADER_BYTES): generous for any API's answer, small enough that no upstream can make us hoard.
 MAX_HEAD_BYTES = 64 * 1024
 
 
