@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -89,3 +90,41 @@ async def test_a_flush_writes_what_was_queued_when_it_began_and_drain_writes_eve
         assert stored == 3 + 5 + 5  # drain wrote the 5 waiting and the 5 recorded during its own write
     finally:
         await database.close()
+
+
+async def test_rows_spilled_before_the_error_column_existed_are_replayed_beside_new_ones(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A spill file left by an older gateway has rows without `error`: they go in (with none), and so do the rows
+    of this version, with theirs."""
+    await upgrade(database_url)
+    database = Database(database_url)
+    database.open()
+    dataset = f"t_{uuid.uuid4().hex}"
+    spill = SpillFile(tmp_path / "spill")
+    recorder = UsageRecorder(database, spill, dataset=dataset)
+    old = recorder_row(usage_record(request_id="spilled-by-an-older-gateway"), dataset)
+    del old["error"]
+    new = recorder_row(
+        usage_record(request_id="spilled-now", status=502, error="upstream_incomplete"), dataset
+    )
+    spill.append([old])
+    spill.append([new])  # the same file, as after an upgrade in place: one batch of both kinds
+    try:
+        assert await recorder.replay_spill() == 2
+
+        async with database.session() as session:
+            rows = (await session.scalars(select(UsageEvent).where(UsageEvent.dataset == dataset))).all()
+        assert {(row.request_id, row.status, row.error) for row in rows} == {
+            ("spilled-by-an-older-gateway", 200, None),
+            ("spilled-now", 502, "upstream_incomplete"),
+        }
+    finally:
+        await database.close()
+
+
+def recorder_row(record: UsageRecord, dataset: str) -> dict[str, object]:
+    """The row the recorder queues (and spills) for `record`."""
+    row: dict[str, object] = {field.name: getattr(record, field.name) for field in fields(UsageRecord)}
+    row.update(id=uuid.uuid4().hex, dataset=dataset, is_error=record.status >= 400)
+    return row
