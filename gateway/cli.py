@@ -30,13 +30,16 @@ DEFAULT_PORT = 8080
 APP_FACTORY = "gateway.app:create_app_from_env"
 
 
-def uvicorn_options() -> dict[str, Any]:
-    """How the gateway is served, wherever it is served from (the CLI, the tests, the benchmark)."""
+def uvicorn_options(settings: Settings | None = None) -> dict[str, Any]:
+    """How the gateway is served, wherever it is served from (the CLI, the tests, the benchmark); the edge's
+    limits from `settings`, their defaults without."""
     log_config = copy.deepcopy(LOGGING_CONFIG)
     log_config["loggers"]["gateway"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    limits = serving.EdgeLimits() if settings is None else serving.EdgeLimits.from_settings(settings)
     return {
         "loop": "uvloop",
-        "http": serving.PROTOCOL,  # uvicorn's httptools protocol, a response's writes joined
+        # uvicorn's httptools protocol with the edge's limits; serving.PROTOCOL says which request cycle.
+        "http": serving.protocol(limits),
         "lifespan": "on",
         "server_header": False,
         # The proxy appends the TCP peer to X-Forwarded-For itself; uvicorn must not rewrite the peer from it.
@@ -65,8 +68,14 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     load_server_keys(settings)  # generated once here, before the workers start and read them
     if settings.is_embedded_database:
         asyncio.run(upgrade(settings.database_url))
+    serving.raise_open_file_limit()  # before the workers start: they inherit it, and fit MAX_CONNECTIONS in it
     uvicorn.run(
-        APP_FACTORY, factory=True, host=args.host, port=args.port, workers=args.workers, **uvicorn_options()
+        APP_FACTORY,
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        **uvicorn_options(settings),
     )
     return 0
 

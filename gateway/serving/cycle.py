@@ -1,14 +1,16 @@
-"""How uvicorn serves the gateway: its httptools protocol, each request served by a leaner cycle of ours.
+"""The lean request cycle: uvicorn's httptools protocol with the edge's limits (`EdgeProtocol`), each request
+served by a cycle of ours.
 
 uvicorn's request cycle cost a trivial app 19 µs of CPU a request where a bare protocol on the same parser spent
 11 (BENCHMARKS.md): an `asyncio.Event` per request, a keep-alive timer armed and cancelled per request, two
 regular expressions per response header, and a response's status line and headers written with one system call
 and its body with another (for a proxied response the head's write was the costliest line of the gateway's
 profile). `GatewayHttpProtocol` keeps uvicorn's connection handling (its parser setup, 400s, WebSocket
-upgrades, pipelining, flow control, graceful shutdown) and serves each request with a `RequestCycle`: the same
-ASGI behaviour and checks, with a future made only when `receive` must wait, one keep-alive timer per
-connection, header names checked once per name, and the head held until the body's first bytes (or the end of
-the loop turn), so that a response whose body is at hand leaves in one write.
+upgrades, pipelining, flow control, graceful shutdown) and the edge's, and serves each request with a
+`RequestCycle`: the same ASGI behaviour and checks, and the edge's rules (`gateway.serving.rules`), with a
+future made only when `receive` must wait, header names checked once per name, and the head held until the
+body's first bytes (or the end of the loop turn), so that a response whose body is at hand leaves in one write.
+Whether it pays for itself, against `EdgeProtocol` with uvicorn's own cycle: docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavailable
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol
 
-PROTOCOL = "gateway.serving:GatewayHttpProtocol"  # what uvicorn's `http` option names
+from gateway.serving.edge import DONE, EdgeProtocol
+from gateway.serving.rules import closes_connection, ended_quietly
 
 # Header names already found valid: a response's names come from a small set, so each is checked once. Bounded,
 # so that names an app makes up per request cannot grow it without end.
@@ -31,14 +34,12 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _DISCONNECT: dict[str, Any] = {"type": "http.disconnect"}
 
 
-class GatewayHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, each request served by a `RequestCycle`."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._idle_since: float | None = None
+class GatewayHttpProtocol(EdgeProtocol):
+    """uvicorn's httptools protocol with the edge's limits, each request served by a `RequestCycle`."""
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self._connection_ends():
+            return
         self.connections.discard(self)
         cycle: RequestCycle | None = self.cycle  # type: ignore[assignment]
         if cycle is not None:
@@ -49,12 +50,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.flow.resume_writing()
         if exc is None:
             self.transport.close()
-        if self.timeout_keep_alive_task is not None:
-            self.timeout_keep_alive_task.cancel()
-            self.timeout_keep_alive_task = None
         self.parser = None  # type: ignore[assignment]
 
     def on_headers_complete(self) -> None:
+        self._request_begins()
         parser = self.parser
         scope = self.scope
         http_version = parser.get_http_version()
@@ -85,7 +84,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         )
         self.cycle = cycle  # type: ignore[assignment]
         if previous is None or previous.response_complete:
-            self._start_asgi_task(cycle, app)  # type: ignore[arg-type]
+            self._start_asgi_task(cycle, app)
         else:
             self.flow.pause_reading()  # pipelined: served once the response before it is complete
             self.pipeline.appendleft((cycle, app))  # type: ignore[arg-type]
@@ -103,6 +102,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         cycle.wake()
 
     def on_message_complete(self) -> None:
+        self._reading = DONE
         if self.parser.should_upgrade() and self._should_upgrade():
             return  # the WebSocket protocol takes the connection over
         cycle: RequestCycle = self.cycle  # type: ignore[assignment]
@@ -111,37 +111,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         cycle.more_body = False
         cycle.wake()
 
-    def on_response_complete(self) -> None:
-        self.server_state.total_requests += 1
-        if self.transport.is_closing():
-            return
-        self.flow.resume_reading()
-        if self.pipeline:
-            cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
-        else:
-            self._idle_since = self.loop.time()
-            if self.timeout_keep_alive_task is None:
-                self.timeout_keep_alive_task = self.loop.call_later(
-                    self.timeout_keep_alive, self._keep_alive_due
-                )
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        HttpToolsProtocol._start_asgi_task(self, cycle, app)  # the cycle keeps the edge's rules itself
 
-    def _unset_keepalive_if_required(self) -> None:
-        """Called by uvicorn's `data_received` on every read: the connection is busy again. The timer stays armed;
-        when it fires it finds the connection busy, or idle for less than the timeout, and is armed again."""
-        self._idle_since = None
-
-    def _keep_alive_due(self) -> None:
-        self.timeout_keep_alive_task = None
-        if self._idle_since is None:
-            return  # serving a request: the response's end arms the timer again
-        idle = self.loop.time() - self._idle_since
-        if idle >= self.timeout_keep_alive:
-            self.timeout_keep_alive_handler()
-        else:
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive - idle, self._keep_alive_due
-            )
+    def _wake(self, cycle: Any) -> None:
+        cycle.wake()
 
 
 class RequestCycle:
@@ -158,6 +132,7 @@ class RequestCycle:
         "buffered",
         "chunked_encoding",
         "chunks",
+        "close_delimited",
         "disconnected",
         "expected_content_length",
         "keep_alive",
@@ -180,6 +155,7 @@ class RequestCycle:
         self.response_started = False
         self.response_complete = False
         self.chunked_encoding: bool | None = None
+        self.close_delimited = False  # an HTTP/1.0 body without a length: it ends when the connection closes
         self.expected_content_length = 0
         self._ready = False  # something for `receive` happened since it last returned (an Event's flag)
         self._waiter: asyncio.Future[None] | None = None
@@ -201,6 +177,12 @@ class RequestCycle:
         try:
             result = await app(self.scope, self.receive, self.send)
         except BaseException as exc:
+            if ended_quietly(
+                exc, self.scope, response_started=self.response_started, disconnected=self.disconnected
+            ):
+                self.disconnected = True
+                self._close()  # after the head, or some of the body: never the end of the message
+                return
             protocol.logger.error("Exception in ASGI application\n", exc_info=exc)
             if not self.response_started:
                 await self._send_500_response()
@@ -262,6 +244,8 @@ class RequestCycle:
             self.response_started = True
             self.waiting_for_100_continue = False
             status = message["status"]
+            if closes_connection(status):
+                self.keep_alive = False
             lines = [STATUS_LINE[status]]
             has_connection_close = False
             for headers in (protocol.server_state.default_headers, message.get("headers", ())):
@@ -284,8 +268,13 @@ class RequestCycle:
             if not self.keep_alive and not has_connection_close:
                 lines.append(b"connection: close\r\n")
             if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status not in (204, 304):
-                self.chunked_encoding = True  # neither a length nor a coding given
-                lines.append(b"transfer-encoding: chunked\r\n")
+                # Neither a length nor a coding given: chunks, which HTTP/1.0 does not know (its keep_alive is
+                # False: the connection's close ends the body).
+                if self.scope["http_version"] == "1.0":
+                    self.close_delimited = True
+                else:
+                    self.chunked_encoding = True
+                    lines.append(b"transfer-encoding: chunked\r\n")
             lines.append(b"\r\n")
             self._head = b"".join(lines)
             protocol.loop.call_soon(self._write_head)  # if no body comes this turn, the head goes alone
@@ -303,6 +292,8 @@ class RequestCycle:
                 data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
                 if not more_body:
                     data += b"0\r\n\r\n"
+            elif self.close_delimited:
+                data = body
             else:
                 if len(body) > self.expected_content_length:
                     raise RuntimeError("Response content longer than Content-Length")
