@@ -248,6 +248,10 @@ async def handle_unexpected_error(request: Request, exc: Exception) -> Response:
     It runs outside the context middleware, so it sets the request id header itself.
     """
     context = RequestContext.of(request.scope)
+    if context is not None and context.response_started and isinstance(exc.__cause__, GatewayError):
+        # Ours, raised once the response had started and wrapped by Starlette's exception layer: never sent (the
+        # server aborts the connection), and nothing unexpected.
+        return error_response(exc.__cause__)
     logger.error(
         "unhandled %s on %s %s (request %s)",
         type(exc).__name__,

@@ -15,7 +15,7 @@ from typing import Any
 from starlette.routing import BaseRoute, Match, Mount, Route, Router, WebSocketRoute
 from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
-from gateway.errors import respond_to_error
+from gateway.errors import GatewayError, respond_to_error
 from gateway.middleware.context import RequestContext
 
 
@@ -90,7 +90,16 @@ class ProxiedRoutes:
             or scope["method"] not in (route.methods or ())
             or scope.get("root_path")
         ):
-            await self.app(scope, receive, send)
+            try:
+                await self.app(scope, receive, send)
+            except RuntimeError as exc:
+                cause = exc.__cause__
+                if context is not None and context.response_started and isinstance(cause, GatewayError):
+                    # Starlette's exception layer wraps an error of ours raised once the response had started
+                    # (an upstream answer that broke off) in a RuntimeError: the server is given ours, as on the
+                    # routes below, and aborts the connection.
+                    raise cause from cause.__cause__
+                raise
             return
         scope["route"] = route
         scope["path_params"] = {}

@@ -9,6 +9,8 @@ The request's `model` picks the answer, `{framing}-{end}[-nousage][-json]`:
 - `nousage`: the stream has no usage chunk before it breaks off; `json`: a plain completion cut in the middle
   instead of an event stream.
 
+A request without a body (a GET) is answered as `without_body` says.
+
 Before the break the stream has two content deltas and (unless `nousage`) the usage chunk, and the upstream
 waits a moment, so that the gateway has read them all before the break (a reset drops unread bytes).
 """
@@ -37,6 +39,7 @@ class BreakingUpstream:
         self.loop = asyncio.new_event_loop()
         self.url = ""
         self.closed_by_gateway = 0
+        self.without_body = "chunked-fin-json"  # the answer to a request without a body (a GET)
         self._server: asyncio.Server | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
@@ -63,13 +66,14 @@ class BreakingUpstream:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
-            length = next(
+            lengths = [
                 int(line.split(b":", 1)[1])
                 for line in head.split(b"\r\n")
                 if line.lower().startswith(b"content-length:")
-            )
-            request = json.loads(await reader.readexactly(length))
-            await self._answer(str(request["model"]), reader, writer)
+            ]
+            body = await reader.readexactly(lengths[0]) if lengths else b""
+            model = json.loads(body)["model"] if body else self.without_body
+            await self._answer(str(model), reader, writer)
         finally:
             writer.close()
 

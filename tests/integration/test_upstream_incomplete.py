@@ -176,3 +176,21 @@ def test_a_silent_upstream_is_hung_up_on_after_the_read_timeout(
     while upstream.closed_by_gateway == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert upstream.closed_by_gateway == before + 1
+
+
+def test_a_chroma_answer_that_breaks_off_after_it_started_aborts_the_client_connection(
+    start_gateway: GatewayFactory, upstream: BreakingUpstream, api_token: str
+) -> None:
+    """Chroma's routes take Starlette's own error layers (their paths have parameters): those too let the
+    connection be aborted rather than ending the message cleanly."""
+    upstream.without_body = "chunked-rst-json"
+    with (
+        start_gateway(CHROMA_BASE_URL=upstream.url, CHROMA_API_KEY="k") as gateway,
+        pytest.raises(BROKEN_OFF),
+    ):
+        # Passed through as it comes (no lookup, no rewrite): the answer starts before it breaks off.
+        httpx.get(
+            f"{gateway.url}/v1/chroma/api/v2/tenants/default_tenant/databases/mine/collections_count",
+            headers={"authorization": f"Bearer {api_token}"},
+            timeout=10,
+        )
