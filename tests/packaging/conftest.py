@@ -35,6 +35,7 @@ def installed_venv(request: pytest.FixtureRequest) -> Iterator[Path]:
     one made here from the session's wheel. Kept where any user can read it, for the unprivileged runs."""
     given = os.environ.get(INSTALLED_VENV)
     if given:
+        assert (Path(given) / "bin" / "gateway").is_file(), f"{INSTALLED_VENV}={given}: no bin/gateway there"
         yield Path(given)
         return
     wheel: Path = request.getfixturevalue("build").wheel
