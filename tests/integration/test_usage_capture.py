@@ -162,7 +162,7 @@ def test_sync_completion_is_one_row_with_tokens_costs_and_parameters(
     row = one_event(database_url(gateway_env), request_id)
     assert (row.request_type, row.provider, row.model) == ("chat", "openai", "gpt-4o-mini")
     assert (row.method, row.path, row.status) == ("POST", "/v1/chat/completions", 200)
-    assert row.is_error is False and row.is_stream is False
+    assert row.is_error is False and row.is_stream is False and row.error is None
     assert row.dataset == "ai_worker_requests"
     assert_chat_tokens_and_costs(row)
     # gpt-4o-mini ships at $0.15 / $0.60 per million tokens
@@ -418,6 +418,7 @@ def test_upstream_error_is_recorded_with_its_status(
 
     row = one_event(database_url(gateway_env), request_id)
     assert (row.status, row.is_error, row.model, row.provider) == (429, True, "rate-limited", "openai")
+    assert row.error is None  # the upstream's own answer, passed through: not an error of the gateway's
     assert (row.total_tokens, row.input_cost_usd, row.output_cost_usd) == (0, 0, 0)
     assert (row.user_id, row.token_id) == (owner["user_id"], owner["token_id"])
 
@@ -441,6 +442,7 @@ def test_refused_upstream_is_recorded_as_502(
         row = one_event(database_url(gateway_env), request_id)
 
     assert (row.status, row.is_error, row.model, row.provider) == (502, True, "gpt-4o-mini", "openai")
+    assert row.error == "upstream_unavailable"
     assert row.is_stream is True
     assert (row.total_tokens, row.ttfb_ms) == (0, None)
 
@@ -456,6 +458,7 @@ def test_invalid_json_is_recorded_as_400(gateway: LiveServer, gateway_env: dict[
 
     row = one_event(database_url(gateway_env), request_id)
     assert (row.status, row.is_error, row.request_type, row.provider) == (400, True, "chat", "openai")
+    assert row.error == response.json()["error"]["code"]
     assert (row.model, row.total_tokens, row.is_stream) == (None, 0, False)
 
 
