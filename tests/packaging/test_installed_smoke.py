@@ -64,14 +64,13 @@ class Install:
 
 @dataclass(frozen=True)
 class Deployment:
-    """A served installed gateway, its places and settings, and its operator logged in."""
+    """A served installed gateway, its places, and its operator logged in."""
 
     install: Install
     url: str
     workdir: Path
     data_dir: Path
     files: Path  # where the tests put what the gateway's account must read (a proof)
-    env: dict[str, str]
     operator: User
 
 
@@ -150,7 +149,7 @@ def deployment(
         login = httpx.post(f"{url}/api/v1/auth/login", json={"email": EMAIL, "password": PASSWORD})
         assert login.status_code == 200, login.text
         operator = User(url, EMAIL, login.json()["access_token"])
-        yield Deployment(install, url, workdir, data_dir, files, env, operator)
+        yield Deployment(install, url, workdir, data_dir, files, operator)
 
 
 @pytest.fixture(scope="module")
