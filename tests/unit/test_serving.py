@@ -1,7 +1,8 @@
 """The gateway's uvicorn protocol and its request cycle, served by uvicorn on a loopback port and spoken to over
 raw sockets: a response whose body is at hand leaves in one write; streamed bodies, request bodies in pieces,
 pipelining, 100-continue, HEAD, keep-alive and its timeout, disconnects, bad headers and failing apps behave as
-uvicorn's own cycle has them; WebSockets still upgrade."""
+uvicorn's own cycle has them; WebSockets still upgrade. The behaviour tests run against both protocols, the lean
+cycle's and uvicorn's own cycle under the edge's limits (`EdgeProtocol`), so that switching back stays one line."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.sync.client import connect
 
-from gateway.serving import GatewayHttpProtocol
+from gateway.serving import EdgeProtocol, GatewayHttpProtocol
 from tests.serving import LiveServer
 
 REQUEST = b"GET /%s HTTP/1.1\r\nhost: test\r\n%s\r\n"
@@ -140,7 +141,15 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 
 @pytest.fixture(scope="module")
 def server() -> Any:
+    """The lean cycle, its writes recorded."""
     with LiveServer(app, http=RecordedProtocol, loop="uvloop", lifespan="off", timeout_keep_alive=1) as live:
+        yield live
+
+
+@pytest.fixture(scope="module", params=[RecordedProtocol, EdgeProtocol], ids=["lean-cycle", "uvicorn-cycle"])
+def any_server(request: pytest.FixtureRequest) -> Any:
+    """Each protocol in turn: the behaviour tests hold for both."""
+    with LiveServer(app, http=request.param, loop="uvloop", lifespan="off", timeout_keep_alive=1) as live:
         yield live
 
 
@@ -201,8 +210,8 @@ def test_a_head_whose_body_is_late_goes_alone_at_once(server: LiveServer) -> Non
         assert client.recv(65536) == b"later"
 
 
-def test_websockets_work_through_it(server: LiveServer) -> None:
-    with connect(f"ws://127.0.0.1:{server.port}/ws") as websocket:
+def test_websockets_work_through_it(any_server: LiveServer) -> None:
+    with connect(f"ws://127.0.0.1:{any_server.port}/ws") as websocket:
         for text in ("hello", "again"):
             websocket.send(text)
             assert websocket.recv(timeout=5) == text.upper()
@@ -232,9 +241,9 @@ def post(path: bytes, body: bytes, *headers: bytes) -> bytes:
     )
 
 
-def test_a_request_body_sent_in_pieces_is_all_received(server: LiveServer) -> None:
+def test_a_request_body_sent_in_pieces_is_all_received(any_server: LiveServer) -> None:
     body = b"x" * 200_000
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+    with socket.create_connection(("127.0.0.1", any_server.port), timeout=5) as client:
         request = post(b"echo", body)
         for start in range(0, len(request), 50_000):
             client.sendall(request[start : start + 50_000])
@@ -242,8 +251,8 @@ def test_a_request_body_sent_in_pieces_is_all_received(server: LiveServer) -> No
     assert head.startswith(b"HTTP/1.1 200 OK") and received == body
 
 
-def test_pipelined_requests_are_answered_in_order(server: LiveServer) -> None:
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+def test_pipelined_requests_are_answered_in_order(any_server: LiveServer) -> None:
+    with socket.create_connection(("127.0.0.1", any_server.port), timeout=5) as client:
         client.sendall(post(b"echo", b"first") + post(b"echo", b"second") + post(b"echo", b"third"))
         answers, rest = [], b""
         for _ in range(3):
@@ -252,8 +261,8 @@ def test_pipelined_requests_are_answered_in_order(server: LiveServer) -> None:
     assert answers == [b"first", b"second", b"third"]
 
 
-def test_expect_100_continue_is_answered_before_the_body_is_read(server: LiveServer) -> None:
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+def test_expect_100_continue_is_answered_before_the_body_is_read(any_server: LiveServer) -> None:
+    with socket.create_connection(("127.0.0.1", any_server.port), timeout=5) as client:
         client.sendall(
             post(b"echo", b"", b"expect: 100-continue").replace(b"content-length: 0", b"content-length: 4")
         )
@@ -263,22 +272,22 @@ def test_expect_100_continue_is_answered_before_the_body_is_read(server: LiveSer
     assert head.startswith(b"HTTP/1.1 200 OK") and body == b"body"
 
 
-def test_head_gets_the_headers_without_the_body(server: LiveServer) -> None:
-    received = exchange(server.port, b"HEAD / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+def test_head_gets_the_headers_without_the_body(any_server: LiveServer) -> None:
+    received = exchange(any_server.port, b"HEAD / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
     assert received.startswith(b"HTTP/1.1 200 OK") and b"content-length: 5" in received
     assert received.endswith(b"\r\n\r\n")
 
 
-def test_http_1_0_closes_after_the_response(server: LiveServer) -> None:
-    received = exchange(server.port, b"GET / HTTP/1.0\r\nhost: test\r\n\r\n")
+def test_http_1_0_closes_after_the_response(any_server: LiveServer) -> None:
+    received = exchange(any_server.port, b"GET / HTTP/1.0\r\nhost: test\r\n\r\n")
     assert received.startswith(b"HTTP/1.1 200 OK") and b"connection: close" in received
     assert received.endswith(b"hello")
 
 
 def test_a_busy_connection_outlives_the_keep_alive_timeout_and_an_idle_one_does_not(
-    server: LiveServer,
+    any_server: LiveServer,
 ) -> None:
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+    with socket.create_connection(("127.0.0.1", any_server.port), timeout=5) as client:
         rest = b""
         for _ in range(6):  # 1.8 s of use, never idle for the 1 s timeout
             client.sendall(REQUEST % (b"", b""))
@@ -291,9 +300,9 @@ def test_a_busy_connection_outlives_the_keep_alive_timeout_and_an_idle_one_does_
         assert 0.5 < time.monotonic() - started < 2.5
 
 
-def test_the_app_hears_of_a_client_that_left(server: LiveServer) -> None:
+def test_the_app_hears_of_a_client_that_left(any_server: LiveServer) -> None:
     DISCONNECTS.clear()
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+    with socket.create_connection(("127.0.0.1", any_server.port), timeout=5) as client:
         client.sendall(REQUEST % (b"wait", b""))
         time.sleep(0.2)
     deadline = time.monotonic() + 5
@@ -303,25 +312,25 @@ def test_the_app_hears_of_a_client_that_left(server: LiveServer) -> None:
 
 
 @pytest.mark.parametrize("path", [b"bad-value", b"bad-name"])
-def test_a_header_that_would_split_the_response_never_leaves(server: LiveServer, path: bytes) -> None:
-    received = exchange(server.port, REQUEST % (path, b""))
+def test_a_header_that_would_split_the_response_never_leaves(any_server: LiveServer, path: bytes) -> None:
+    received = exchange(any_server.port, REQUEST % (path, b""))
     assert b"stolen" not in received and b"bad name" not in received
     assert received == b""  # the response had started: the connection is closed instead
 
 
-def test_a_body_longer_than_its_content_length_is_not_sent(server: LiveServer) -> None:
-    received = exchange(server.port, REQUEST % (b"too-long", b""))
+def test_a_body_longer_than_its_content_length_is_not_sent(any_server: LiveServer) -> None:
+    received = exchange(any_server.port, REQUEST % (b"too-long", b""))
     assert b"four" not in received and received.endswith(b"content-length: 2\r\n\r\n")
 
 
 @pytest.mark.parametrize("path", [b"fails", b"nothing"])
-def test_an_app_that_fails_or_says_nothing_gets_a_500(server: LiveServer, path: bytes) -> None:
-    received = exchange(server.port, REQUEST % (path, b""))
+def test_an_app_that_fails_or_says_nothing_gets_a_500(any_server: LiveServer, path: bytes) -> None:
+    received = exchange(any_server.port, REQUEST % (path, b""))
     assert received.startswith(b"HTTP/1.1 500 Internal Server Error") and received.endswith(
         b"Internal Server Error"
     )
 
 
-def test_unparseable_requests_get_a_400(server: LiveServer) -> None:
-    received = exchange(server.port, b"NOT HTTP AT ALL\r\n\r\n")
+def test_unparseable_requests_get_a_400(any_server: LiveServer) -> None:
+    received = exchange(any_server.port, b"NOT HTTP AT ALL\r\n\r\n")
     assert received.startswith(b"HTTP/1.1 400 Bad Request")
