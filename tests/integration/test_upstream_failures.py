@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from tests.conftest import GatewayFactory
+from tests.fakes.breaking_upstream import BreakingUpstream
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.integration.agents_support import new_user, turn_frames
 from tests.serving import LiveServer, free_port
@@ -208,9 +209,9 @@ def test_a_chroma_lookup_that_times_out_is_504_and_a_refused_one_502(
 
 
 def agent_turn_against(
-    start_gateway: GatewayFactory, gateway_env: dict[str, str], provider_url: str
-) -> dict[str, Any]:
-    """The last frame of one agent chat turn, the agent's provider (workers-ai) at `provider_url`."""
+    start_gateway: GatewayFactory, gateway_env: dict[str, str], provider_url: str, *, model: str = "m"
+) -> list[dict[str, Any]]:
+    """The frames of one agent chat turn, the agent's provider (workers-ai) at `provider_url`."""
     settings = {
         "WORKERS_AI_BASE_URL": f"{provider_url}/ai/v1",
         "WORKERS_AI_API_KEY": "k",
@@ -218,22 +219,36 @@ def agent_turn_against(
     }
     with start_gateway(**settings) as gateway:
         user = new_user(gateway_env, gateway.url)
-        agent = user.running_agent()
+        agent = user.running_agent(model=model)
 
         async def turn() -> list[dict[str, Any]]:
             async with user.chat(agent["id"]) as chat:
                 return await turn_frames(chat, "hello?")
 
-        frames = asyncio.run(turn())
-    return frames[-1]
+        return asyncio.run(turn())
 
 
 def test_an_agent_turn_with_an_unreachable_provider_is_upstream_unavailable_and_a_silent_one_upstream_timeout(
     start_gateway: GatewayFactory, gateway_env: dict[str, str]
 ) -> None:
-    refused = agent_turn_against(start_gateway, gateway_env, f"http://127.0.0.1:{free_port()}")
+    refused = agent_turn_against(start_gateway, gateway_env, f"http://127.0.0.1:{free_port()}")[-1]
     with silent_listener() as silent:
-        timed_out = agent_turn_against(start_gateway, gateway_env, silent)
+        timed_out = agent_turn_against(start_gateway, gateway_env, silent)[-1]
 
     assert (refused["type"], refused["code"]) == ("error", "upstream_unavailable")
     assert (timed_out["type"], timed_out["code"]) == ("error", "upstream_timeout")
+
+
+def test_an_agent_reply_that_breaks_off_is_an_upstream_incomplete_error_frame(
+    start_gateway: GatewayFactory, gateway_env: dict[str, str]
+) -> None:
+    with BreakingUpstream() as provider:
+        frames = agent_turn_against(start_gateway, gateway_env, provider.url, model="chunked-rst")
+
+    assert [frame["type"] for frame in frames] == [
+        "governance",
+        "stream_start",
+        *["stream_chunk"] * 2,
+        "error",
+    ]
+    assert frames[-1]["code"] == "upstream_incomplete"
