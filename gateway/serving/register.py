@@ -4,6 +4,7 @@ warnings, each kind at most once per interval, so that a flood of bad clients is
 from __future__ import annotations
 
 import logging
+import resource
 import time
 import weakref
 from typing import TYPE_CHECKING
@@ -41,9 +42,10 @@ class ConnectionRegister:
             register = _REGISTERS[server_state] = cls(limits.connection_cap())
             if register.cap < limits.max_connections:
                 logger.warning(
-                    "MAX_CONNECTIONS (%d) lowered to %d per worker to fit the open-file limit",
+                    "MAX_CONNECTIONS (%d) lowered to %d per worker to fit the open-file limit (%d)",
                     limits.max_connections,
                     register.cap,
+                    resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                 )
         return register
 
