@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.middleware.context import REQUEST_ID_HEADER, RequestContext
+from gateway.context import REQUEST_ID_HEADER, RequestContext
 
 logger = logging.getLogger("gateway.errors")
 

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 from starlette.types import Message, Receive, Scope, Send
 
+from gateway.context import RequestContext
 from gateway.headers import ForwardingPolicy, response_headers_for_client
-from gateway.middleware.context import RequestContext
 from gateway.upstream_client import UpstreamClient
 from gateway.upstreams import Upstream, UpstreamClients
 

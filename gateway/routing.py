@@ -15,8 +15,8 @@ from typing import Any
 from starlette.routing import BaseRoute, Match, Mount, Route, Router, WebSocketRoute
 from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
+from gateway.context import RequestContext
 from gateway.errors import GatewayError, respond_to_error
-from gateway.middleware.context import RequestContext
 
 
 class ExactPathRouter(Router):

@@ -7,10 +7,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
 from gateway.auth.principals import AGENT_KEY, API_TOKEN, Principal
+from gateway.context import RequestContext
 from gateway.db.agent_models import Agent
 from gateway.db.engine import Database
 from gateway.errors import AuthenticationError, NotFoundError, PermissionDeniedError
-from gateway.middleware.context import RequestContext
 
 AGENTS_SCOPE = "agents"
 

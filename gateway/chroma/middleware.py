@@ -18,9 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.chroma.names import DEFAULT_DATABASE, DEFAULT_TENANT, Namespace
 from gateway.chroma.routes import DATABASES, DB, ChromaCall, Reply, match
 from gateway.chroma.upstream import ChromaLookups
+from gateway.context import RequestContext
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.jsonbody import parse_json_object
-from gateway.middleware.context import RequestContext
 from gateway.middleware.rewrite import read_body, replaying
 
 JSON_HEADERS = [(b"content-type", b"application/json")]

@@ -14,8 +14,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.principals import AGENT_KEY
+from gateway.context import RequestContext
 from gateway.errors import AuthenticationError, PermissionDeniedError
-from gateway.middleware.context import RequestContext
 
 SESSION_COOKIE = "gw_session"
 REFRESH_COOKIE = "gw_refresh"

@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.context import RequestContext
 from gateway.errors import InvalidRequestError, PayloadTooLargeError
 from gateway.jsonbody import parse_json_object
-from gateway.middleware.context import RequestContext
 
 JsonObject = dict[str, Any]
 # Returns the rewritten body, or None when the body is to go on byte for byte as the client sent it.

@@ -17,8 +17,8 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth.principals import Principal
+from gateway.context import RequestContext
 from gateway.errors import GatewayError, InternalError
-from gateway.middleware.context import RequestContext
 from gateway.usage.observers import ObservedUsage, ResponseObserver, observer_for
 from gateway.usage.pricing import PriceTable
 from gateway.usage.recorder import UsageRecord, UsageRecorder

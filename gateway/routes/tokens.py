@@ -17,11 +17,11 @@ from gateway.auth.tokens import (
     list_api_tokens,
     revoke_api_token,
 )
+from gateway.context import RequestContext
 from gateway.db.base import iso, utcnow
 from gateway.db.engine import Database
 from gateway.db.models import ApiToken
 from gateway.errors import InvalidRequestError, NotFoundError
-from gateway.middleware.context import RequestContext
 from gateway.routes.bodies import json_object, optional_string
 
 MAX_EXPIRY_DAYS = 3650

@@ -23,8 +23,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.auth.principals import SESSION, Principal
 from gateway.chroma.middleware import ChromaNamespaceMiddleware
 from gateway.chroma.names import Namespace
+from gateway.context import RequestContext
 from gateway.errors import EXCEPTION_HANDLERS
-from gateway.middleware.context import ContextMiddleware, RequestContext
+from gateway.middleware.context import ContextMiddleware
 from tests.serving import LiveServer
 
 USER = "usr_caller"

@@ -12,8 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
+from gateway.context import RequestContext
 from gateway.errors import EXCEPTION_HANDLERS
-from gateway.middleware.context import ContextMiddleware, RequestContext
+from gateway.middleware.context import ContextMiddleware
 from tests.serving import LiveServer
 
 

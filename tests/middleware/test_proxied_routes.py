@@ -11,8 +11,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.app import Gateway
+from gateway.context import RequestContext
 from gateway.errors import EXCEPTION_HANDLERS, AuthenticationError
-from gateway.middleware.context import RequestContext
 from tests.serving import LiveServer
 
 

@@ -1,0 +1,47 @@
+"""Per-request context: the request id every response carries, under the one scope key `scope["gateway"]`.
+
+On the foundation's floor: the errors, the proxy, the features and the middleware all read it;
+`gateway.middleware.context.ContextMiddleware` attaches it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.types import Scope
+
+from gateway.ids import random_hex
+
+SCOPE_KEY = "gateway"
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_RAW = REQUEST_ID_HEADER.lower().encode("latin-1")
+# A client's id is echoed only when it is short and plain enough to be safe in logs and headers.
+SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:+=/-]{1,128}")
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What the chain learns about one request; middleware further down fill in their part."""
+
+    request_id: str
+    started_at: float = field(default_factory=time.perf_counter)
+    principal: Any = None  # a gateway.auth.principals.Principal once auth has run
+    request_json: dict[str, Any] | None = None  # the parsed body, once a rewrite middleware has read it
+    response_started: bool = False  # once it has, an error can no longer be answered, only end the response
+
+    @staticmethod
+    def of(scope: Scope) -> RequestContext | None:
+        """The context of a request that went through `ContextMiddleware`, if it did."""
+        context = scope.get(SCOPE_KEY)
+        return context if isinstance(context, RequestContext) else None
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's `X-Request-ID` when it is sane, otherwise a fresh one."""
+    for name, value in headers:
+        if name == _REQUEST_ID_RAW and SANE_REQUEST_ID.fullmatch(value):
+            return value.decode("ascii")
+    return random_hex()
