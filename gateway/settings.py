@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
-from gateway.agents.tiers import Tier, parse_tiers
+from gateway.tiers import Tier, parse_tiers
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com"
 DEFAULT_MISTRAL_BASE_URL = "https://api.mistral.ai"

@@ -15,12 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.agents.quotas import lock_agent, storage_used
 from gateway.agents.storage import Storage
-from gateway.agents.tiers import Tier
 from gateway.agents.uploads import Received, StorageQuotaError, receive_upload
 from gateway.db.asset_models import AgentFile
 from gateway.db.base import utcnow
 from gateway.db.engine import Database
 from gateway.ids import new_id
+from gateway.tiers import Tier
 
 FILE_ID_PREFIX = "file"
 

@@ -15,11 +15,11 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.agents.tiers import DEFAULT_TIER, LIMIT_NAMES, Tier
 from gateway.db.agent_models import Agent, AgentMessage
 from gateway.db.asset_models import AgentFile
 from gateway.db.base import iso, utcnow
 from gateway.errors import QuotaExceededError
+from gateway.tiers import DEFAULT_TIER, LIMIT_NAMES, Tier
 
 logger = logging.getLogger("gateway.quotas")
 

@@ -17,7 +17,6 @@ import pytest
 from sqlalchemy import text
 
 from gateway.agents.quotas import Quotas, check_chat_quota
-from gateway.agents.tiers import parse_tiers
 from gateway.agents.vault import Vault, VaultError, byok_key, master_key_id, vault_for
 from gateway.db.agent_models import Agent, AgentMessage
 from gateway.db.base import utcnow
@@ -25,6 +24,7 @@ from gateway.db.engine import Database
 from gateway.errors import QuotaExceededError
 from gateway.ids import new_id
 from gateway.settings import Settings
+from gateway.tiers import parse_tiers
 from tests.conftest import GatewayFactory, PostgresServer, add_user
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.serving import GATEWAY, LiveServer, clean_env

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gateway.agents.files import attachment_disposition
-from gateway.agents.tiers import BUILT_IN_TIERS, parse_tiers
 from gateway.agents.uploads import safe_content_type, safe_filename
 from gateway.settings import Settings, SettingsError
+from gateway.tiers import BUILT_IN_TIERS, parse_tiers
 
 
 @pytest.mark.parametrize(

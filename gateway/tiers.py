@@ -3,6 +3,9 @@
 `QUOTA_TIERS` is a JSON object of tier name → limits, e.g. `{"free": {"messages_per_day": 100}, "team":
 {"tokens_per_month": null}}`. Given tiers are laid over the built-in ones (`free`, `pro`): a limit a tier leaves
 out keeps the built-in tier's of that name, or `free`'s for a new tier; `null` means unlimited.
+
+On the settings' floor, not in `gateway.agents`: `Settings` parses `QUOTA_TIERS` at start-up, and the foundation
+imports nothing above it.
 """
 
 from __future__ import annotations
