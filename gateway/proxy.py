@@ -1,19 +1,19 @@
-"""The generic streaming reverse proxy: one ASGI app per upstream route, bodies streamed both ways.
+"""The generic reverse proxy: one ASGI app per upstream route; the request goes whole, the answer streams back.
 
-It sends through the upstream's client (`gateway.upstream_client`), whose errors are already ours: before the
-answer they are raised for the error handler to render. Once the response has started, an answer that breaks off
-raises `UpstreamIncompleteError` rather than ending the client's message: the server then aborts the connection,
-so the client sees an incomplete response, never a clean end. When the client goes away the upstream connection is
-closed at once.
+Every chain reads the client's body before the proxy (to rewrite it, namespace it, or hold it to the size limit)
+and replays it in one message, so the proxy sends it in hand, with its length. It sends through the upstream's
+client (`gateway.upstream_client`), whose errors are already ours: before the answer they are raised for the error
+handler to render. Once the response has started, an answer that breaks off raises `UpstreamIncompleteError`
+rather than ending the client's message: the server then aborts the connection, so the client sees an incomplete
+response, never a clean end. When the client goes away the upstream connection is closed at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from gateway.context import RequestContext
 from gateway.headers import ForwardingPolicy, response_headers_for_client
@@ -49,33 +49,27 @@ class ReverseProxy:
         body = await exchange.request_body()
         if exchange.disconnected:
             return  # the client left before its body was in: nothing to send
-        headers, length = self._headers(scope)
-        await exchange.run(client, self._target(scope), headers, body, length=length)
+        await exchange.run(client, self._target(scope), self._headers(scope), body)
 
     def _target(self, scope: Scope) -> bytes:
         """The request target on the upstream: its path, and the client's query as it came."""
         query: bytes = scope.get("query_string", b"")
         return self.path + b"?" + query if query else self.path
 
-    def _headers(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], int | None]:
-        """The headers for the upstream, and the length the client declared (used only for a streamed body)."""
+    def _headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        """The headers for the upstream: the forwarding policy's, without the client's Content-Length (the pool
+        writes the length of the body it sends)."""
         client = scope.get("client")
         allowed = self.forwarding.request_headers(
             scope["headers"], peer=client[0] if client else None, scheme=scope.get("scheme", "http")
         )
-        headers = []
-        length = None
-        for name, value in allowed:
-            if name.lower() == b"content-length":
-                length = int(value) if value.isdigit() else None  # the pool writes it again
-            else:
-                headers.append((name, value))
+        headers = [(name, value) for name, value in allowed if name.lower() != b"content-length"]
         context = RequestContext.of(scope)
         if context is not None:
             headers.append((b"x-request-id", context.request_id.encode("latin-1")))
         if self._credential is not None:
             headers.append(self._credential)
-        return headers, length
+        return headers
 
 
 class _Exchange:
@@ -84,7 +78,6 @@ class _Exchange:
     __slots__ = (
         "_task",
         "_watcher",
-        "body_read",
         "disconnected",
         "finished",
         "receive",
@@ -96,35 +89,25 @@ class _Exchange:
         self.scope = scope
         self.receive = receive
         self.send = send
-        self.body_read = False
         self.disconnected = False
         self.finished = False
         self._task: asyncio.Task[object] | None = None
         self._watcher: asyncio.Task[None] | asyncio.TimerHandle | None = None
 
-    async def request_body(self) -> bytes | AsyncIterator[bytes] | None:
-        """The body as bytes when it came in one message (the common case), else a stream of it."""
-        message = await self.receive()
-        if message["type"] == "http.disconnect":
-            self.disconnected = True
-            return None
-        if not message.get("more_body", False):
-            self.body_read = True
-            return bytes(message.get("body", b"")) or None
-        return self._stream_body(message)
-
-    async def _stream_body(self, first: Message) -> AsyncIterator[bytes]:
-        yield bytes(first.get("body", b""))
-        while True:
+    async def request_body(self) -> bytes | None:
+        """The whole body (None when empty), or None with `disconnected` set if the client left first. In a chain
+        it comes in one message, replayed by the middleware that read it and held it to `MAX_REQUEST_BYTES`; a
+        body in several messages is gathered whole all the same, never sent on in pieces."""
+        chunks: list[bytes] = []
+        more_body = True
+        while more_body:
             message = await self.receive()
             if message["type"] == "http.disconnect":
-                self._client_left()
-                return
-            yield bytes(message.get("body", b""))
-            if not message.get("more_body", False):
-                self.body_read = True
-                self._watch_for_disconnect()
-                return
+                self.disconnected = True
+                return None
+            chunks.append(message.get("body", b""))
+            more_body = message.get("more_body", False)
+        return b"".join(chunks) or None
 
     def _client_left(self) -> None:
         self.disconnected = True
@@ -132,12 +115,11 @@ class _Exchange:
             self._task.cancel()
 
     def _watch_for_disconnect(self) -> None:
-        """Once the body is in, the server's `receive` only returns when the client has gone (or the response
-        ended): a task waits on it for the rest of the exchange. Most exchanges are over in a few milliseconds,
-        so the task is only started once this one has lasted `WATCH_AFTER_SECONDS` (a client that left earlier
-        is seen then, at once: its `receive` has the disconnect waiting)."""
-        if self._watcher is None and self._task is not None and not self.finished:
-            self._watcher = asyncio.get_running_loop().call_later(WATCH_AFTER_SECONDS, self._start_watching)
+        """The body is in (`request_body` read it whole), so the server's `receive` only returns when the client
+        has gone (or the response ended): a task waits on it for the rest of the exchange. Most exchanges are over
+        in a few milliseconds, so the task is only started once this one has lasted `WATCH_AFTER_SECONDS` (a
+        client that left earlier is seen then, at once: its `receive` has the disconnect waiting)."""
+        self._watcher = asyncio.get_running_loop().call_later(WATCH_AFTER_SECONDS, self._start_watching)
 
     def _start_watching(self) -> None:
         if not self.finished:
@@ -153,9 +135,7 @@ class _Exchange:
         client: UpstreamClient,
         target: bytes,
         headers: list[tuple[bytes, bytes]],
-        body: bytes | AsyncIterator[bytes] | None,
-        *,
-        length: int | None,
+        body: bytes | None,
     ) -> None:
         """Forward the request and stream the answer. Raises an `UpstreamError` before the answer starts (for the
         error handler to render), `UpstreamIncompleteError` when the answer breaks off after (for the server to
@@ -165,10 +145,9 @@ class _Exchange:
         that cancellation is ours, so it is absorbed here and the request simply ends.
         """
         task = self._task = asyncio.current_task()
-        if self.body_read:
-            self._watch_for_disconnect()
+        self._watch_for_disconnect()
         try:
-            await self._forward(client, target, headers, body, length)
+            await self._forward(client, target, headers, body)
         except asyncio.CancelledError:
             if not self.disconnected or task is None:
                 raise
@@ -183,8 +162,7 @@ class _Exchange:
         client: UpstreamClient,
         target: bytes,
         headers: list[tuple[bytes, bytes]],
-        body: bytes | AsyncIterator[bytes] | None,
-        length: int | None,
+        body: bytes | None,
     ) -> None:
         context = RequestContext.of(self.scope)
         response = await client.request(
@@ -192,7 +170,6 @@ class _Exchange:
             target,
             headers,
             body,
-            length=length,
             request_id=context.request_id if context else None,
         )
         complete = False

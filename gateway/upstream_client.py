@@ -16,7 +16,7 @@ An answer that breaks off is never a clean end: whoever forwards it aborts its o
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,6 @@ if TYPE_CHECKING:  # upstreams.py builds the clients
 logger = logging.getLogger("gateway.upstream")
 
 Headers = list[tuple[bytes, bytes]]
-Body = bytes | AsyncIterator[bytes] | None
 # The largest JSON answer the gateway reads for itself (a lookup's record, a provider's whole completion).
 MAX_JSON_BYTES = 4 * 1024 * 1024
 JSON_CONTENT_TYPE = (b"content-type", b"application/json")
@@ -73,18 +72,17 @@ class UpstreamClient:
         method: bytes,
         target: bytes,
         headers: Headers,
-        body: Body,
+        body: bytes | None,
         *,
-        length: int | None = None,
         request_id: str | None = None,
     ) -> UpstreamResponse:
-        """Send a request and wait for its response headers; `target` is the path and query on the upstream
-        (`Upstream.target`), `headers` carry neither Host nor the body's framing (`HttpPool.request`).
+        """Send a request, its body whole, and wait for its response headers; `target` is the path and query on the
+        upstream (`Upstream.target`), `headers` carry neither Host nor the body's framing (`HttpPool.request`).
 
         Raises `UpstreamUnavailableError`, `UpstreamTimeoutError` or `UpstreamBusyError` when no answer came.
         """
         try:
-            response = await self.pool.request(method, target, headers, body, length=length)
+            response = await self.pool.request(method, target, headers, body)
         except http1.UpstreamError as exc:
             raise self._failed(exc, answered=False, request_id=request_id) from exc
         return UpstreamResponse(response, self, request_id)

@@ -1,5 +1,5 @@
 """A lean HTTP/1.1 client for the proxy's upstream traffic: asyncio protocols with httptools' parser (the one
-uvicorn uses for requests), a keep-alive pool per upstream, bodies streamed both ways.
+uvicorn uses for requests), a keep-alive pool per upstream; each request goes whole, its answer streams back.
 
 The proxy's hot path measured aiohttp's client at over a quarter of the gateway's CPU per request, building
 request and response objects, header multidicts and timers the proxy never looks at (docs/BENCHMARKS.md). This

@@ -47,8 +47,6 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._busy = False
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._wait_deadline = 0.0
@@ -63,8 +61,7 @@ class Connection(asyncio.Protocol):
         self.done = False
         self.keep_alive = False
         self.error: BaseException | None = None
-        self.request_written = False  # some of the request went to the socket: the upstream may have read it
-        self.request_sent = False  # the whole request is written (else the upstream answered early)
+        self.request_written = False  # the request went to the socket: the upstream may have read it
         self._head_bytes = 0
         self._head_request = head_request
         self._interim = False
@@ -81,8 +78,9 @@ class Connection(asyncio.Protocol):
         self._busy = True
 
     def write(self, data: bytes) -> None:
-        """Hand request bytes to the socket. `BrokenOff` when the connection is closing; while `request_written` is
-        still False after that, none of this request left us, and it is safe to send it elsewhere."""
+        """Hand the whole request (head and body, in one write) to the socket. `BrokenOff` when the connection is
+        closing; `request_written` is then still False: none of this request left us, and it is safe to send it
+        elsewhere."""
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
             raise BrokenOff("the connection closed before the request was sent")
@@ -92,17 +90,6 @@ class Connection(asyncio.Protocol):
             # it before this returns, and the bytes of this call were not taken.
             raise BrokenOff("the connection was reset as the request was being sent")
         self.request_written = True
-
-    async def drain(self) -> None:
-        """Wait until the socket takes more of a streamed request body."""
-        if self.closed:
-            raise BrokenOff("the connection closed while the request was being sent")
-        if self._write_paused:
-            self._drain_waiter = self.loop.create_future()
-            try:
-                await self._drain_waiter
-            finally:
-                self._drain_waiter = None
 
     async def response_started(self) -> None:
         """Wait for the response headers: `HeadersTimeout` after the read timeout, `BrokenOff` if the
@@ -150,7 +137,7 @@ class Connection(asyncio.Protocol):
         """Ends the exchange; True when the connection can carry another."""
         self._busy = False
         reusable = (
-            self.done and self.keep_alive and self.request_sent and not self.closed and self.error is None
+            self.done and self.keep_alive and self.request_written and not self.closed and self.error is None
         )
         if not reusable:
             self.close()
@@ -249,19 +236,7 @@ class Connection(asyncio.Protocol):
         elif self._busy and not self.done and self.error is None:
             self.error = BrokenOff("the upstream closed the connection before the response was complete")
         self._wake()
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_exception(
-                BrokenOff("the connection closed while the request was being sent")
-            )
         self.on_close(self)
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
 
     # httptools' callbacks. Nothing may follow a complete response in the same read either: a second message
     # is not parsed into the first, and the connection is not reused after it.

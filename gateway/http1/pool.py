@@ -9,10 +9,12 @@ The idle check is `Connection.is_stale`: the protocol's own flags, then one zero
 because the upstream's FIN may have arrived a moment ago and the loop not have handled it yet. Measured on uvloop:
 0.6-0.8 µs per reuse, of the 23-25 µs of CPU a whole request costs this pool and a trivial in-process upstream.
 
-A request is sent again only when the upstream cannot have received it: the connection turned out closed as the
-first bytes were written, so none left us (then once, on another connection; a streamed body has not been pulled
-yet). Once any byte is written, a connection that ends without an answer is `BrokenOff` (the proxy's 502): an
-upstream may read a POST, act on it (a paid completion) and close without answering, and a resend would act twice.
+A request goes out whole, its body in hand: every chain has read the client's body before the proxy (to rewrite
+it, namespace it, or hold it to the size limit), so the request line, headers and body leave in one write, framed
+by Content-Length. A request is sent again only when the upstream cannot have received it: the connection turned
+out closed as that write was made, so none of it left us (then once, on another connection). Once any byte is
+written, a connection that ends without an answer is `BrokenOff` (the proxy's 502): an upstream may read a POST,
+act on it (a paid completion) and close without answering, and a resend would act twice.
 """
 
 from __future__ import annotations
@@ -20,14 +22,12 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 from gateway.http1.connection import Connection
 from gateway.http1.errors import BrokenOff, ConnectFailed, PoolTimeout
 
 Headers = list[tuple[bytes, bytes]]
-Body = bytes | AsyncIterator[bytes] | None
 # Methods whose requests carry a body by definition: an empty one is announced as `content-length: 0`.
 BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
@@ -107,20 +107,18 @@ class HttpPool:
         self._expiry: asyncio.TimerHandle | None = None  # closes idle connections past their keep-alive
         self._closed = False
 
-    async def request(
-        self, method: bytes, target: bytes, headers: Headers, body: Body, *, length: int | None = None
-    ) -> Response:
+    async def request(self, method: bytes, target: bytes, headers: Headers, body: bytes | None) -> Response:
         """Send a request and wait for its response headers. `target` is the path and query; `headers` must not
-        carry Host, Content-Length or Transfer-Encoding: the pool writes those (`length` for a streamed body of
-        known size, else it is sent chunked)."""
-        if isinstance(body, bytes):
-            length = len(body)
-        elif body is None:
+        carry Host, Content-Length or Transfer-Encoding: the pool writes Host, and the body's length."""
+        if body is not None:
+            length: int | None = len(body)
+        else:
             length = 0 if method in BODY_METHODS else None
-        head = request_head(method, target, self.host_header, headers, length, streamed=not _in_hand(body))
+        head = request_head(method, target, self.host_header, headers, length)
+        message = head + body if body else head
         connection = await self._acquire()
         try:
-            await self._exchange(connection, method, head, body, length)
+            await self._exchange(connection, method, message)
         except BrokenOff:
             if connection.request_written:
                 self._put_back(connection)
@@ -135,7 +133,7 @@ class HttpPool:
             else:
                 connection = await self._acquire()
             try:
-                await self._exchange(connection, method, head, body, length)
+                await self._exchange(connection, method, message)
             except BaseException:
                 connection.close()
                 self._put_back(connection)
@@ -146,22 +144,9 @@ class HttpPool:
             raise
         return Response(connection, self)
 
-    async def _exchange(
-        self, connection: Connection, method: bytes, head: bytes, body: Body, length: int | None
-    ) -> None:
+    async def _exchange(self, connection: Connection, method: bytes, message: bytes) -> None:
         connection.begin(head_request=method == b"HEAD")
-        if body is None or isinstance(body, bytes):
-            connection.write(head + body if body else head)
-        else:
-            connection.write(head)
-            try:
-                await _send_stream(connection, body, length)
-            except BrokenOff:
-                if not connection.headers_done:
-                    raise
-                # The upstream answered (a 413, say) and hung up before taking the whole body: its answer stands.
-                return
-        connection.request_sent = True
+        connection.write(message)
         await connection.response_started()
 
     async def aclose(self) -> None:
@@ -294,42 +279,13 @@ class HttpPool:
         return False
 
 
-async def _send_stream(connection: Connection, body: AsyncIterator[bytes], length: int | None) -> None:
-    """A streamed body: chunked when its length is unknown, else exactly `length` bytes (a body that turns out
-    longer or shorter fails here, before the upstream could take the difference for another request)."""
-    sent = 0
-    async for chunk in body:
-        if not chunk:
-            continue
-        sent += len(chunk)
-        if length is None:
-            connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-        elif sent > length:
-            raise BrokenOff(f"the request body is longer than its declared {length} bytes")
-        else:
-            connection.write(chunk)
-        await connection.drain()
-    if length is None:
-        connection.write(b"0\r\n\r\n")
-    elif sent != length:
-        raise BrokenOff(f"the request body ended at {sent} of its declared {length} bytes")
-
-
-def _in_hand(body: Body) -> bool:
-    return body is None or isinstance(body, bytes)
-
-
-def request_head(
-    method: bytes, target: bytes, host: bytes, headers: Headers, length: int | None, *, streamed: bool
-) -> bytes:
+def request_head(method: bytes, target: bytes, host: bytes, headers: Headers, length: int | None) -> bytes:
     """The request line and headers. A CR or LF inside any of them would let one header smuggle another (or a
     second request): none can arrive through the server's parser, and this refuses the bytes if one ever does."""
     lines = [method + b" " + target + b" HTTP/1.1", b"host: " + host]
     lines += [name + b": " + value for name, value in headers]
     if length is not None:
         lines.append(b"content-length: %d" % length)
-    elif streamed:
-        lines.append(b"transfer-encoding: chunked")
     head = b"\r\n".join(lines) + b"\r\n\r\n"
     if head.count(b"\n") != len(lines) + 1 or head.count(b"\r") != len(lines) + 1:
         raise ValueError("a request line or header holds a CR or LF")

@@ -33,7 +33,7 @@ class Request:
 
     line: bytes
     headers: list[tuple[bytes, bytes]]
-    body: bytes  # de-chunked
+    body: bytes  # as long as its Content-Length says (the pool sends no other framing)
     raw: bytes  # every byte of this request as it came over the wire
 
     @property
@@ -102,19 +102,6 @@ class Peer:
                 return None
             request.body = body
             request.raw += body
-        elif any(b"chunked" in value.lower() for value in request.values(b"transfer-encoding")):
-            while True:
-                size_line = await self._until(b"\r\n")
-                if size_line is None:
-                    return None
-                size = int(size_line.split(b";")[0], 16)
-                data = await self._exactly(size + 2)
-                if data is None:
-                    return None
-                request.raw += size_line + data
-                request.body += data[:-2]
-                if size == 0:
-                    break
         self.requests.append(request)
         return request
 
@@ -242,12 +229,6 @@ async def get_text(pool: HttpPool, target: bytes = b"/") -> bytes:
     body = await read_all(response)
     response.release()
     return body
-
-
-async def stream(*chunks: bytes) -> AsyncIterator[bytes]:
-    for chunk in chunks:
-        await asyncio.sleep(0)
-        yield chunk
 
 
 def free_port() -> int:
