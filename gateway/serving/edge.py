@@ -141,9 +141,8 @@ class EdgeProtocol(HttpToolsProtocol):
         if len(headers) >= self._max_headers:
             raise TooManyHeadersError
         name = name.lower()
-        value = value.rstrip(
-            b" \t"
-        )  # llhttp keeps trailing whitespace, which RFC 9110 excludes from the value
+        # llhttp keeps trailing whitespace, which RFC 9110 excludes from the value.
+        value = value.rstrip(b" \t")
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
         headers.append((name, value))
@@ -174,9 +173,8 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._reading == DONE:  # idle from now: uvicorn's keep-alive timeout runs
             self._since = self.loop.time()
             self._arm(self._since + self.timeout_keep_alive)
-        elif (
-            self._reading == HEADERS
-        ):  # the next request's headers, held back by the response: timed from now
+        elif self._reading == HEADERS:
+            # The next request's headers, held back by the response: timed from now.
             self._since = self.loop.time()
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
