@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from gateway.accesslog import AccessLog
+from gateway.agents.agent_keys import AgentKeys
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.jwt import ExternalTokens, PlatformTokens, TokenVerifier
 from gateway.auth.principals import PrincipalCache
@@ -83,7 +84,8 @@ def build_identity(settings: Settings, database: Database) -> Identity:
         access_ttl_seconds=settings.access_token_ttl_seconds,
         refresh_ttl_seconds=settings.refresh_token_ttl_seconds,
     )
-    authenticator = Authenticator(database, codec, TokenVerifier(platform, external), cache)
+    verifier = TokenVerifier(platform, external)
+    authenticator = Authenticator(database, codec, verifier, cache, agent_keys=AgentKeys())
     return Identity(authenticator, revocations, sessions, codec)
 
 

@@ -116,3 +116,17 @@ async def record_agent_keys_last_used(session: AsyncSession, last_used: dict[str
             .where((AgentApiKey.last_used_at.is_(None)) | (AgentApiKey.last_used_at < used_at))
             .values(last_used_at=used_at)
         )
+
+
+class AgentKeys:
+    """The agent keys as the authenticator looks them up (`gateway.auth.authenticator.AgentKeyLookup`)."""
+
+    async def principal(self, session: AsyncSession, key_hash: str) -> Principal | None:
+        found = await find_agent_key(session, key_hash)
+        return found.principal() if found is not None and found.is_live else None
+
+    def is_key_id(self, token_id: str) -> bool:
+        return is_agent_key_id(token_id)
+
+    async def record_last_used(self, session: AsyncSession, last_used: dict[str, datetime]) -> None:
+        await record_agent_keys_last_used(session, last_used)

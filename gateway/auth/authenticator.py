@@ -13,11 +13,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.agents.agent_keys import find_agent_key, is_agent_key_id, record_agent_keys_last_used
 from gateway.auth.jwt import Claims, InvalidTokenError, TokenVerifier, looks_like_jwt
 from gateway.auth.principals import API_TOKEN, JWT, SESSION, Principal, PrincipalCache
 from gateway.auth.tokens import (
@@ -38,16 +38,40 @@ LAST_USED_FLUSH_SECONDS = 10.0
 SESSION_CLAIM = "sid"  # the refresh family (login) an access token belongs to
 
 
+class AgentKeyLookup(Protocol):
+    """The agent keys' store, as the authenticator needs it. The agents feature owns the keys and implements this
+    (`gateway.agents.agent_keys.AgentKeys`); the app hands it in, so that auth imports nothing of agents."""
+
+    async def principal(self, session: AsyncSession, key_hash: str) -> Principal | None:
+        """Who the live key stored under `key_hash` proves; None when there is none, or it was revoked."""
+        ...
+
+    def is_key_id(self, token_id: str) -> bool:
+        """Whether a principal's `token_id` is an agent key's."""
+        ...
+
+    async def record_last_used(self, session: AsyncSession, last_used: dict[str, datetime]) -> None:
+        """Writes a batch of `last_used_at` times (key id → time)."""
+        ...
+
+
 class Authenticator:
     """Resolves Bearer tokens and session cookies to principals; raises `AuthenticationError` otherwise."""
 
     def __init__(
-        self, database: Database, codec: TokenCodec, verifier: TokenVerifier, cache: PrincipalCache
+        self,
+        database: Database,
+        codec: TokenCodec,
+        verifier: TokenVerifier,
+        cache: PrincipalCache,
+        *,
+        agent_keys: AgentKeyLookup,
     ) -> None:
         self.database = database
         self.codec = codec
         self.verifier = verifier
         self.cache = cache
+        self.agent_keys = agent_keys
         self.platform_issuer = verifier.platform.issuer
         self._last_used: dict[str, datetime] = {}
 
@@ -84,12 +108,10 @@ class Authenticator:
         return await self._stored(token, well_formed, load, refused="API token", why="revoked or has expired")
 
     async def _agent_key(self, agent_key: str) -> Principal:
-        async def load(session: AsyncSession, key: str) -> Principal | None:
-            found = await find_agent_key(session, key)
-            return found.principal() if found is not None and found.is_live else None
-
         well_formed = self.codec.is_well_formed(agent_key, AGENT_KEY_PREFIX)
-        return await self._stored(agent_key, well_formed, load, refused="agent key", why="revoked")
+        return await self._stored(
+            agent_key, well_formed, self.agent_keys.principal, refused="agent key", why="revoked"
+        )
 
     async def _stored(
         self,
@@ -165,10 +187,10 @@ class Authenticator:
         if not self._last_used:
             return
         batch, self._last_used = self._last_used, {}
-        agent_keys = {key_id: at for key_id, at in batch.items() if is_agent_key_id(key_id)}
+        agent_keys = {key_id: at for key_id, at in batch.items() if self.agent_keys.is_key_id(key_id)}
         async with self.database.session() as session, session.begin():
             await record_last_used(session, {k: at for k, at in batch.items() if k not in agent_keys})
-            await record_agent_keys_last_used(session, agent_keys)
+            await self.agent_keys.record_last_used(session, agent_keys)
 
     async def run_last_used_writer(self) -> None:
         """Flush `last_used_at` every few seconds until cancelled, then once more."""
