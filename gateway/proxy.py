@@ -96,18 +96,28 @@ class _Exchange:
 
     async def request_body(self) -> bytes | None:
         """The whole body (None when empty), or None with `disconnected` set if the client left first. In a chain
-        it comes in one message, replayed by the middleware that read it and held it to `MAX_REQUEST_BYTES`; a
-        body in several messages is gathered whole all the same, never sent on in pieces."""
-        chunks: list[bytes] = []
-        more_body = True
-        while more_body:
+        it comes in one message, replayed by the middleware that read it and held it to `MAX_REQUEST_BYTES`."""
+        message = await self.receive()
+        if message["type"] == "http.disconnect":
+            self.disconnected = True
+            return None
+        body: bytes = message.get("body", b"")
+        if message.get("more_body", False):
+            body = await self._rest_of_body(body)
+        return body or None
+
+    async def _rest_of_body(self, first: bytes) -> bytes:
+        """A body in several messages (the proxy served with no middleware in front) is gathered whole all the
+        same, never sent on in pieces; empty, with `disconnected` set, if the client left first."""
+        chunks = [first]
+        while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 self.disconnected = True
-                return None
+                return b""
             chunks.append(message.get("body", b""))
-            more_body = message.get("more_body", False)
-        return b"".join(chunks) or None
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
     def _client_left(self) -> None:
         self.disconnected = True
