@@ -20,10 +20,10 @@ from gateway.agents.access import check_agent_access, owned_agent
 from gateway.agents.turns import AgentGoneError, AgentNotRunningError, ChatServices, Turn
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.principals import AGENT_KEY, Principal
+from gateway.auth.sessions import SESSION_COOKIE
 from gateway.context import RequestContext, request_id_from
 from gateway.db.agent_models import RUNNING
 from gateway.errors import AuthenticationError, GatewayError, PermissionDeniedError, error_response
-from gateway.middleware.auth import SESSION_COOKIE
 
 logger = logging.getLogger("gateway.agents")
 

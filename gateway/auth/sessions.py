@@ -26,6 +26,10 @@ from gateway.errors import AuthenticationError
 from gateway.ids import new_id
 
 INVALID_LOGIN = "Invalid email or password."
+# The browser session's cookies: set by the session routes, read by the auth middleware and the agent chat.
+SESSION_COOKIE = "gw_session"
+REFRESH_COOKIE = "gw_refresh"
+CSRF_COOKIE = "gw_csrf"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,12 +14,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.principals import AGENT_KEY
+from gateway.auth.sessions import CSRF_COOKIE, SESSION_COOKIE
 from gateway.context import RequestContext
 from gateway.errors import AuthenticationError, PermissionDeniedError
 
-SESSION_COOKIE = "gw_session"
-REFRESH_COOKIE = "gw_refresh"
-CSRF_COOKIE = "gw_csrf"
 CSRF_HEADER = b"x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CHALLENGE = {"WWW-Authenticate": "Bearer"}

@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.auth.passwords import WeakPasswordError
-from gateway.auth.sessions import IssuedSession, SessionService
+from gateway.auth.sessions import CSRF_COOKIE, REFRESH_COOKIE, SESSION_COOKIE, IssuedSession, SessionService
 from gateway.auth.throttle import LoginThrottle
 from gateway.auth.users import InvalidEmailError, UserExistsError, create_user, user_json
 from gateway.db.engine import Database
@@ -20,7 +20,7 @@ from gateway.errors import (
     NotFoundError,
     QuotaExceededError,
 )
-from gateway.middleware.auth import CSRF_COOKIE, REFRESH_COOKIE, SESSION_COOKIE, check_csrf
+from gateway.middleware.auth import check_csrf
 from gateway.routes.bodies import json_object
 from gateway.routes.tokens import caller
 
