@@ -10,11 +10,11 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from gateway.auth.authenticator import Authenticator
-from gateway.chroma.middleware import ChromaNamespaceMiddleware
-from gateway.chroma.proxy import ChromaNotConfigured, ChromaProxy
 from gateway.chroma.upstream import ChromaLookups
+from gateway.chroma_proxy import ChromaNotConfigured, ChromaProxy
 from gateway.headers import ForwardingPolicy, TrustedProxies
 from gateway.middleware.auth import AuthMiddleware
+from gateway.middleware.chroma import ChromaNamespaceMiddleware
 from gateway.middleware.rewrite import BodyRewriteMiddleware
 from gateway.middleware.usage import UsageMiddleware
 from gateway.proxy import ReverseProxy

@@ -21,10 +21,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth.principals import SESSION, Principal
-from gateway.chroma.middleware import ChromaNamespaceMiddleware
 from gateway.chroma.names import Namespace
 from gateway.context import RequestContext
 from gateway.errors import EXCEPTION_HANDLERS
+from gateway.middleware.chroma import ChromaNamespaceMiddleware
 from gateway.middleware.context import ContextMiddleware
 from tests.serving import LiveServer
 

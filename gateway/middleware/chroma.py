@@ -5,6 +5,9 @@ string and JSON bodies are parsed, namespaced and re-serialised (never spliced a
 is proven to belong to the caller's database before anything is forwarded. Responses: database and collection
 records lose the prefix, the database list keeps only the caller's (paged after filtering), and error messages
 are scrubbed of namespaces. The rewritten path and query go to the proxy in the scope.
+
+A step of the pipeline, so on the middleware floor: it reads the body as `gateway.middleware.rewrite` does; what
+Chroma's names and routes are is the chroma feature's (`gateway.chroma`).
 """
 
 from __future__ import annotations

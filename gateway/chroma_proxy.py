@@ -1,4 +1,7 @@
-"""The proxy for Chroma: the generic one, sent to the path and query the namespacing middleware wrote."""
+"""The proxy for Chroma: the generic one, sent to the path and query the namespacing middleware wrote.
+
+Beside `gateway.proxy`, on its floor (it is one), rather than in the chroma feature below it.
+"""
 
 from __future__ import annotations
 
