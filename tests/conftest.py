@@ -162,9 +162,8 @@ def start_gateway(gateway_env: dict[str, str]) -> GatewayFactory:
         if migrate:
             prepare_data_dir(settings)
             asyncio.run(upgrade(settings.database_url))
-        options = uvicorn_options(
-            settings
-        )  # the edge's limits from these settings, as `gateway serve` has them
+        # The edge's limits from these settings, as `gateway serve` has them.
+        options = uvicorn_options(settings)
         options.pop("log_config")
         return LiveServer(create_app(settings), **options)
 
