@@ -14,6 +14,7 @@ from typing import Any
 from starlette.types import Scope
 
 from gateway.ids import random_hex
+from gateway.principals import Principal
 
 SCOPE_KEY = "gateway"
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -28,8 +29,10 @@ class RequestContext:
 
     request_id: str
     started_at: float = field(default_factory=time.perf_counter)
-    principal: Any = None  # a gateway.auth.principals.Principal once auth has run
-    request_json: dict[str, Any] | None = None  # the parsed body, once a rewrite middleware has read it
+    principal: Principal | None = None  # once auth has run
+    # The parsed JSON body, on chains whose usage step reads it (gateway.middleware.usage); the steps below take it
+    # from here rather than parse it again.
+    request_json: dict[str, Any] | None = None
     response_started: bool = False  # once it has, an error can no longer be answered, only end the response
 
     @staticmethod

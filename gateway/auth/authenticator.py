@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.auth.jwt import Claims, InvalidTokenError, TokenVerifier, looks_like_jwt
-from gateway.auth.principals import API_TOKEN, JWT, SESSION, Principal, PrincipalCache
+from gateway.auth.principals import PrincipalCache
 from gateway.auth.tokens import (
     AGENT_KEY_PREFIX,
     API_TOKEN_PREFIX,
@@ -31,6 +31,7 @@ from gateway.db.base import utcnow
 from gateway.db.engine import Database
 from gateway.db.models import ApiToken, RefreshToken, User
 from gateway.errors import AuthenticationError
+from gateway.principals import API_TOKEN, JWT, SESSION, Principal
 
 logger = logging.getLogger("gateway.auth")
 

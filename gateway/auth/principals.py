@@ -1,4 +1,4 @@
-"""Who a request is (a `Principal`), and the bounded cache that spares known credentials a database query.
+"""The bounded cache of proven `Principal`s that spares known credentials a database query.
 
 The cache never writes back what it read: a revocation evicts entries and bumps a generation, and a lookup that
 began before the revocation does not store its (now stale) answer. Negative answers live in their own, smaller,
@@ -10,37 +10,19 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from gateway.auth.tokens import KNOWN_SCOPES
+# Principal and the credential kinds live on the foundation (gateway.principals), so that the request context
+# can name the caller; they are re-exported here for auth's importers.
+from gateway.principals import (
+    AGENT_KEY,
+    API_TOKEN,
+    JWT,
+    PLATFORM_KINDS,
+    SESSION,
+    Principal,
+)
 
-SESSION = "session"  # the gateway's own access JWT, from the cookie or a Bearer header
-JWT = "jwt"  # an external identity provider's JWT
-API_TOKEN = "api_token"
-AGENT_KEY = "agent_key"
-PLATFORM_KINDS = frozenset({SESSION, JWT})
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """An authenticated caller: the user, how they proved it, and what they may do."""
-
-    user_id: str
-    kind: str
-    scopes: frozenset[str] = KNOWN_SCOPES
-    token_id: str | None = None
-    agent_id: str | None = None
-    session_id: str | None = None
-    is_admin: bool = False
-    expires_at: float | None = None  # epoch seconds; the cache never serves it past this
-
-    @property
-    def is_platform_user(self) -> bool:
-        """True for a platform JWT (a person), false for API tokens and agent keys."""
-        return self.kind in PLATFORM_KINDS
-
-    def may(self, scope: str) -> bool:
-        return scope in self.scopes
+__all__ = ["AGENT_KEY", "API_TOKEN", "JWT", "PLATFORM_KINDS", "SESSION", "Principal", "PrincipalCache"]
 
 
 class PrincipalCache:

@@ -19,13 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.db.base import utcnow
 from gateway.db.models import ApiToken, User
 from gateway.ids import new_id
+from gateway.principals import KNOWN_SCOPES as KNOWN_SCOPES  # the scopes a token may hold
 
 API_TOKEN_PREFIX = "gw_"
 AGENT_KEY_PREFIX = "ak_"
 RANDOM_CHARS = 43
 TAG_CHARS = 6
 DISPLAY_CHARS = 11  # "gw_" and the first 8 random characters: enough to tell tokens apart, useless to guess
-KNOWN_SCOPES = frozenset({"chat", "ocr", "chroma", "usage:read", "agents"})
 PROXY_SCOPES = ("chat", "ocr", "chroma")
 
 
