@@ -1,7 +1,9 @@
 """Each proxied route and its middleware chain, read top to bottom: the one file that shows a request's path.
 
 Every chain runs after the app-wide context middleware: auth (who), usage capture (what it used), the body
-rewrite, then the proxy. Adding an upstream is adding a route here, not editing the proxy.
+rewrite, then the proxy. Where the usage row carries the request's parameters (chat, OCR), the usage step reads
+the JSON body (`max_body_bytes`) and the rewrite below takes it parsed from the context; Chroma's namespacing
+reads its own. Adding an upstream is adding a route here, not editing the proxy.
 """
 
 from __future__ import annotations
@@ -49,7 +51,14 @@ def proxied_routes(
             methods=["POST"],
             middleware=[
                 Middleware(AuthMiddleware, authenticator=authenticator, required=required, scope="chat"),
-                Middleware(UsageMiddleware, recorder=recorder, pricing=pricing, kind="chat", provider=OPENAI),
+                Middleware(
+                    UsageMiddleware,
+                    recorder=recorder,
+                    pricing=pricing,
+                    kind="chat",
+                    provider=OPENAI,
+                    max_body_bytes=settings.max_request_bytes,
+                ),
                 Middleware(
                     BodyRewriteMiddleware, rewrite=force_stream_usage, max_bytes=settings.max_request_bytes
                 ),
@@ -61,7 +70,14 @@ def proxied_routes(
             methods=["POST"],
             middleware=[
                 Middleware(AuthMiddleware, authenticator=authenticator, required=required, scope="ocr"),
-                Middleware(UsageMiddleware, recorder=recorder, pricing=pricing, kind="ocr", provider=MISTRAL),
+                Middleware(
+                    UsageMiddleware,
+                    recorder=recorder,
+                    pricing=pricing,
+                    kind="ocr",
+                    provider=MISTRAL,
+                    max_body_bytes=settings.max_request_bytes,
+                ),
                 Middleware(
                     BodyRewriteMiddleware,
                     rewrite=OcrDocumentFromUrl(default_model=settings.mistral_ocr_model),

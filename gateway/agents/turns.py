@@ -6,10 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, update
@@ -22,16 +21,19 @@ from gateway.agents.providers import ProviderRegistry
 from gateway.agents.quotas import Quotas, check_chat_quota, lock_agent
 from gateway.agents.service import ASSISTANT, USER, conversation
 from gateway.agents.vault import Vault, VaultError, byok_key
-from gateway.auth.principals import Principal
+from gateway.context import RequestContext
 from gateway.db.agent_models import RUNNING, Agent, AgentMessage
 from gateway.db.base import utcnow
 from gateway.db.engine import Database
 from gateway.errors import QuotaExceededError
 from gateway.ids import new_id
+from gateway.principals import Principal
 from gateway.transparency.log import TransparencyLog, hash_text
 from gateway.upstreams import UpstreamClients
+from gateway.usage.observers import ObservedUsage
 from gateway.usage.pricing import PriceTable
 from gateway.usage.recorder import UsageRecord, UsageRecorder
+from gateway.usage.rows import Outcome, usage_row
 
 logger = logging.getLogger("gateway.agents")
 
@@ -39,7 +41,6 @@ SendFrame = Callable[[dict[str, Any]], Awaitable[None]]
 REQUEST_TYPE = "agent_chat"
 CONTEXT_MESSAGES = 100  # the latest messages of the session the model sees
 LONG_TEXT_CHARS = 4096  # longer messages are checked off the event loop
-CLIENT_CLOSED = 499
 # How long a turn's claim on its agent holds if its process dies before releasing it.
 TURN_LEASE = timedelta(minutes=10)
 
@@ -76,27 +77,33 @@ class _Seen:
     """What the turn got to, for its usage row."""
 
     agent: Agent | None = None
-    status: int = CLIENT_CLOSED
+    outcome: Outcome = field(default_factory=Outcome)  # the first delta is its first byte
     completion: StreamedCompletion | None = None
-    first_delta_at: float | None = None
     lease: datetime | None = None  # until when this turn holds its agent
 
 
 @dataclass(slots=True)
 class Turn:
-    """One user message and everything it sets off. `run` sends the frames through `send`."""
+    """One user message and everything it sets off. `run` sends the frames through `send`.
+
+    `context` is the chat connection's: its request id (the client's `X-Request-ID` on the handshake, when sane)
+    goes into the turn's logs, its upstream request and its usage row; its principal is the caller.
+    """
 
     services: ChatServices
     send: SendFrame
+    context: RequestContext
     principal: Principal
     agent_id: str
     content: str
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def request_id(self) -> str:
+        return self.context.request_id
 
     async def run(self) -> None:
         """Raises `AgentNotRunningError` / `AgentGoneError` before anything happened; every other failure is
         an error frame. Cancellation (the socket closed) closes the upstream and still records the usage."""
-        started = time.perf_counter()
         seen = _Seen()
         try:
             await self._run(seen)
@@ -105,16 +112,16 @@ class Turn:
                 {"type": "error", "code": "turn_in_progress", "message": "Wait for the current turn to end."}
             )
         except QuotaExceededError as exc:
-            seen.status = exc.status_code
+            seen.outcome.failed(exc.status_code, exc.code)
             await self._finish(seen, {"type": "error", "code": exc.code, "message": exc.message})
         except ProviderError as exc:
-            seen.status = exc.status
+            self._provider_failed(seen, exc)
             await self._finish(seen, {"type": "error", "code": exc.code, "message": exc.message})
         except (AgentNotRunningError, AgentGoneError, asyncio.CancelledError):
             raise
         except Exception:
             logger.exception("agent chat turn failed (request %s)", self.request_id)
-            seen.status = 500
+            seen.outcome.failed(500, "internal_error")
             await self._finish(
                 seen, {"type": "error", "code": "internal_error", "message": "The turn failed."}
             )
@@ -122,7 +129,7 @@ class Turn:
             if seen.lease is not None:  # no frame ended the turn (the socket closed): let go now
                 await asyncio.shield(self._release(seen))
             if seen.agent is not None:
-                self.services.recorder.record(self._usage_record(seen, started))
+                self.services.recorder.record(self._usage_record(seen))
 
     async def _run(self, seen: _Seen) -> None:
         services = self.services
@@ -169,7 +176,7 @@ class Turn:
             "leaf_hash": prompt.leaf_hash,
         }
         if verdict.blocks:
-            seen.status = 403
+            seen.outcome.answered(403)
             await self._finish(seen, frame)
             return
         await self.send(frame)
@@ -215,7 +222,12 @@ class Turn:
                     else None
                 )
             except VaultError:
-                logger.warning("the vault key of agent %s for %s does not open", agent.id, provider.name)
+                logger.warning(
+                    "the vault key of agent %s for %s does not open (request %s)",
+                    agent.id,
+                    provider.name,
+                    self.request_id,
+                )
                 raise ProviderError(
                     "vault_error", "The agent's stored key cannot be used.", status=500
                 ) from None
@@ -233,17 +245,17 @@ class Turn:
             await self.send({"type": "stream_start", "message_id": reply_id, "role": ASSISTANT})
             try:
                 async for delta in completion.deltas():
-                    if seen.first_delta_at is None:
-                        seen.first_delta_at = time.perf_counter()
+                    if seen.outcome.first_byte_at is None:
+                        seen.outcome.first_byte_at = time.perf_counter()
                     parts.append(delta)
                     await self.send({"type": "stream_chunk", "message_id": reply_id, "content": delta})
             except ProviderError as exc:
-                seen.status = exc.status
+                self._provider_failed(seen, exc)
                 await self._finish(
                     seen, {"type": "error", "code": exc.code, "message": exc.message, "message_id": reply_id}
                 )
                 return
-        seen.status = 200
+        seen.outcome.answered(200)
         await self._store_reply(agent, prompt, reply_id, "".join(parts), completion.usage, seen)
 
     async def _store_reply(
@@ -285,32 +297,35 @@ class Turn:
             },
         )
 
-    def _usage_record(self, seen: _Seen, started: float) -> UsageRecord:
+    def _provider_failed(self, seen: _Seen, error: ProviderError) -> None:
+        """The provider call failed: the row records its status and code (`upstream_timeout`, ...)."""
+        logger.warning(
+            "agent chat turn of %s: the provider call failed with %s (request %s)",
+            self.agent_id,
+            error.code,
+            self.request_id,
+        )
+        seen.outcome.failed(error.status, error.code)
+
+    def _usage_record(self, seen: _Seen) -> UsageRecord:
         assert seen.agent is not None
         usage = seen.completion.usage if seen.completion is not None else CompletionUsage()
-        model = seen.agent.model  # what was asked for, as the proxied chat records it
-        input_tokens, output_tokens = usage.prompt_tokens or 0, usage.completion_tokens or 0
-        cost = self.services.pricing.cost(model, input_tokens=input_tokens, output_tokens=output_tokens)
-        return UsageRecord(
-            created_at=datetime.now(UTC),
-            request_id=self.request_id,
-            request_type=REQUEST_TYPE,
+        return usage_row(
+            self.context,
+            seen.outcome,
+            self.services.pricing,
+            kind=REQUEST_TYPE,
             method="WS",
             path=f"/v1/agents/{seen.agent.id}/chat",
-            status=seen.status,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
-            ttfb_ms=round((seen.first_delta_at - started) * 1000, 3) if seen.first_delta_at else None,
-            is_stream=True,
-            user_id=seen.agent.user_id,
-            token_id=self.principal.token_id,
-            agent_id=seen.agent.id,
             provider=seen.agent.model_provider,
-            model=model[:200],
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            total_tokens=usage.total_tokens or input_tokens + output_tokens,
-            input_cost_usd=cost.input_usd,
-            output_cost_usd=cost.output_usd,
+            model=seen.agent.model,  # what was asked for, as the proxied chat records it
+            usage=ObservedUsage(
+                input_tokens=usage.prompt_tokens,
+                output_tokens=usage.completion_tokens,
+                total_tokens=usage.total_tokens,
+            ),
+            is_stream=True,
+            agent_id=seen.agent.id,
         )
 
 

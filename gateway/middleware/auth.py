@@ -3,6 +3,12 @@
 Fails closed: a credential that is sent must be valid even where none is required; a required one that is
 missing is 401; a scope the credential lacks is 403; an agent key is 403 except on routes that take them (the
 agent routes, which check the agent). Cookie-authenticated state changes must pass a CSRF check.
+
+WebSocket handshakes go the same way, with two differences. A browser cannot set a header on a WebSocket, so a
+route may take the credential in the subprotocol (`Sec-WebSocket-Protocol: bearer, <token>`, the `subprotocol`
+option); the handshake is then accepted with that subprotocol. And a browser sends its cookies with a cross-site
+handshake too, so a cookie-authenticated one must come from the gateway's own origin (cross-site WebSocket
+hijacking); a client without an Origin is not a browser.
 """
 
 from __future__ import annotations
@@ -10,17 +16,19 @@ from __future__ import annotations
 import hmac
 
 from starlette.requests import cookie_parser
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth.authenticator import Authenticator
-from gateway.auth.principals import AGENT_KEY
 from gateway.auth.sessions import CSRF_COOKIE, SESSION_COOKIE
 from gateway.context import RequestContext
 from gateway.errors import AuthenticationError, PermissionDeniedError
+from gateway.principals import AGENT_KEY
 
 CSRF_HEADER = b"x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
+# Where a credential came from.
+HEADER, COOKIE, SUBPROTOCOL = "header", "cookie", "subprotocol"
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -35,16 +43,22 @@ def cookies(scope: Scope) -> dict[str, str]:
     return cookie_parser(raw) if raw else {}
 
 
-def presented_credential(scope: Scope) -> tuple[str | None, bool]:
-    """(the credential, whether it came from the session cookie). A non-Bearer Authorization is refused."""
+def presented_credential(scope: Scope, *, subprotocol: str | None = None) -> tuple[str | None, str | None]:
+    """(the credential, where it came from): on a WebSocket offering `subprotocol`, the token offered beside it;
+    else the Authorization header; else the session cookie. A non-Bearer Authorization is refused."""
+    if subprotocol is not None and scope["type"] == "websocket":
+        offered = [protocol.strip() for protocol in scope.get("subprotocols", ())]
+        if subprotocol in offered:
+            tokens = [protocol for protocol in offered if protocol != subprotocol]
+            return (tokens[0] if tokens else None), SUBPROTOCOL
     authorization = header(scope, b"authorization")
     if authorization is not None:
         kind, _, credential = authorization.partition(" ")
         if kind.lower() != "bearer" or not credential.strip():
             raise AuthenticationError("Use Authorization: Bearer <token>.", headers=CHALLENGE)
-        return credential.strip(), False
+        return credential.strip(), HEADER
     session_cookie = cookies(scope).get(SESSION_COOKIE)
-    return (session_cookie, True) if session_cookie else (None, False)
+    return (session_cookie, COOKIE) if session_cookie else (None, None)
 
 
 def check_csrf(scope: Scope) -> None:
@@ -63,8 +77,20 @@ def check_csrf(scope: Scope) -> None:
     raise PermissionDeniedError("Cross-site request refused.", code="csrf_failed")
 
 
+def check_websocket_origin(scope: Scope) -> None:
+    """For a cookie-authenticated WebSocket handshake: a browser's must come from the gateway's own origin.
+    Raises `PermissionDeniedError`."""
+    origin = header(scope, b"origin")
+    if origin is None:
+        return  # not a browser: it cannot have been made to send the cookie
+    host = header(scope, b"host")
+    scheme = "https" if scope.get("scheme") == "wss" else "http"
+    if host is None or origin != f"{scheme}://{host}":
+        raise PermissionDeniedError("Cross-site WebSocket refused.", code="csrf_failed")
+
+
 class AuthMiddleware:
-    """Puts the caller's principal on the context, or refuses the request."""
+    """Puts the caller's principal on the context, or refuses the request (or the WebSocket handshake)."""
 
     def __init__(
         self,
@@ -75,6 +101,7 @@ class AuthMiddleware:
         scope: str | None = None,
         platform_only: bool = False,
         agent_keys: bool = False,
+        subprotocol: str | None = None,
     ) -> None:
         self.app = app
         self.authenticator = authenticator
@@ -82,12 +109,13 @@ class AuthMiddleware:
         self.scope = scope
         self.platform_only = platform_only
         self.agent_keys = agent_keys
+        self.subprotocol = subprotocol  # a WebSocket may offer its credential beside it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        credential, via_cookie = presented_credential(scope)
+        credential, source = presented_credential(scope, subprotocol=self.subprotocol)
         if credential is None:
             if self.required:
                 raise AuthenticationError(
@@ -110,9 +138,26 @@ class AuthMiddleware:
             raise PermissionDeniedError(
                 f"This token lacks the {self.scope!r} scope.", code="insufficient_scope"
             )
-        if via_cookie:
-            check_csrf(scope)
+        if source == COOKIE:
+            if scope["type"] == "websocket":
+                check_websocket_origin(scope)
+            else:
+                check_csrf(scope)
         context = RequestContext.of(scope)
         if context is not None:
             context.principal = principal
+        if source == SUBPROTOCOL:
+            send = _accepting_subprotocol(send, self.subprotocol)
         await self.app(scope, receive, send)
+
+
+def _accepting_subprotocol(send: Send, subprotocol: str | None) -> Send:
+    """The handshake is accepted with the subprotocol the credential came in (a browser requires one of those it
+    offered), whatever the endpoint accepts with."""
+
+    async def send_accepting_subprotocol(message: Message) -> None:
+        if message["type"] == "websocket.accept" and message.get("subprotocol") is None:
+            message = {**message, "subprotocol": subprotocol}
+        await send(message)
+
+    return send_accepting_subprotocol

@@ -1,5 +1,5 @@
-"""The middleware that opens every request: attaches its `gateway.context.RequestContext`, puts `X-Request-ID` on
-the response, and writes the access line."""
+"""The middleware that opens every request and WebSocket: attaches its `gateway.context.RequestContext`, puts
+`X-Request-ID` on the answer, and writes the access line."""
 
 from __future__ import annotations
 
@@ -9,19 +9,21 @@ from gateway.accesslog import AccessLog
 from gateway.context import REQUEST_ID_HEADER, SCOPE_KEY, RequestContext, request_id_from
 
 _REQUEST_ID_RAW = REQUEST_ID_HEADER.lower().encode("latin-1")
+# The handshake's answers: accepted, refused with an HTTP response, or closed before accepting.
+_HANDSHAKE_ANSWERS = ("websocket.accept", "websocket.http.response.start", "websocket.close")
 
 
 class ContextMiddleware:
-    """Opens every HTTP request: attaches a `RequestContext`, puts `X-Request-ID` on the response, and logs the
-    response (when given an access log)."""
+    """Opens every HTTP request and WebSocket: attaches a `RequestContext` (the client's `X-Request-ID` when sane),
+    puts `X-Request-ID` on the response or the handshake's answer, and logs it (when given an access log)."""
 
     def __init__(self, app: ASGIApp, *, access_log: AccessLog | None = None) -> None:
         self.app = app
         self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and self.access_log is not None:
-            await self.app(scope, receive, self._logging_handshake(scope, send))
+        if scope["type"] == "websocket":
+            await self._handshake(scope, receive, send)
             return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -34,37 +36,45 @@ class ContextMiddleware:
         async def send_with_request_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 context.response_started = True
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != _REQUEST_ID_RAW]
-                headers.append(request_id_header)
-                message["headers"] = headers
+                message["headers"] = _with_request_id(message.get("headers", ()), request_id_header)
                 if self.access_log is not None:
                     self.access_log.response(scope, message["status"], context.request_id)
             await send(message)
 
         await self.app(scope, receive, send_with_request_id)
 
-    def _logging_handshake(self, scope: Scope, send: Send) -> Send:
-        """A WebSocket's handshake gets its access line: accepted, or the status it was refused with."""
+    async def _handshake(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket: the same context (the chat's turns carry its request id), the id on the handshake's
+        answer, and an access line: accepted, or the status it was refused with."""
+        context = RequestContext(request_id=request_id_from(scope["headers"]))
+        scope[SCOPE_KEY] = context
+        request_id_header = (_REQUEST_ID_RAW, context.request_id.encode("ascii"))
         access_log = self.access_log
-        assert access_log is not None
 
-        logged = False
-
-        async def send_logging_handshake(message: Message) -> None:
-            nonlocal logged
+        async def send_answering_handshake(message: Message) -> None:
             kind = message["type"]
-            if not logged and kind in (
-                "websocket.accept",
-                "websocket.http.response.start",
-                "websocket.close",
-            ):
-                logged = True
-                if kind == "websocket.accept":
-                    access_log.websocket(scope, "accepted")
-                elif kind == "websocket.http.response.start":
-                    access_log.websocket(scope, str(message["status"]))
-                else:
-                    access_log.websocket(scope, "403")  # closed before accepting: the server answers 403
+            if not context.response_started and kind in _HANDSHAKE_ANSWERS:
+                context.response_started = True
+                if kind != "websocket.close":
+                    message = {
+                        **message,
+                        "headers": _with_request_id(message.get("headers", ()), request_id_header),
+                    }
+                if access_log is not None:
+                    if kind == "websocket.accept":
+                        access_log.websocket(scope, "accepted")
+                    elif kind == "websocket.http.response.start":
+                        access_log.websocket(scope, str(message["status"]))
+                    else:
+                        access_log.websocket(scope, "403")  # closed before accepting: the server answers 403
             await send(message)
 
-        return send_logging_handshake
+        await self.app(scope, receive, send_answering_handshake)
+
+
+def _with_request_id(
+    headers: list[tuple[bytes, bytes]] | tuple[()], request_id_header: tuple[bytes, bytes]
+) -> list[tuple[bytes, bytes]]:
+    kept = [(name, value) for name, value in headers if name.lower() != _REQUEST_ID_RAW]
+    kept.append(request_id_header)
+    return kept

@@ -18,7 +18,11 @@ BodyRewrite = Callable[[JsonObject], JsonObject | None]
 
 
 class BodyRewriteMiddleware:
-    """Applies `rewrite` to a JSON-object body; 400 `invalid_json` when it is not one, 413 past `max_bytes`."""
+    """Applies `rewrite` to a JSON-object body; 400 `invalid_json` when it is not one, 413 past `max_bytes`.
+
+    On a chain the usage step above has read and parsed the body already (`RequestContext.request_json`, the
+    body replayed): the rewrite takes that document, so the body is parsed once. On its own it reads the body.
+    """
 
     def __init__(self, app: ASGIApp, *, rewrite: BodyRewrite, max_bytes: int) -> None:
         self.app = app
@@ -30,31 +34,42 @@ class BodyRewriteMiddleware:
             await self.app(scope, receive, send)
             return
 
-        body = await self._read_body(scope, receive)
-        if body is None:
-            return  # the client went away before sending its whole body
-        document = parse_json_object(body)
         context = RequestContext.of(scope)
-        if context is not None:
-            context.request_json = document  # read once: usage capture takes its fields from here
+        document = context.request_json if context is not None else None
+        if document is None:  # no step above read the body
+            read = await read_json_body(scope, receive, self.max_bytes)
+            if read is None:
+                return  # the client went away before sending its whole body
+            document, receive = read
+            if context is not None:
+                context.request_json = document
 
         rewritten = self.rewrite(document)
-        if rewritten is not None:
-            body = orjson.dumps(rewritten)
-            scope = dict(scope)
-            scope["headers"] = [
-                *(
-                    (k, v)
-                    for k, v in scope["headers"]
-                    if k.lower() not in (b"content-length", b"transfer-encoding")
-                ),
-                (b"content-length", str(len(body)).encode("latin-1")),
-            ]
-
+        if rewritten is None:
+            await self.app(scope, receive, send)
+            return
+        await receive()  # the body as sent, replayed from memory: the rewritten one goes in its place
+        body = orjson.dumps(rewritten)
+        scope = dict(scope)
+        scope["headers"] = [
+            *(
+                (k, v)
+                for k, v in scope["headers"]
+                if k.lower() not in (b"content-length", b"transfer-encoding")
+            ),
+            (b"content-length", str(len(body)).encode("latin-1")),
+        ]
         await self.app(scope, replaying(body, receive), send)
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
-        return await read_body(scope, receive, self.max_bytes)
+
+async def read_json_body(scope: Scope, receive: Receive, max_bytes: int) -> tuple[JsonObject, Receive] | None:
+    """The request's JSON-object body, parsed once, and a `receive` that replays it; None if the client left
+    first. Raises `PayloadTooLargeError` past `max_bytes`, `InvalidRequestError` (`invalid_json`) for a body that
+    is not a JSON object."""
+    body = await read_body(scope, receive, max_bytes)
+    if body is None:
+        return None
+    return parse_json_object(body), replaying(body, receive)
 
 
 async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes | None:

@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from gateway.agents import service
 from gateway.agents.access import check_agent_access, owned_agent, principal_of
-from gateway.agents.chat import AgentChat
+from gateway.agents.chat import BEARER_SUBPROTOCOL, AgentChat
 from gateway.agents.files import remove_agent_files
 from gateway.agents.governance import MODES, GovernancePolicy
 from gateway.agents.providers import ProviderRegistry
@@ -283,6 +283,17 @@ def agent_routes(
         Route(f"{one}/messages", routes.messages, methods=["GET"], middleware=user),
         Route(f"{one}/messages", routes.clear_messages, methods=["DELETE"], middleware=user),
         Route(f"{one}/proofs/{{leaf_hash}}", routes.proof, methods=["GET"], middleware=user),
-        WebSocketRoute(f"{one}/chat", AgentChat(authenticator, services).serve),
+        WebSocketRoute(
+            f"{one}/chat",
+            AgentChat(services).serve,
+            middleware=[  # the credential may come in the subprotocol: a browser sets no header on a WebSocket
+                Middleware(
+                    AuthMiddleware,
+                    authenticator=authenticator,
+                    agent_keys=True,
+                    subprotocol=BEARER_SUBPROTOCOL,
+                )
+            ],
+        ),
         Route(f"{one}/chat", websocket_required, methods=["GET"]),
     ]

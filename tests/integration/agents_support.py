@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,9 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from sqlalchemy import select
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
+from gateway.db.engine import Database
+from gateway.db.models import UsageEvent
 from gateway.settings import Settings
 from tests.conftest import add_user
 
@@ -68,10 +72,13 @@ class User:
         return key
 
     @asynccontextmanager
-    async def chat(self, agent_id: str, *, token: str | None = None) -> AsyncIterator[ClientConnection]:
-        """A chat socket, the credential in the `bearer` subprotocol."""
+    async def chat(
+        self, agent_id: str, *, token: str | None = None, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[ClientConnection]:
+        """A chat socket, the credential in the `bearer` subprotocol (`headers` on the handshake)."""
         protocols = [Subprotocol("bearer"), Subprotocol(token or self.access_token)]
-        async with connect(f"{self.ws_url}/v1/agents/{agent_id}/chat", subprotocols=protocols) as socket:
+        url = f"{self.ws_url}/v1/agents/{agent_id}/chat"
+        async with connect(url, subprotocols=protocols, additional_headers=headers) as socket:
             yield socket
 
 
@@ -83,6 +90,26 @@ def new_user(gateway_env: dict[str, str], base_url: str) -> User:
     response = httpx.post(f"{base_url}/api/v1/auth/login", json={"email": email, "password": PASSWORD})
     assert response.status_code == 200, response.text
     return User(base_url, email, response.json()["access_token"])
+
+
+async def usage_rows(
+    gateway_env: dict[str, str], request_id: str, *, count: int = 1, seconds: float = 10.0
+) -> list[UsageEvent]:
+    """The usage rows recorded under `request_id`, read from the gateway's database once there are `count` (or
+    after `seconds`)."""
+    database = Database(Settings.from_env(gateway_env, env_file=None).database_url)
+    database.open()
+    try:
+        deadline = time.monotonic() + seconds
+        while True:
+            async with database.session() as session:
+                query = select(UsageEvent).where(UsageEvent.request_id == request_id)
+                rows = list((await session.scalars(query.order_by(UsageEvent.created_at))).all())
+            if len(rows) >= count or time.monotonic() > deadline:
+                return rows
+            await asyncio.sleep(0.1)
+    finally:
+        await database.close()
 
 
 async def send_message(socket: ClientConnection, content: str) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,17 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin
 
 from tests.conftest import GatewayFactory
+from tests.fakes import openai_upstream
+from tests.fakes.breaking_upstream import BreakingUpstream
 from tests.fakes.chat_provider import USAGE, FakeChatProvider
-from tests.integration.agents_support import User, new_user, next_frame, send_message, turn_frames
+from tests.integration.agents_support import (
+    User,
+    new_user,
+    next_frame,
+    send_message,
+    turn_frames,
+    usage_rows,
+)
 from tests.serving import GATEWAY, LiveServer
 
 PLATFORM_KEY = "workers-ai-platform-secret"
@@ -343,6 +353,37 @@ async def test_refusals_before_the_handshake(alice: User, bob: User) -> None:
         assert (await turn_frames(socket, "by token"))[-1]["type"] == "stream_end"
 
 
+async def test_refusals_come_with_the_error_envelope_and_the_request_id(alice: User) -> None:
+    agent = alice.running_agent()
+    url = f"{alice.ws_url}/v1/agents/{agent['id']}/chat"
+
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url, additional_headers={"X-Request-ID": "refused-1"}):
+            pass
+
+    response = refused.value.response
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.headers["x-request-id"] == "refused-1"
+    assert json.loads(response.body or b"")["error"]["code"] == "missing_credential"
+
+
+async def test_a_revoked_token_is_refused_at_the_next_handshake(
+    alice: User, provider: FakeChatProvider
+) -> None:
+    agent = alice.running_agent()
+    created = alice.request("POST", "/v1/api-tokens", json={"name": "revoked", "scopes": ["agents"]}).json()
+
+    async with alice.chat(agent["id"], token=created["token"]) as socket:
+        assert (await turn_frames(socket, "before"))[-1]["type"] == "stream_end"
+    assert alice.request("DELETE", f"/v1/api-tokens/{created['id']}").status_code in (200, 204)
+    with pytest.raises(InvalidStatus) as refused:
+        async with alice.chat(agent["id"], token=created["token"]):
+            pass
+
+    assert refused.value.response.status_code == 401
+
+
 async def test_closing_the_socket_closes_the_upstream_and_records_the_turn(
     alice: User, provider: FakeChatProvider
 ) -> None:
@@ -389,6 +430,83 @@ async def test_turns_are_recorded_in_usage_analytics(
         pytest.fail("the turn was not recorded")
     models = [row["model"] for row in bob.request("GET", "/v1/usage?hours=1").json()["top_models"]]
     assert "counted" in models
+
+
+async def test_the_clients_request_id_reaches_the_provider_and_the_usage_rows(
+    alice: User, provider: FakeChatProvider, gateway_env: dict[str, str]
+) -> None:
+    agent = alice.running_agent(model="traced")
+    request_id = f"chat-{uuid.uuid4().hex}"
+
+    async with alice.chat(agent["id"], headers={"X-Request-ID": request_id}) as socket:
+        echoed = socket.response.headers["x-request-id"]
+        turns = [await turn_frames(socket, content) for content in ("one", "two")]
+    rows = await usage_rows(gateway_env, request_id, count=2)
+
+    assert echoed == request_id
+    assert [frames[-1]["type"] for frames in turns] == ["stream_end", "stream_end"]
+    # Every turn of the connection carries its id: to the provider, and in its usage row.
+    assert [call.headers["x-request-id"] for call in provider.recorder.requests] == [request_id] * 2
+    assert [(row.request_type, row.method, row.status, row.error) for row in rows] == [
+        ("agent_chat", "WS", 200, None)
+    ] * 2
+    assert {(row.agent_id, row.model, row.provider, row.total_tokens) for row in rows} == {
+        (agent["id"], "traced", "workers-ai", USAGE["total_tokens"])
+    }
+
+
+async def test_a_connection_without_a_sane_request_id_gets_one_of_its_own(
+    alice: User, provider: FakeChatProvider, gateway_env: dict[str, str]
+) -> None:
+    agent = alice.running_agent()
+
+    async with alice.chat(agent["id"], headers={"X-Request-ID": "not a sane id!"}) as socket:
+        request_id = socket.response.headers["x-request-id"]
+        await turn_frames(socket, "hello")
+    rows = await usage_rows(gateway_env, request_id)
+
+    assert request_id != "not a sane id!"
+    assert provider.recorder.last.headers["x-request-id"] == request_id
+    assert [(row.request_type, row.status) for row in rows] == [("agent_chat", 200)]
+
+
+async def test_a_failed_provider_call_is_recorded_with_its_error_code(
+    alice: User, provider: FakeChatProvider, gateway_env: dict[str, str]
+) -> None:
+    agent = alice.running_agent(model="broken")
+    request_id = f"chat-{uuid.uuid4().hex}"
+
+    async with alice.chat(agent["id"], headers={"X-Request-ID": request_id}) as socket:
+        frames = await turn_frames(socket, "break")
+    [row] = await usage_rows(gateway_env, request_id)
+
+    assert (frames[-1]["type"], frames[-1]["code"]) == ("error", "upstream_error")
+    assert (row.status, row.is_error, row.error, row.total_tokens) == (500, True, "upstream_error", 0)
+
+
+def test_a_reply_that_breaks_off_is_recorded_as_upstream_incomplete_with_the_tokens_seen(
+    start_gateway: GatewayFactory, gateway_env: dict[str, str]
+) -> None:
+    request_id = f"chat-{uuid.uuid4().hex}"
+    with (
+        BreakingUpstream() as provider,
+        start_gateway(
+            WORKERS_AI_BASE_URL=f"{provider.url}/ai/v1", WORKERS_AI_API_KEY="k", UPSTREAM_READ_TIMEOUT="1"
+        ) as gateway,
+    ):
+        user = new_user(gateway_env, gateway.url)
+        agent = user.running_agent(model="chunked-rst")
+
+        async def turn() -> tuple[list[dict[str, Any]], list[Any]]:
+            async with user.chat(agent["id"], headers={"X-Request-ID": request_id}) as chat:
+                frames = await turn_frames(chat, "hello?")
+            return frames, await usage_rows(gateway_env, request_id)
+
+        frames, rows = asyncio.run(turn())
+
+    assert (frames[-1]["type"], frames[-1]["code"]) == ("error", "upstream_incomplete")
+    assert [(row.status, row.error) for row in rows] == [(502, "upstream_incomplete")]
+    assert rows[0].total_tokens == openai_upstream.USAGE["total_tokens"]
 
 
 async def test_one_turn_at_a_time_per_agent(alice: User, provider: FakeChatProvider) -> None:
