@@ -326,6 +326,25 @@ async def test_the_session_cookie_is_a_credential_from_the_gateways_own_origin(
     assert refused.value.response.status_code == 403
 
 
+async def test_an_authorization_header_is_a_credential_and_a_bad_one_is_refused(
+    alice: User, provider: FakeChatProvider
+) -> None:
+    agent = alice.running_agent()
+    url = f"{alice.ws_url}/v1/agents/{agent['id']}/chat"
+
+    async with connect(
+        url, additional_headers=alice.auth, origin=Origin("https://elsewhere.example")
+    ) as socket:
+        frames = await turn_frames(socket, "by header")
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url, additional_headers={"Authorization": f"Basic {alice.access_token}"}):
+            pass
+
+    # Not a cookie: a page elsewhere cannot have made the browser send it, so the Origin does not matter.
+    assert socket.subprotocol is None and frames[-1]["type"] == "stream_end"
+    assert refused.value.response.status_code == 401
+
+
 async def test_refusals_before_the_handshake(alice: User, bob: User) -> None:
     agent = alice.running_agent()
     other = alice.running_agent()

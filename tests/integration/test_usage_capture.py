@@ -462,6 +462,23 @@ def test_invalid_json_is_recorded_as_400(gateway: LiveServer, gateway_env: dict[
     assert (row.model, row.total_tokens, row.is_stream) == (None, 0, False)
 
 
+def test_a_body_over_the_limit_is_recorded_as_413_with_its_parameters_unread(
+    start_gateway: GatewayFactory, gateway_env: dict[str, str]
+) -> None:
+    request_id = new_request_id()
+    with start_gateway(MAX_REQUEST_BYTES="2000") as gateway:
+        response = httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            content=iter([b'{"model": "gpt-4o-mini", "pad": "', b"x" * 1500, b"x" * 1500, b'"}']),
+            headers={**rid(request_id), "content-type": "application/json"},
+        )
+        row = one_event(database_url(gateway_env), request_id)
+
+    assert response.status_code == 413
+    assert (row.status, row.error, row.request_type) == (413, "payload_too_large", "chat")
+    assert (row.model, row.is_stream) == (None, False)
+
+
 # ----- OCR -----
 
 
