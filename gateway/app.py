@@ -1,22 +1,27 @@
-"""The app factory: routes, the app-wide middleware, and the lifespan that opens and closes shared resources."""
+"""The composition root: every service built once, handed to the routes and chains that use it, and the lifespan
+that opens and closes them; `app.state` holds nothing (each route is given what it reads)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
 
 from gateway.accesslog import AccessLog
 from gateway.agents.agent_keys import AgentKeys
+from gateway.agents.governance import GovernancePolicy
+from gateway.agents.providers import ProviderRegistry
+from gateway.agents.quotas import Quotas
+from gateway.agents.storage import LocalStorage, Storage
+from gateway.agents.turns import ChatServices
+from gateway.agents.vault import Vault, vault_for
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.jwt import ExternalTokens, PlatformTokens, TokenVerifier
 from gateway.auth.principals import PrincipalCache
@@ -26,18 +31,16 @@ from gateway.auth.throttle import LoginThrottle
 from gateway.auth.tokens import TokenCodec
 from gateway.chains import proxied_routes
 from gateway.db.engine import Database, prepare_data_dir
-from gateway.errors import EXCEPTION_HANDLERS
 from gateway.keys import load_server_keys
 from gateway.middleware.auth import AuthMiddleware
-from gateway.middleware.context import ContextMiddleware
-from gateway.routes.agent_assets import asset_routes
+from gateway.routes.agent_assets import AgentAssetRoutes
 from gateway.routes.agents import agent_routes
 from gateway.routes.health import Health
 from gateway.routes.sessions import SessionRoutes
 from gateway.routes.tokens import TokenRoutes
 from gateway.routes.transparency import transparency_routes
 from gateway.routes.usage import UsageRoutes
-from gateway.routing import ExactPathRouter, ProxiedRoutes
+from gateway.routing import Gateway
 from gateway.settings import Settings
 from gateway.transparency.log import TransparencyLog
 from gateway.transparency.signer import NoteSigner
@@ -53,16 +56,27 @@ GC_THRESHOLDS = (10_000, 10, 10)
 
 
 @dataclass(frozen=True, slots=True)
-class Identity:
-    """Everything that answers "who is calling", built once per app."""
+class Services:
+    """Every service of one gateway, each built once here and handed to the routes and chains that use it."""
 
+    database: Database
+    clients: UpstreamClients
+    recorder: UsageRecorder
+    pricing: PriceTable
     authenticator: Authenticator
     revocations: Revocations
     sessions: SessionService
     codec: TokenCodec
+    log: TransparencyLog
+    vault: Vault
+    storage: Storage
+    quotas: Quotas
+    providers: ProviderRegistry
 
 
-def build_identity(settings: Settings, database: Database) -> Identity:
+def build_services(settings: Settings) -> Services:
+    """The services of `settings`. Nothing is connected until the lifespan starts."""
+    database = Database(settings.database_url)
     keys = load_server_keys(settings)
     codec = TokenCodec(keys.token_hash_key)
     platform = PlatformTokens(keys.platform_jwt_secret)
@@ -76,90 +90,53 @@ def build_identity(settings: Settings, database: Database) -> Identity:
         )
     cache = PrincipalCache()
     revocations = Revocations(database, cache)
-    sessions = SessionService(
-        database,
-        codec,
-        platform,
-        revocations,
-        access_ttl_seconds=settings.access_token_ttl_seconds,
-        refresh_ttl_seconds=settings.refresh_token_ttl_seconds,
+    return Services(
+        database=database,
+        clients=UpstreamClients(
+            configured_upstreams(settings).values(),
+            connect_timeout=settings.upstream_connect_timeout,
+            read_timeout=settings.upstream_read_timeout,
+            max_connections=settings.upstream_max_connections,
+            pool_timeout=settings.upstream_pool_timeout,
+        ),
+        recorder=UsageRecorder(
+            database, SpillFile(settings.data_dir / SPILL_FOLDER), dataset=settings.analytics_dataset
+        ),
+        pricing=PriceTable.load(settings.pricing_file),
+        authenticator=Authenticator(
+            database, codec, TokenVerifier(platform, external), cache, agent_keys=AgentKeys()
+        ),
+        revocations=revocations,
+        sessions=SessionService(
+            database,
+            codec,
+            platform,
+            revocations,
+            access_ttl_seconds=settings.access_token_ttl_seconds,
+            refresh_ttl_seconds=settings.refresh_token_ttl_seconds,
+        ),
+        codec=codec,
+        log=TransparencyLog(database, NoteSigner(keys.log_signing_key, name=settings.log_origin)),
+        vault=vault_for(settings),
+        storage=LocalStorage(settings.files_path),
+        quotas=Quotas(settings.quota_tiers),
+        providers=ProviderRegistry.from_settings(settings),
     )
-    verifier = TokenVerifier(platform, external)
-    authenticator = Authenticator(database, codec, verifier, cache, agent_keys=AgentKeys())
-    return Identity(authenticator, revocations, sessions, codec)
 
 
-def identity_routes(settings: Settings, database: Database, identity: Identity) -> list[BaseRoute]:
-    """The session and API token routes, each behind the auth it needs."""
-    sessions = SessionRoutes(
-        database,
-        identity.sessions,
-        LoginThrottle(),
-        secure_cookies=settings.cookie_secure,
-        allow_signup=settings.allow_signup,
-    )
-    tokens = TokenRoutes(database, identity.codec, identity.revocations)
-    user = [Middleware(AuthMiddleware, authenticator=identity.authenticator)]
-    platform_user = [Middleware(AuthMiddleware, authenticator=identity.authenticator, platform_only=True)]
-    return [
-        Route("/api/v1/auth/login", sessions.login, methods=["POST"]),
-        Route("/api/v1/auth/refresh", sessions.refresh, methods=["POST"]),
-        Route("/api/v1/auth/logout", sessions.logout, methods=["POST"]),
-        Route("/api/v1/auth/signup", sessions.signup, methods=["POST"]),
-        Route("/api/v1/auth/me", sessions.me, methods=["GET"], middleware=user),
-        Route("/v1/api-tokens", tokens.list, methods=["GET"], middleware=platform_user),
-        Route("/v1/api-tokens", tokens.create, methods=["POST"], middleware=platform_user),
-        Route("/v1/api-tokens/{token_id}", tokens.revoke, methods=["DELETE"], middleware=platform_user),
-    ]
-
-
-class Gateway(Starlette):
-    """Starlette with the request context outermost, then the proxied routes' own way in (`ProxiedRoutes`), then
-    Starlette's stack for everything else."""
-
-    def __init__(self, *, proxied: list[Route], access_log: AccessLog | None, **options: Any) -> None:
-        super().__init__(**options)
-        self.proxied = proxied
-        self.access_log = access_log
-
-    def build_middleware_stack(self) -> ASGIApp:
-        starlette = super().build_middleware_stack()
-        proxied = ProxiedRoutes(starlette, self.proxied, all_routes=self.router.routes)
-        return ContextMiddleware(proxied, access_log=self.access_log)
-
-
-def create_app(settings: Settings) -> Starlette:
-    """A gateway for `settings`. Nothing is connected until the lifespan starts."""
-    prepare_data_dir(settings)
-    database = Database(settings.database_url)
-    identity = build_identity(settings, database)
-    clients = UpstreamClients(
-        configured_upstreams(settings).values(),
-        connect_timeout=settings.upstream_connect_timeout,
-        read_timeout=settings.upstream_read_timeout,
-        max_connections=settings.upstream_max_connections,
-        pool_timeout=settings.upstream_pool_timeout,
-    )
-    health = Health(database)
-    transparency = TransparencyLog(
-        database, NoteSigner(load_server_keys(settings).log_signing_key, name=settings.log_origin)
-    )
-    assets = asset_routes(settings, database, codec=identity.codec, revocations=identity.revocations)
-    pricing = PriceTable.load(settings.pricing_file)
-    recorder = UsageRecorder(
-        database, SpillFile(settings.data_dir / SPILL_FOLDER), dataset=settings.analytics_dataset
-    )
+def lifespan_of(services: Services) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
+    """Opens the database, the upstream pools and the background tasks, and closes them at the end."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        database.open()
+        services.database.open()
         background = [
-            asyncio.create_task(identity.revocations.listen(), name="revocation listener"),
-            asyncio.create_task(identity.authenticator.run_last_used_writer(), name="last-used writer"),
-            asyncio.create_task(recorder.run(), name="usage recorder"),
+            asyncio.create_task(services.revocations.listen(), name="revocation listener"),
+            asyncio.create_task(services.authenticator.run_last_used_writer(), name="last-used writer"),
+            asyncio.create_task(services.recorder.run(), name="usage recorder"),
         ]
         try:
-            async with clients:
+            async with services.clients:
                 # Everything made so far lives as long as the process: out of the collector's sight, a full
                 # collection no longer walks it, which took tens of milliseconds at a time (BENCHMARKS.md).
                 gc.collect()
@@ -172,56 +149,102 @@ def create_app(settings: Settings) -> Starlette:
             for task in background:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await database.close()
+            await services.database.close()
 
-    proxied = proxied_routes(settings, clients, identity.authenticator, recorder=recorder, pricing=pricing)
+    return lifespan
+
+
+def identity_routes(settings: Settings, services: Services) -> list[BaseRoute]:
+    """The session and API token routes, each behind the auth it needs."""
+    sessions = SessionRoutes(
+        services.database,
+        services.sessions,
+        LoginThrottle(),
+        secure_cookies=settings.cookie_secure,
+        allow_signup=settings.allow_signup,
+    )
+    tokens = TokenRoutes(services.database, services.codec, services.revocations)
+    user = [Middleware(AuthMiddleware, authenticator=services.authenticator)]
+    platform_user = [Middleware(AuthMiddleware, authenticator=services.authenticator, platform_only=True)]
+    return [
+        Route("/api/v1/auth/login", sessions.login, methods=["POST"]),
+        Route("/api/v1/auth/refresh", sessions.refresh, methods=["POST"]),
+        Route("/api/v1/auth/logout", sessions.logout, methods=["POST"]),
+        Route("/api/v1/auth/signup", sessions.signup, methods=["POST"]),
+        Route("/api/v1/auth/me", sessions.me, methods=["GET"], middleware=user),
+        Route("/v1/api-tokens", tokens.list, methods=["GET"], middleware=platform_user),
+        Route("/v1/api-tokens", tokens.create, methods=["POST"], middleware=platform_user),
+        Route("/v1/api-tokens/{token_id}", tokens.revoke, methods=["DELETE"], middleware=platform_user),
+    ]
+
+
+def management_routes(settings: Settings, services: Services) -> list[BaseRoute]:
+    """Every route that is not proxied: health, usage, sessions and tokens, agents and their assets, the log."""
+    health = Health(services.database)
     usage = UsageRoutes(
-        database,
-        identity.authenticator,
+        services.database,
+        services.authenticator,
         dataset=settings.analytics_dataset,
         usage_api_key=settings.usage_api_key,
     )
-    routes: list[BaseRoute] = [
+    policy = GovernancePolicy(
+        max_chars=settings.governance_max_message_chars, blocked_patterns=settings.governance_blocked_patterns
+    )
+    chat = ChatServices(
+        services.database,
+        services.providers,
+        services.clients,
+        policy,
+        services.recorder,
+        services.pricing,
+        services.log,
+        services.vault,
+        services.quotas,
+    )
+    assets = AgentAssetRoutes(
+        services.database,
+        vault=services.vault,
+        codec=services.codec,
+        revocations=services.revocations,
+        storage=services.storage,
+        quotas=services.quotas,
+        max_upload_bytes=settings.max_upload_bytes,
+        providers=services.providers,
+    )
+    return [
         Route("/health", health.health, methods=["GET"]),
         Route("/ready", health.ready, methods=["GET"]),
         Route("/v1/usage", usage.summary, methods=["GET"]),
         Route("/v1/usage/daily", usage.daily, methods=["GET"]),
         Route("/v1/usage/rollups", usage.rollups, methods=["GET"]),
-        *identity_routes(settings, database, identity),
+        *identity_routes(settings, services),
         *agent_routes(
-            settings,
-            database,
-            identity.authenticator,
-            identity.revocations,
-            clients,
-            recorder=recorder,
-            pricing=pricing,
-            log=transparency,
-            vault=assets.vault,
-            quotas=assets.quotas,
-            storage=assets.storage,
+            services.authenticator, chat, revocations=services.revocations, storage=services.storage
         ),
-        *assets.routes(identity.authenticator),
-        *transparency_routes(transparency),
-        *proxied,
+        *assets.routes(services.authenticator),
+        *transparency_routes(services.log),
     ]
-    app = Gateway(
-        routes=routes,
-        proxied=proxied,
-        access_log=AccessLog() if settings.access_log else None,
-        exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=lifespan,
+
+
+def create_app(settings: Settings) -> Gateway:
+    """A gateway for `settings`. Nothing is connected until the lifespan starts."""
+    prepare_data_dir(settings)
+    services = build_services(settings)
+    proxied = proxied_routes(
+        settings,
+        services.clients,
+        services.authenticator,
+        recorder=services.recorder,
+        pricing=services.pricing,
     )
-    app.router = ExactPathRouter(routes, lifespan=lifespan)  # the same routes, fixed paths found by lookup
-    app.state.settings = settings
-    app.state.transparency = transparency
-    app.state.database = database  # what agent routes (gateway.agents.access) load agents through
-    app.state.vault = assets.vault  # BYOK keys for agents' upstream calls (gateway.agents.vault.byok_key)
-    app.state.quotas = assets.quotas  # agents' tiers (gateway.agents.quotas.check_chat_quota)
-    app.state.storage = assets.storage  # agents' file bytes (gateway.agents.files.remove_agent_files)
-    return app
+    return Gateway(
+        # The proxied routes first: the router tries routes in order, and these carry nearly all the traffic.
+        routes=[*proxied, *management_routes(settings, services)],
+        access_log=AccessLog() if settings.access_log else None,
+        lifespan=lifespan_of(services),
+    )
 
 
-def create_app_from_env() -> Starlette:
+def create_app_from_env() -> Gateway:
     """The factory uvicorn's workers call: settings from the environment, already checked by the CLI."""
     return create_app(Settings.from_env())

@@ -1,4 +1,4 @@
-"""The error tree, the JSON envelope, and the one place that renders an error as a response.
+"""The error tree, the JSON envelope, and the one path every request's errors take to become a response.
 
 ```
 GatewayError                       status, code, public message -> the OpenAI-style envelope
@@ -28,13 +28,15 @@ from collections.abc import Mapping
 
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.context import REQUEST_ID_HEADER, RequestContext
+from gateway.context import RequestContext
 
 logger = logging.getLogger("gateway.errors")
+
+WEBSOCKET_POLICY_CLOSE = 1008
 
 
 class GatewayError(Exception):
@@ -225,55 +227,76 @@ def error_response(error: GatewayError) -> Response:
     )
 
 
-async def handle_gateway_error(request: Request, exc: Exception) -> Response:
-    """Starlette exception handler for our own errors."""
-    assert isinstance(exc, GatewayError)
-    return error_response(exc)
+def expected_error(exc: Exception) -> GatewayError | None:
+    """`exc` as the error the client is told of: ours as raised, the router's 404 or 405 as ours; None for a
+    fault (anything else), which the client sees as a generic 500."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, HTTPException):
+        error_class = HTTP_STATUS_ERRORS.get(
+            exc.status_code, ClientError if exc.status_code < 500 else GatewayError
+        )
+        error = error_class(headers=exc.headers)
+        error.status_code = exc.status_code
+        return error
+    return None
 
 
-async def handle_http_exception(request: Request, exc: Exception) -> Response:
-    """Starlette exception handler for the router's own 404/405 (and any other HTTPException)."""
-    assert isinstance(exc, HTTPException)
-    error_class = HTTP_STATUS_ERRORS.get(
-        exc.status_code, ClientError if exc.status_code < 500 else GatewayError
-    )
-    error = error_class(headers=exc.headers)
-    error.status_code = exc.status_code
-    return error_response(error)
+class ErrorMiddleware:
+    """The one error path of every request, proxied or not: an exception raised before the response started is
+    answered with its envelope (a fault with the generic 500, logged in one line with its traceback); one raised
+    after is the server's to handle, unrendered, since only aborting the connection can still tell the client.
+
+    It replaces Starlette's two error layers (the server-error and the exception middleware): one `send` wrapper
+    instead of two, no `Request` per request, and no wrapping of our errors in a RuntimeError once the response
+    has started. It sits inside the context middleware, so that every answer carries the request id."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        # An HTTP response's start; a WebSocket's accept, close, or refusal, after which no refusal can be sent.
+        started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_start)
+        except ClientDisconnect:
+            raise  # the client left: nobody to answer, and no fault (the server ends it quietly)
+        except Exception as exc:
+            if started:
+                raise
+            error = expected_error(exc)
+            if error is None:
+                if scope["type"] != "http":
+                    raise  # the server refuses the handshake and logs the fault
+                _log_fault(scope, exc)
+                error = InternalError()
+            await _answer(scope, receive, send, error)
 
 
-async def handle_unexpected_error(request: Request, exc: Exception) -> Response:
-    """Starlette's last-resort handler: a generic 500 envelope (the server logs the traceback after it).
+async def _answer(scope: Scope, receive: Receive, send: Send, error: GatewayError) -> None:
+    if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
+        # No HTTP answer possible to this handshake: a policy-violation close, which the server turns into 403.
+        await send({"type": "websocket.close", "code": WEBSOCKET_POLICY_CLOSE, "reason": ""})
+        return
+    await error_response(error)(scope, receive, send)
 
-    It runs outside the context middleware, so it sets the request id header itself.
-    """
-    context = RequestContext.of(request.scope)
-    if context is not None and context.response_started and isinstance(exc.__cause__, GatewayError):
-        # Ours, raised once the response had started and wrapped by Starlette's exception layer: never sent (the
-        # server aborts the connection), and nothing unexpected.
-        return error_response(exc.__cause__)
+
+def _log_fault(scope: Scope, exc: Exception) -> None:
+    context = RequestContext.of(scope)
     logger.error(
         "unhandled %s on %s %s (request %s)",
         type(exc).__name__,
-        request.method,
-        request.url.path,
+        scope["method"],
+        scope["path"],
         context.request_id if context else "-",
+        exc_info=exc,
     )
-    headers = {REQUEST_ID_HEADER: context.request_id} if context else None
-    return error_response(InternalError(headers=headers))
-
-
-EXCEPTION_HANDLERS = {
-    GatewayError: handle_gateway_error,
-    HTTPException: handle_http_exception,
-    Exception: handle_unexpected_error,
-}
-
-
-async def respond_to_error(scope: Scope, receive: Receive, send: Send, exc: Exception) -> bool:
-    """Answer `exc`, raised before the response started, as Starlette's two error layers would with the handlers
-    above; returns whether it was expected (ours, or the router's), as opposed to a fault the server should log."""
-    handler = next(EXCEPTION_HANDLERS[cls] for cls in type(exc).__mro__ if cls in EXCEPTION_HANDLERS)
-    response = await handler(Request(scope, receive), exc)
-    await response(scope, receive, send)
-    return isinstance(exc, GatewayError | HTTPException)

@@ -50,14 +50,15 @@ async def owned_agent(session: AsyncSession, principal: Principal, agent_id: str
     return agent
 
 
-async def agent_for_request(connection: HTTPConnection, agent_id: str, *, agent_key_ok: bool) -> Agent:
-    """The agent `agent_id` of the caller, loaded in a session of its own (detached, readable).
+async def agent_for_request(database: Database, connection: HTTPConnection, *, agent_key_ok: bool) -> Agent:
+    """The agent of the route's `agent_id` path parameter when the caller may reach it, loaded from `database` in
+    a session of its own (detached, readable).
 
     Raises 401 without a principal, 403 when the credential may not call this route (see
     `check_agent_access`), 404 for a missing agent or another user's.
     """
     principal = principal_of(connection)
+    agent_id = connection.path_params["agent_id"]
     check_agent_access(principal, agent_id, agent_key_ok=agent_key_ok)
-    database: Database = connection.app.state.database
     async with database.session() as session:
         return await owned_agent(session, principal, agent_id)

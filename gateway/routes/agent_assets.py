@@ -22,9 +22,8 @@ from gateway.agents.agent_keys import (
     list_agent_keys,
     revoke_agent_key,
 )
-from gateway.agents.providers import ProviderRegistry
 from gateway.agents.quotas import Quotas, quota_report
-from gateway.agents.storage import LocalStorage, ObjectMissingError, Storage
+from gateway.agents.storage import ObjectMissingError, Storage
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.principals import AGENT_KEY
 from gateway.auth.revocations import TOKEN, Revocations
@@ -41,7 +40,6 @@ from gateway.errors import (
 )
 from gateway.middleware.auth import AuthMiddleware
 from gateway.routes.bodies import json_object, optional_string
-from gateway.settings import Settings
 
 FILES_SCOPE = "files"
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # what a body may carry beyond its file: boundaries, part headers
@@ -106,7 +104,7 @@ class AgentAssetRoutes:
     # The vault (no agent keys).
 
     async def store_vault_key(self, request: Request) -> JSONResponse:
-        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=False)
+        agent = await agent_for_request(self.database, request, agent_key_ok=False)
         body = await json_object(request, require_json_type=True)
         provider = self._provider(body.get("provider"))
         api_key = body.get("api_key")
@@ -121,13 +119,13 @@ class AgentAssetRoutes:
         return JSONResponse(vault_json(record), status_code=201)
 
     async def list_vault_keys(self, request: Request) -> JSONResponse:
-        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=False)
+        agent = await agent_for_request(self.database, request, agent_key_ok=False)
         async with self.database.session() as session:
             records = await vault.list_keys(session, agent.id)
         return JSONResponse({"data": [vault_json(record) for record in records]})
 
     async def delete_vault_key(self, request: Request) -> Response:
-        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=False)
+        agent = await agent_for_request(self.database, request, agent_key_ok=False)
         provider = request.query_params.get("provider")
         if not provider:
             raise InvalidRequestError("Name the key to delete: ?provider=...", param="provider")
@@ -147,7 +145,7 @@ class AgentAssetRoutes:
     # API keys (no agent keys).
 
     async def create_key(self, request: Request) -> JSONResponse:
-        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=False)
+        agent = await agent_for_request(self.database, request, agent_key_ok=False)
         body = await _optional_json_object(request)
         name = optional_string(body, "name", max_length=200) or ""
         scopes = _scopes(body.get("scopes"))
@@ -158,13 +156,13 @@ class AgentAssetRoutes:
         return JSONResponse({**key_json(record), "raw_key": raw}, status_code=201)
 
     async def list_keys(self, request: Request) -> JSONResponse:
-        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=False)
+        agent = await agent_for_request(self.database, request, agent_key_ok=False)
         async with self.database.session() as session:
             records = await list_agent_keys(session, agent.id)
         return JSONResponse({"data": [key_json(record) for record in records]})
 
     async def revoke_key(self, request: Request) -> Response:
-        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=False)
+        agent = await agent_for_request(self.database, request, agent_key_ok=False)
         async with self.database.session() as session:
             async with session.begin():
                 record = await revoke_agent_key(
@@ -179,7 +177,7 @@ class AgentAssetRoutes:
     # Files (agent keys with the files scope, except deletion).
 
     async def upload_file(self, request: Request) -> JSONResponse:
-        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=True)
+        agent = await agent_for_request(self.database, request, agent_key_ok=True)
         _require_files_scope(request)
         tier = self.quotas.tier_of(agent)
         declared = request.headers.get("content-length")
@@ -212,14 +210,14 @@ class AgentAssetRoutes:
         return JSONResponse(file_json(record), status_code=201)
 
     async def list_files(self, request: Request) -> JSONResponse:
-        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=True)
+        agent = await agent_for_request(self.database, request, agent_key_ok=True)
         _require_files_scope(request)
         async with self.database.session() as session:
             records = await files.list_files(session, agent.id)
         return JSONResponse({"data": [file_json(record) for record in records]})
 
     async def download_file(self, request: Request) -> StreamingResponse:
-        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=True)
+        agent = await agent_for_request(self.database, request, agent_key_ok=True)
         _require_files_scope(request)
         async with self.database.session() as session:
             record = await files.find_file(session, agent_id=agent.id, file_id=request.path_params["file_id"])
@@ -237,7 +235,7 @@ class AgentAssetRoutes:
         return StreamingResponse(chunks, media_type=record.content_type, headers=headers)
 
     async def delete_file(self, request: Request) -> Response:
-        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=False)
+        agent = await agent_for_request(self.database, request, agent_key_ok=False)
         deleted = await files.delete_file(
             self.database, self.storage, agent_id=agent.id, file_id=request.path_params["file_id"]
         )
@@ -248,7 +246,7 @@ class AgentAssetRoutes:
     # Quota (agent keys too).
 
     async def quota(self, request: Request) -> JSONResponse:
-        agent = await agent_for_request(request, request.path_params["agent_id"], agent_key_ok=True)
+        agent = await agent_for_request(self.database, request, agent_key_ok=True)
         async with self.database.session() as session:
             report = await quota_report(session, agent, self.quotas)
         return JSONResponse(report)
@@ -304,19 +302,3 @@ def _scopes(value: object) -> list[str]:
             code="invalid_scope",
         )
     return sorted(set(value))
-
-
-def asset_routes(
-    settings: Settings, database: Database, *, codec: TokenCodec, revocations: Revocations
-) -> AgentAssetRoutes:
-    """The asset routes of these settings, with their vault, local file storage and quota tiers."""
-    return AgentAssetRoutes(
-        database,
-        vault=vault.vault_for(settings),
-        codec=codec,
-        revocations=revocations,
-        storage=LocalStorage(settings.files_path),
-        quotas=Quotas(settings.quota_tiers),
-        max_upload_bytes=settings.max_upload_bytes,
-        providers=frozenset(ProviderRegistry.from_settings(settings)),
-    )

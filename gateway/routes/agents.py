@@ -20,12 +20,10 @@ from gateway.agents import service
 from gateway.agents.access import check_agent_access, owned_agent, principal_of
 from gateway.agents.chat import BEARER_SUBPROTOCOL, AgentChat
 from gateway.agents.files import remove_agent_files
-from gateway.agents.governance import MODES, GovernancePolicy
+from gateway.agents.governance import MODES
 from gateway.agents.providers import ProviderRegistry
-from gateway.agents.quotas import Quotas
 from gateway.agents.storage import Storage
 from gateway.agents.turns import ChatServices
-from gateway.agents.vault import Vault
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.revocations import AGENT, Revocations
 from gateway.db.agent_models import Agent
@@ -33,11 +31,7 @@ from gateway.db.engine import Database
 from gateway.errors import ClientError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from gateway.middleware.auth import AuthMiddleware
 from gateway.routes.bodies import json_object, optional_string
-from gateway.settings import Settings
 from gateway.transparency.log import TransparencyLog, hash_text, parse_hash_text
-from gateway.upstreams import UpstreamClients
-from gateway.usage.pricing import PriceTable
-from gateway.usage.recorder import UsageRecorder
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
@@ -52,7 +46,7 @@ class AgentRoutes:
         providers: ProviderRegistry,
         log: TransparencyLog,
         revocations: Revocations,
-        storage: Storage | None,
+        storage: Storage,
     ) -> None:
         self.database = database
         self.providers = providers
@@ -101,8 +95,7 @@ class AgentRoutes:
                 await session.execute(delete(Agent).where(Agent.id == agent.id))  # keys, messages... cascade
                 target = await self.revocations.announce(session, AGENT, agent.id)
             self.revocations.apply(target)  # its agent keys fail everywhere from now on
-        if self.storage is not None:
-            await remove_agent_files(self.storage, agent.id)
+        await remove_agent_files(self.storage, agent.id)
         return Response(status_code=204)
 
     async def start(self, request: Request) -> JSONResponse:
@@ -250,26 +243,14 @@ class UpgradeRequiredError(ClientError):
 
 
 def agent_routes(
-    settings: Settings,
-    database: Database,
     authenticator: Authenticator,
-    revocations: Revocations,
-    clients: UpstreamClients,
+    services: ChatServices,
     *,
-    recorder: UsageRecorder,
-    pricing: PriceTable,
-    log: TransparencyLog,
-    vault: Vault | None,
-    quotas: Quotas | None,
-    storage: Storage | None,
+    revocations: Revocations,
+    storage: Storage,
 ) -> list[BaseRoute]:
     """The agent routes, behind auth that lets agent keys through to the checks above."""
-    providers = ProviderRegistry.from_settings(settings)
-    policy = GovernancePolicy(
-        max_chars=settings.governance_max_message_chars, blocked_patterns=settings.governance_blocked_patterns
-    )
-    services = ChatServices(database, providers, clients, policy, recorder, pricing, log, vault, quotas)
-    routes = AgentRoutes(database, providers, log, revocations, storage)
+    routes = AgentRoutes(services.database, services.providers, services.log, revocations, storage)
     user = [Middleware(AuthMiddleware, authenticator=authenticator, agent_keys=True)]
     one = "/v1/agents/{agent_id}"
     return [

@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,9 +22,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.auth.principals import SESSION, Principal
 from gateway.chroma.names import Namespace
 from gateway.context import RequestContext
-from gateway.errors import EXCEPTION_HANDLERS
 from gateway.middleware.chroma import ChromaNamespaceMiddleware
-from gateway.middleware.context import ContextMiddleware
+from gateway.routing import Gateway
 from tests.serving import LiveServer
 
 USER = "usr_caller"
@@ -90,14 +88,12 @@ def server() -> Iterator[str]:
             max_bytes=1000,
         ),
     ]
-    app = Starlette(
+    app = Gateway(
         routes=[
             Route(
                 "/v1/chroma/{path:path}", scripted_chroma, methods=["GET", "POST", "DELETE"], middleware=chain
             )
         ],
-        middleware=[Middleware(ContextMiddleware)],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
     )
     with LiveServer(app) as live:
         yield live.url

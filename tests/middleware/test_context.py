@@ -6,15 +6,12 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from gateway.context import RequestContext
-from gateway.errors import EXCEPTION_HANDLERS
-from gateway.middleware.context import ContextMiddleware
+from gateway.routing import Gateway
 from tests.serving import LiveServer
 
 
@@ -34,10 +31,8 @@ async def own_request_id(request: Request) -> PlainTextResponse:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[LiveServer]:
-    app = Starlette(
-        routes=[Route("/context", echo_context), Route("/crash", crash), Route("/own", own_request_id)],
-        middleware=[Middleware(ContextMiddleware)],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+    app = Gateway(
+        routes=[Route("/context", echo_context), Route("/crash", crash), Route("/own", own_request_id)]
     )
     with LiveServer(app) as live:
         yield live

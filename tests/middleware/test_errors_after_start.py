@@ -1,17 +1,21 @@
 """An error of ours raised once the response has started (an upstream answer that broke off) is never rendered:
-it reaches the server as ours, whichever way in the route has (the proxied routes' own, or Starlette's layers for
-a path with parameters), so that the server aborts the connection; and it is not logged as an unhandled fault."""
+it reaches the server as ours, whatever the route (a fixed path, a path with parameters, a request function's
+streamed response), so that the server aborts the connection; and it is not logged as an unhandled fault."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 import pytest
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from gateway.app import Gateway
-from gateway.errors import EXCEPTION_HANDLERS, UpstreamIncompleteError
+from gateway.errors import UpstreamIncompleteError
+from gateway.routing import Gateway
 
 
 async def breaks_off(scope: Scope, receive: Receive, send: Send) -> None:
@@ -44,21 +48,34 @@ def request(path: str) -> Scope:
     }
 
 
-@pytest.mark.parametrize("path", ["/v1/fixed", "/v1/with/params"])
+async def streams_then_breaks_off(request: Request) -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"data: {}\n\n"
+        raise UpstreamIncompleteError()
+
+    return StreamingResponse(body())
+
+
+@pytest.mark.parametrize("path", ["/v1/fixed", "/v1/with/params", "/api/streamed"])
 async def test_the_server_is_given_our_error_and_nothing_is_logged_as_unhandled(
     path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fixed = Route("/v1/fixed", Endpoint(), methods=["POST"])
     app = Gateway(
-        routes=[fixed, Route("/v1/with/{name}", Endpoint(), methods=["POST"])],
-        proxied=[fixed],
-        access_log=None,
-        exception_handlers=EXCEPTION_HANDLERS,
+        routes=[
+            Route("/v1/fixed", Endpoint(), methods=["POST"]),
+            Route("/v1/with/{name}", Endpoint(), methods=["POST"]),
+            Route("/api/streamed", streams_then_breaks_off, methods=["POST"]),
+        ]
     )
     sent: list[Message] = []
 
+    bodies = [{"type": "http.request", "body": b"", "more_body": False}]
+
     async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        if bodies:
+            return bodies.pop()
+        await asyncio.Event().wait()  # as a server does: nothing more until the client leaves
+        raise AssertionError("unreachable")
 
     async def send(message: Message) -> None:
         sent.append(message)

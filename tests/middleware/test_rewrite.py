@@ -7,14 +7,13 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gateway.errors import EXCEPTION_HANDLERS
 from gateway.middleware.rewrite import BodyRewriteMiddleware
+from gateway.routing import Gateway
 from tests.serving import LiveServer
 
 LIMIT = 1000
@@ -44,7 +43,7 @@ def server() -> Iterator[LiveServer]:
         methods=["POST"],
         middleware=[Middleware(BodyRewriteMiddleware, rewrite=add_flag, max_bytes=LIMIT)],
     )
-    app = Starlette(routes=[route], exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
+    app = Gateway(routes=[route])
     with LiveServer(app) as live:
         yield live
 
