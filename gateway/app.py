@@ -238,8 +238,8 @@ def create_app(settings: Settings) -> Gateway:
         pricing=services.pricing,
     )
     return Gateway(
-        # The proxied routes first: the router tries routes in order, and these carry nearly all the traffic.
-        routes=[*proxied, *management_routes(settings, services)],
+        routes=management_routes(settings, services),
+        proxied=proxied,  # the router's dispatch tries these first: they carry nearly all the traffic
         access_log=AccessLog() if settings.access_log else None,
         lifespan=lifespan_of(services),
     )

@@ -61,11 +61,11 @@ async def test_the_server_is_given_our_error_and_nothing_is_logged_as_unhandled(
     path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = Gateway(
-        routes=[
-            Route("/v1/fixed", Endpoint(), methods=["POST"]),
-            Route("/v1/with/{name}", Endpoint(), methods=["POST"]),
-            Route("/api/streamed", streams_then_breaks_off, methods=["POST"]),
-        ]
+        routes=[Route("/api/streamed", streams_then_breaks_off, methods=["POST"])],
+        proxied=[
+            Route("/v1/fixed", Endpoint(), methods=["POST"]),  # found by the router's path lookup
+            Route("/v1/with/{name}", Endpoint(), methods=["POST"]),  # found by its scan
+        ],
     )
     sent: list[Message] = []
 

@@ -1,6 +1,6 @@
-"""The one way in (`gateway.routing.Gateway`): a proxied route (an ASGI endpoint, as a `ReverseProxy` is) and a
-management route (a request function) fail along one path: the same envelope with the request id, the same one
-log line for a fault, the same abort once the response has started."""
+"""The one way in (`gateway.routing.Gateway`): a proxied route (an ASGI endpoint, as a `ReverseProxy` is, found by
+the router's path lookup) and a management route (a request function, found by its scan) fail along one path: the
+same envelope with the request id, the same one log line for a fault, the same abort once the response started."""
 
 from __future__ import annotations
 
@@ -90,13 +90,16 @@ def server() -> Iterator[LiveServer]:
         Route(f"{PROXIED}/crashes", Endpoint(proxied_crashes), methods=["POST"]),
         Route(f"{PROXIED}/breaks", Endpoint(proxied_breaks_mid_body), methods=["POST"]),
         Route(f"{PROXIED}/answers", Endpoint(proxied_answers), methods=["POST"]),
+        # A pattern that takes the fixed path after it: the router's dispatch must answer as its scan would.
+        Route(f"{PROXIED}/{{name}}/shadowed", Endpoint(proxied_answers), methods=["POST"]),
+        Route(f"{PROXIED}/x/shadowed", Endpoint(proxied_crashes), methods=["POST"]),
     ]
     managed = [
         Route(f"{MANAGEMENT}/refuses", managed_refuses, methods=["POST"]),
         Route(f"{MANAGEMENT}/crashes", managed_crashes, methods=["POST"]),
         Route(f"{MANAGEMENT}/breaks", managed_breaks_mid_body, methods=["POST"]),
     ]
-    with LiveServer(Gateway(routes=[*proxied, *managed])) as live:
+    with LiveServer(Gateway(routes=managed, proxied=proxied)) as live:
         yield live
 
 
@@ -165,3 +168,10 @@ def test_an_unknown_path_is_the_404_envelope(server: LiveServer) -> None:
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
     assert response.headers["x-request-id"]
+
+
+def test_a_proxied_path_an_earlier_pattern_takes_is_answered_by_that_route(server: LiveServer) -> None:
+    response = httpx.post(f"{server.url}{PROXIED}/x/shadowed", headers={"x-request-id": "shadowed-1"})
+
+    assert response.status_code == 200
+    assert response.text == "shadowed-1"  # the earlier pattern route answered, not the crashing fixed one
