@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
@@ -41,6 +42,9 @@ from tests.conftest import UPSTREAM_OPENAI_KEY, GatewayFactory, PostgresServer
 from tests.fakes.openai_upstream import USAGE, FakeOpenAI
 from tests.serving import GATEWAY, LiveServer, clean_env, free_port, serving, wait_until_serving
 from tests.tcp_proxy import TcpProxy
+
+# Minutes of load: `-m 'not soak'` leaves them out of a quick run; .ci/run runs them on their own.
+pytestmark = pytest.mark.soak
 
 MODEL = "gpt-4o-mini"
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]

@@ -123,7 +123,12 @@ def test_url_safe_base64_is_accepted() -> None:
     assert Settings.from_mapping({"VAULT_MASTER_KEY": encoded}).vault_master_key == key
 
 
-@pytest.mark.parametrize("encoded", [os.urandom(16).hex(), os.urandom(33).hex(), "not a key!"])
+@pytest.mark.parametrize(
+    "encoded",
+    [os.urandom(16).hex(), os.urandom(33).hex(), "not a key!"],
+    # Fixed ids: every pytest-xdist worker must collect the same tests.
+    ids=["16 bytes", "33 bytes", "not a key"],
+)
 def test_a_master_key_that_is_not_32_bytes_stops_start_up(encoded: str) -> None:
     with pytest.raises(SettingsError, match="VAULT_MASTER_KEY"):
         Settings.from_mapping({"VAULT_MASTER_KEY": encoded})
