@@ -11,8 +11,11 @@ import httpx
 import pytest
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from gateway.context import RequestContext
 from gateway.errors import AuthenticationError
@@ -73,6 +76,10 @@ async def managed_breaks_mid_body(request: Request) -> StreamingResponse:
     return StreamingResponse(body(), headers={"content-length": "100"})
 
 
+async def refuses_the_handshake(websocket: WebSocket) -> None:
+    refuses()
+
+
 class Endpoint:
     """An ASGI app as the proxied routes' endpoints are (a `ReverseProxy` instance), not a request function."""
 
@@ -98,6 +105,7 @@ def server() -> Iterator[LiveServer]:
         Route(f"{MANAGEMENT}/refuses", managed_refuses, methods=["POST"]),
         Route(f"{MANAGEMENT}/crashes", managed_crashes, methods=["POST"]),
         Route(f"{MANAGEMENT}/breaks", managed_breaks_mid_body, methods=["POST"]),
+        WebSocketRoute(f"{MANAGEMENT}/socket", refuses_the_handshake),
     ]
     with LiveServer(Gateway(routes=managed, proxied=proxied)) as live:
         yield live
@@ -175,3 +183,17 @@ def test_a_proxied_path_an_earlier_pattern_takes_is_answered_by_that_route(serve
 
     assert response.status_code == 200
     assert response.text == "shadowed-1"  # the earlier pattern route answered, not the crashing fixed one
+
+
+def test_an_error_of_ours_before_a_websocket_is_accepted_is_its_envelope_on_the_handshake(
+    server: LiveServer,
+) -> None:
+    url = server.url.replace("http://", "ws://") + f"{MANAGEMENT}/socket"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, additional_headers={"x-request-id": "socket-1"}).close()
+
+    response = refused.value.response
+    assert response.status_code == 401
+    assert b'"type":"authentication_error"' in response.body
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.headers["x-request-id"] == "socket-1"
