@@ -45,8 +45,10 @@ class ChromaUser:
 
 
 @pytest.fixture(scope="module")
-def chroma_tap(chroma_url: str) -> Iterator[ChromaTap]:
-    """What reaches Chroma from the gateway, on its way there."""
+def chroma_tap(chroma_url: str, gateway_env: dict[str, str]) -> Iterator[ChromaTap]:
+    """What reaches Chroma from the gateway, on its way there. One tap per database (`gateway_env`), as the users
+    are: a module's SQLite and Postgres halves may run back to back (one file alone, or under pytest-xdist), and
+    the second half's checks must not see the first half's users."""
     tap = ChromaTap(chroma_url)
     with LiveServer(tap.app()) as server:
         tap.url = server.url
