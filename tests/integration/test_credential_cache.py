@@ -154,25 +154,34 @@ class TwoGateways:
     env: dict[str, str]
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
-def two_gateways(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_server: PostgresServer
-) -> Iterator[TwoGateways]:
-    """Two `gateway serve` processes on one database (sharing keys), and a user's login: on Postgres, or as
-    two workers would be on the embedded SQLite file."""
-    env = clean_env(DATA_DIR=str(tmp_path / "data"))
+@pytest.fixture(scope="module", params=["postgres", "sqlite"])
+def gateways_on_one_database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
+) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """Two `gateway serve` processes on one database (sharing keys): on Postgres, or as two workers would be on
+    the embedded SQLite file. Started once for the module (each start is a process's whole start-up); every test
+    has a user of its own on them."""
+    directory = tmp_path_factory.mktemp(f"two-gateways-{request.param}")
+    env = clean_env(DATA_DIR=str(directory / "data"))
     if request.param == "postgres":
         env["DATABASE_URL"] = postgres_server.create_database()
-    migrated = subprocess.run([GATEWAY, "migrate"], env=env, cwd=tmp_path, capture_output=True, timeout=60)
+    migrated = subprocess.run([GATEWAY, "migrate"], env=env, cwd=directory, capture_output=True, timeout=60)
     assert migrated.returncode == 0, migrated.stderr
+    with (
+        serving(directory, env=env, log_name="first.log") as first,
+        serving(directory, env=env, log_name="second.log") as second,
+    ):
+        yield first, second, env
+
+
+@pytest.fixture
+def two_gateways(gateways_on_one_database: tuple[str, str, dict[str, str]]) -> TwoGateways:
+    """The two gateways, and the login of a user of this test's own."""
+    first, second, env = gateways_on_one_database
     login = {"email": f"{uuid.uuid4().hex}@example.com", "password": "correct horse battery staple"}
     database_url = Settings.from_env(env, env_file=None).database_url
     asyncio.run(add_user(database_url, email=login["email"], password=login["password"]))
-    with (
-        serving(tmp_path, env=env, log_name="first.log") as first,
-        serving(tmp_path, env=env, log_name="second.log") as second,
-    ):
-        yield TwoGateways(first, second, login, env)
+    return TwoGateways(first, second, login, env)
 
 
 def me_status(url: str, credential: str) -> int:
