@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -121,3 +122,12 @@ class LiveServer:
         self.server.should_exit = True
         self._thread.join(STARTUP_SECONDS)
         self._socket.close()
+
+
+def read_all(client: socket.socket) -> bytes:
+    """Everything a server sends on a raw socket until it closes (a reset after its answer counts as a close)."""
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := client.recv(65536):
+            received += chunk
+    return received

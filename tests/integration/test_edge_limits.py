@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from tests.serving import GATEWAY, clean_env, free_port, serving, wait_until_serving
+from tests.serving import GATEWAY, clean_env, free_port, read_all, serving, wait_until_serving
 
 OPEN_FILES = 1024
 
@@ -56,14 +56,6 @@ def serving_with_open_files(cwd: Path, open_files: int, env: dict[str, str]) -> 
 
 def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
-
-
-def read_all(client: socket.socket) -> bytes:
-    received = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := client.recv(65536):
-            received += chunk
-    return received
 
 
 def test_half_sent_requests_past_the_open_file_limit_leave_room_for_a_legitimate_one(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.errors import UpstreamIncompleteError
 from gateway.serving import EdgeLimits, EdgeProtocol, GatewayHttpProtocol, protocol
-from tests.serving import LiveServer
+from tests.serving import LiveServer, read_all
 
 LIMITS = EdgeLimits(max_header_bytes=4096, max_headers=20, header_timeout=1.0, body_timeout=1.0)
 PROTOCOLS = [GatewayHttpProtocol, EdgeProtocol]
@@ -85,15 +85,6 @@ def protocol_class(request: pytest.FixtureRequest) -> type[EdgeProtocol]:
 
 def connect(server: LiveServer) -> socket.socket:
     return socket.create_connection(("127.0.0.1", server.port), timeout=10)
-
-
-def read_all(client: socket.socket) -> bytes:
-    """Everything the server sends until it closes (a reset after its answer counts as a close)."""
-    received = b""
-    with contextlib.suppress(ConnectionResetError):
-        while chunk := client.recv(65536):
-            received += chunk
-    return received
 
 
 def exchange(server: LiveServer, request: bytes) -> bytes:
