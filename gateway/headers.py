@@ -28,9 +28,10 @@ HOP_BY_HOP = frozenset(
 )
 # The client's credentials are for the gateway; the upstream gets the gateway's own key instead.
 CLIENT_CREDENTIALS = frozenset({b"authorization", b"cookie", b"x-usage-key", b"x-api-key", b"api-key"})
-# Set again by the proxy: for the upstream's address, and the gateway's request id.
-# `Expect: 100-continue` was answered by our own server already; the upstream gets the body straight away.
-REQUEST_REPLACED = frozenset({b"host", b"x-request-id", b"expect"})
+# Set again by the proxy: for the upstream's address, the gateway's request id, and the length of the body it
+# sends (the pool writes it). `Expect: 100-continue` was answered by our own server already; the upstream gets
+# the body straight away.
+REQUEST_REPLACED = frozenset({b"host", b"x-request-id", b"content-length", b"expect"})
 # Claims about the way a request came (RFC 7239, nginx's real-ip, every de facto X-Forwarded-* one): as a client
 # sends them they are whatever it wants an upstream to believe, so none passes; the gateway writes its own.
 FORWARDING = frozenset({b"forwarded", b"x-real-ip"})

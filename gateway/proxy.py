@@ -57,13 +57,12 @@ class ReverseProxy:
         return self.path + b"?" + query if query else self.path
 
     def _headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
-        """The headers for the upstream: the forwarding policy's, without the client's Content-Length (the pool
-        writes the length of the body it sends)."""
+        """The headers for the upstream: the forwarding policy's (which leaves the body's length to the pool), the
+        request id and the upstream's credential."""
         client = scope.get("client")
-        allowed = self.forwarding.request_headers(
+        headers = self.forwarding.request_headers(
             scope["headers"], peer=client[0] if client else None, scheme=scope.get("scheme", "http")
         )
-        headers = [(name, value) for name, value in allowed if name.lower() != b"content-length"]
         context = RequestContext.of(scope)
         if context is not None:
             headers.append((b"x-request-id", context.request_id.encode("latin-1")))
