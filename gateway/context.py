@@ -33,7 +33,6 @@ class RequestContext:
     # The parsed JSON body, on chains whose usage step reads it (gateway.middleware.usage); the steps below take it
     # from here rather than parse it again.
     request_json: dict[str, Any] | None = None
-    response_started: bool = False  # once it has, an error can no longer be answered, only end the response
 
     @staticmethod
     def of(scope: Scope) -> RequestContext | None:

@@ -35,7 +35,6 @@ class ContextMiddleware:
 
         async def send_with_request_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                context.response_started = True
                 message["headers"] = _with_request_id(message.get("headers", ()), request_id_header)
                 if self.access_log is not None:
                     self.access_log.response(scope, message["status"], context.request_id)
@@ -50,11 +49,13 @@ class ContextMiddleware:
         scope[SCOPE_KEY] = context
         request_id_header = (_REQUEST_ID_RAW, context.request_id.encode("ascii"))
         access_log = self.access_log
+        answered = False
 
         async def send_answering_handshake(message: Message) -> None:
+            nonlocal answered
             kind = message["type"]
-            if not context.response_started and kind in _HANDSHAKE_ANSWERS:
-                context.response_started = True
+            if not answered and kind in _HANDSHAKE_ANSWERS:
+                answered = True
                 if kind != "websocket.close":
                     message = {
                         **message,
