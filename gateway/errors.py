@@ -194,6 +194,30 @@ class NotConfiguredError(GatewayError):
     message = "This service is not configured on the gateway."
 
 
+class ServiceUnavailableError(GatewayError):
+    """The gateway cannot do its part right now (a dependency of its own is away); try again shortly."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "service_unavailable"
+    message = "The gateway cannot serve this request right now; try again shortly."
+
+
+class UsageUnavailableError(ServiceUnavailableError):
+    """Neither the usage journal nor memory can hold another event: refused rather than answered unrecorded."""
+
+    code = "usage_unavailable"
+    message = "The gateway cannot record usage right now; try again shortly."
+
+
+class AuthUnavailableError(ServiceUnavailableError):
+    """The credential cannot be checked: the database is away and the cached answer is older than
+    AUTH_CACHE_SECONDS."""
+
+    code = "auth_unavailable"
+    message = "The gateway cannot check credentials right now; try again shortly."
+
+
 class InternalError(GatewayError):
     """Something unexpected; the details go to the log, never to the client."""
 

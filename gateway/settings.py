@@ -40,6 +40,11 @@ DEFAULT_BODY_TIMEOUT = 30.0
 DEFAULT_MAX_CONNECTIONS = 4096
 DEFAULT_UPSTREAM_MAX_CONNECTIONS = 1000
 DEFAULT_UPSTREAM_POOL_TIMEOUT = 10.0
+# Faults: how long a shutdown may take, how the usage journal is kept, how long a cut-off instance trusts its cache.
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+DEFAULT_USAGE_JOURNAL_FSYNC_MS = 1000
+DEFAULT_USAGE_MAX_QUEUE = 100_000
+DEFAULT_AUTH_CACHE_SECONDS = 30.0
 VAULT_KEY_BYTES = 32
 MIN_KEY_BYTES = 32
 ED25519_SEED_BYTES = 32
@@ -110,6 +115,13 @@ class Settings:
     # Forwarding: whose X-Forwarded-For is believed; whether the client's OpenAI org/project headers pass.
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     openai_forward_org_headers: bool = True
+    # Faults: draining on a signal, the usage journal, a credential cache cut off from the database, metrics.
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    usage_journal_fsync_ms: int = DEFAULT_USAGE_JOURNAL_FSYNC_MS
+    usage_max_queue: int = DEFAULT_USAGE_MAX_QUEUE
+    usage_required: bool = True
+    auth_cache_seconds: float = DEFAULT_AUTH_CACHE_SECONDS
+    metrics_api_key: str | None = field(default=None, repr=False)
     # Identity. Secrets left unset are generated once into the data directory (`gateway.keys`).
     platform_jwt_secret: bytes | None = field(default=None, repr=False)
     platform_jwks_url: str | None = None
@@ -205,6 +217,14 @@ class Settings:
             max_connections=reader.positive_int("MAX_CONNECTIONS", default=DEFAULT_MAX_CONNECTIONS),
             trusted_proxies=reader.networks("TRUSTED_PROXIES"),
             openai_forward_org_headers=reader.boolean("OPENAI_FORWARD_ORG_HEADERS", default=True),
+            shutdown_timeout=reader.seconds("SHUTDOWN_TIMEOUT", default=DEFAULT_SHUTDOWN_TIMEOUT),
+            usage_journal_fsync_ms=reader.positive_int(
+                "USAGE_JOURNAL_FSYNC_MS", default=DEFAULT_USAGE_JOURNAL_FSYNC_MS
+            ),
+            usage_max_queue=reader.positive_int("USAGE_MAX_QUEUE", default=DEFAULT_USAGE_MAX_QUEUE),
+            usage_required=reader.boolean("USAGE_REQUIRED", default=True),
+            auth_cache_seconds=reader.seconds("AUTH_CACHE_SECONDS", default=DEFAULT_AUTH_CACHE_SECONDS),
+            metrics_api_key=reader.text("METRICS_API_KEY"),
             platform_jwt_secret=reader.secret("PLATFORM_JWT_SECRET"),
             platform_jwks_url=reader.url("PLATFORM_JWKS_URL", default="") or None,
             platform_jwt_public_key=reader.text("PLATFORM_JWT_PUBLIC_KEY"),

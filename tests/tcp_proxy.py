@@ -2,6 +2,10 @@
 
 `cut()` closes the listening socket, so new connections are refused, and aborts every open connection on both
 sides, as a database that went away would look to its clients. `restore()` listens on the same port again.
+
+`partition()` is the harder fault, a network that drops packets: every open connection stays open but nothing
+crosses it any more, either way, and (unless `new=False`) new connections are accepted and then just as silent,
+so a client waits until its own timeout. `heal()` relays new connections again; the ones silenced stay silent.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._silenced_new = False
+        self._lines: set[_Line] = set()
 
     def __enter__(self) -> TcpProxy:
         self._thread.start()
@@ -57,6 +63,14 @@ class TcpProxy:
     def cut(self) -> int:
         """Refuse new connections and drop every open one; returns how many connections were dropped."""
         return self._call(self._cut())
+
+    def partition(self, *, new: bool = True) -> int:
+        """Silence every open connection (and, with `new`, those accepted from now on); returns how many."""
+        return self._call(self._partition(new))
+
+    def heal(self) -> None:
+        """Relay new connections again."""
+        self._call(self._heal())
 
     def close(self) -> None:
         """Cut, then stop the thread and its loop."""
@@ -90,6 +104,15 @@ class TcpProxy:
         self._writers.clear()
         return dropped // 2
 
+    async def _partition(self, new: bool) -> int:
+        self._silenced_new = new
+        for line in self._lines:
+            line.silent = True
+        return len(self._lines)
+
+    async def _heal(self) -> None:
+        self._silenced_new = False
+
     async def _shutdown(self) -> None:
         await self._cut()
         tasks = list(self._tasks)
@@ -104,6 +127,8 @@ class TcpProxy:
         self.accepted += 1
         self._writers.add(client_writer)
         upstream_writer: asyncio.StreamWriter | None = None
+        line = _Line(silent=self._silenced_new)
+        self._lines.add(line)
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(
                 self.target_host, self.target_port, limit=CHUNK
@@ -111,10 +136,13 @@ class TcpProxy:
             self._writers.add(upstream_writer)
             if self._server is None:  # cut while connecting
                 return
-            await asyncio.gather(_pump(client_reader, upstream_writer), _pump(upstream_reader, client_writer))
+            await asyncio.gather(
+                _pump(client_reader, upstream_writer, line), _pump(upstream_reader, client_writer, line)
+            )
         except OSError:
             pass
         finally:
+            self._lines.discard(line)
             for writer in (client_writer, upstream_writer):
                 if writer is not None:
                     self._writers.discard(writer)
@@ -122,10 +150,19 @@ class TcpProxy:
             self._tasks.discard(task)
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+class _Line:
+    """One relayed connection; `silent` drops what crosses it, as a partitioned network would."""
+
+    def __init__(self, *, silent: bool) -> None:
+        self.silent = silent
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, line: _Line) -> None:
     """Copy until either side is gone, then close both directions (the other pump ends with it)."""
     try:
         while data := await reader.read(CHUNK):
+            if line.silent:
+                continue
             writer.write(data)
             await writer.drain()
     except OSError:

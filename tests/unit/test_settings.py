@@ -22,6 +22,36 @@ def test_defaults_are_the_documented_ones() -> None:
     assert settings.is_embedded_database
 
 
+def test_the_fault_settings_default_to_the_documented_values() -> None:
+    settings = Settings.from_env({}, env_file=None)
+
+    assert settings.shutdown_timeout == 30
+    assert settings.usage_journal_fsync_ms == 1000
+    assert settings.usage_max_queue == 100_000
+    assert settings.usage_required is True
+    assert settings.auth_cache_seconds == 30
+    assert settings.metrics_api_key is None
+
+
+def test_the_fault_settings_are_read() -> None:
+    settings = Settings.from_env(
+        {
+            "SHUTDOWN_TIMEOUT": "3.5",
+            "USAGE_JOURNAL_FSYNC_MS": "250",
+            "USAGE_MAX_QUEUE": "10",
+            "USAGE_REQUIRED": "0",
+            "AUTH_CACHE_SECONDS": "2",
+            "METRICS_API_KEY": "scrape-key",
+        },
+        env_file=None,
+    )
+
+    assert settings.shutdown_timeout == 3.5 and settings.usage_journal_fsync_ms == 250
+    assert settings.usage_max_queue == 10 and settings.usage_required is False
+    assert settings.auth_cache_seconds == 2 and settings.metrics_api_key == "scrape-key"
+    assert "scrape-key" not in repr(settings)
+
+
 def test_the_database_defaults_into_the_data_dir() -> None:
     assert Settings.from_env({"DATA_DIR": "/srv/gw"}, env_file=None).database_url == (
         "sqlite+aiosqlite:////srv/gw/gateway.db"
@@ -90,6 +120,11 @@ def test_dot_env_is_read_and_the_environment_wins(tmp_path: Path) -> None:
         ("UPSTREAM_READ_TIMEOUT", "inf"),
         ("UPSTREAM_READ_TIMEOUT", "nan"),
         ("API_AUTH_REQUIRED", "sometimes"),
+        ("SHUTDOWN_TIMEOUT", "0"),
+        ("USAGE_JOURNAL_FSYNC_MS", "often"),
+        ("USAGE_MAX_QUEUE", "0"),
+        ("USAGE_REQUIRED", "maybe"),
+        ("AUTH_CACHE_SECONDS", "-1"),
         ("OPENAI_BASE_URL", "ftp://files.example"),
         ("OPENAI_API_BASE", "not a url"),
         ("MISTRAL_BASE_URL", "https://"),
