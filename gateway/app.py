@@ -4,8 +4,8 @@ that opens and closes them; `app.state` holds nothing (each route is given what 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -53,6 +53,12 @@ SPILL_FOLDER = "usage-spill"
 # Collect the youngest objects every 10,000 allocations rather than 700: a request allocates hundreds, and
 # almost none of them in cycles (BENCHMARKS.md).
 GC_THRESHOLDS = (10_000, 10, 10)
+# How long the shutdown waits for the background tasks once cancelled (the usage recorder drains meanwhile): with
+# the database's close, it fits the 5 s a process has after SHUTDOWN_TIMEOUT (gateway.serving.shutdown).
+BACKGROUND_STOP_SECONDS = 3.0
+
+logger = logging.getLogger("gateway.app")
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +131,8 @@ def build_services(settings: Settings) -> Services:
 
 
 def lifespan_of(services: Services) -> Callable[[Starlette], AbstractAsyncContextManager[None]]:
-    """Opens the database, the upstream pools and the background tasks, and closes them at the end."""
+    """Opens the database, the upstream pools and the background tasks, and closes them at the end, in bounded
+    time whatever the database does (the server cuts the requests still running before this end begins)."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -146,10 +153,17 @@ def lifespan_of(services: Services) -> Callable[[Starlette], AbstractAsyncContex
         finally:
             for task in background:
                 task.cancel()
-            for task in background:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await services.database.close()
+            # The usage recorder drains on cancel (what it cannot write in time stays in its journal); a task
+            # still running past the bound is left to the end of the event loop.
+            done, pending = await asyncio.wait(background, timeout=BACKGROUND_STOP_SECONDS)
+            for task in pending:
+                logger.warning(
+                    "%s still stopping after %.0f s; left behind", task.get_name(), BACKGROUND_STOP_SECONDS
+                )
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    logger.error("%s had failed", task.get_name(), exc_info=task.exception())
+            await services.database.close()  # bounded: on a partition no connection answers its goodbye
 
     return lifespan
 
@@ -180,7 +194,7 @@ def identity_routes(settings: Settings, services: Services) -> list[BaseRoute]:
 
 def management_routes(settings: Settings, services: Services) -> list[BaseRoute]:
     """Every route that is not proxied: health, usage, sessions and tokens, agents and their assets, the log."""
-    health = Health(services.database)
+    health = Health(services.database, services.recorder)
     usage = UsageRoutes(
         services.database,
         services.authenticator,

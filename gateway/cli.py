@@ -6,21 +6,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import json
+import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import uvicorn
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from uvicorn.config import LOGGING_CONFIG
 
 from gateway import __version__, operator, serving
 from gateway.agents.vault import rotate_database, vault_for
 from gateway.db.engine import prepare_data_dir
-from gateway.db.migrate import upgrade
+from gateway.db.migrate import head_revision, revision_of, upgrade
 from gateway.keys import load_server_keys
 from gateway.settings import VAULT_KEY_BYTES, Settings, SettingsError, decode_key
 from gateway.transparency import audit
@@ -46,7 +50,35 @@ def uvicorn_options(settings: Settings | None = None) -> dict[str, Any]:
         "proxy_headers": False,
         "access_log": False,  # the gateway writes its own (gateway.accesslog), when ACCESS_LOG is on
         "log_config": log_config,
+        # In-flight requests' time to finish once a signal asks the server to stop; then they are cut.
+        "timeout_graceful_shutdown": None if settings is None else settings.shutdown_timeout,
     }
+
+
+class DatabaseProblem(Exception):
+    """The database a command needs cannot be used; the message is the one line the operator reads."""
+
+
+@contextlib.contextmanager
+def reporting_database_errors(settings: Settings) -> Iterator[None]:
+    """Turns a database that is down, unreachable or refusing (the credentials, the database's name, a
+    statement) into a `DatabaseProblem` naming DATABASE_URL, without its password, and the cause."""
+    try:
+        yield
+    except (OSError, SQLAlchemyError) as exc:
+        url = make_url(settings.database_url).render_as_string(hide_password=True)
+        raise DatabaseProblem(f"cannot use the database at DATABASE_URL={url}: {_cause(exc)}") from None
+
+
+def _cause(exc: BaseException) -> str:
+    # SQLAlchemy wraps the driver's error with a link to its docs; the driver's own first line says it all.
+    cause: BaseException = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    while cause.__cause__ is not None:  # the driver's own error, under the DB-API's emulation of it
+        cause = cause.__cause__
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    if isinstance(cause, TimeoutError) and not text:
+        return "no answer in time (TimeoutError)"
+    return f"{text} ({type(cause).__name__})" if text else type(cause).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,17 +91,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
-    result: int = args.run(args, settings)
+    try:
+        result: int = args.run(args, settings)
+    except DatabaseProblem as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
     return result
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
     prepare_data_dir(settings)
     load_server_keys(settings)  # generated once here, before the workers start and read them
-    if settings.is_embedded_database:
-        asyncio.run(upgrade(settings.database_url))
+    with reporting_database_errors(settings):
+        if settings.is_embedded_database:
+            asyncio.run(upgrade(settings.database_url))
+        else:
+            _warn_unless_migrated(asyncio.run(revision_of(settings.database_url)))
     serving.raise_open_file_limit()  # before the workers start: they inherit it, and fit MAX_CONNECTIONS in it
-    uvicorn.run(
+    config = uvicorn.Config(
         APP_FACTORY,
         factory=True,
         host=args.host,
@@ -77,12 +116,27 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         workers=args.workers,
         **uvicorn_options(settings),
     )
-    return 0
+    # prometheus-client's multiprocess mode (GET /metrics sums the workers): each worker keeps its metrics in files
+    # of a fresh folder, named before any worker imports it.
+    with tempfile.TemporaryDirectory(prefix="gateway-metrics-") as metrics_folder:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_folder
+        return serving.serve(config)
+
+
+def _warn_unless_migrated(revision: str | None) -> None:
+    """Serving goes on (its usage rows wait in the journal, /ready says 503) so that migrating is one command."""
+    if revision != head_revision():
+        print(
+            f"gateway: warning: the database's schema is at {revision or 'nothing (never migrated)'}, this version "
+            f"needs {head_revision()}: run `gateway migrate` (until then /ready answers 503 database_not_migrated)",
+            file=sys.stderr,
+        )
 
 
 def migrate(args: argparse.Namespace, settings: Settings) -> int:
     prepare_data_dir(settings)
-    asyncio.run(upgrade(settings.database_url))
+    with reporting_database_errors(settings):
+        asyncio.run(upgrade(settings.database_url))
     print("gateway: migrations applied", file=sys.stderr)
     return 0
 
@@ -90,29 +144,22 @@ def migrate(args: argparse.Namespace, settings: Settings) -> int:
 def users(args: argparse.Namespace, settings: Settings) -> int:
     prepare_data_dir(settings)
     try:
-        if settings.is_embedded_database:
-            asyncio.run(upgrade(settings.database_url))
-        if args.users_command == "create":
-            message = asyncio.run(
-                operator.create(
-                    settings.database_url,
-                    email=args.email,
-                    password=operator.read_password(),
-                    is_admin=args.admin,
+        password = operator.read_password() if args.users_command == "create" else ""
+        with reporting_database_errors(settings):
+            if settings.is_embedded_database:
+                asyncio.run(upgrade(settings.database_url))
+            if args.users_command == "create":
+                message = asyncio.run(
+                    operator.create(
+                        settings.database_url, email=args.email, password=password, is_admin=args.admin
+                    )
                 )
-            )
-        elif args.users_command == "disable":
-            message = asyncio.run(operator.disable(settings.database_url, email=args.email))
-        else:
-            message = asyncio.run(operator.listing(settings.database_url))
+            elif args.users_command == "disable":
+                message = asyncio.run(operator.disable(settings.database_url, email=args.email))
+            else:
+                message = asyncio.run(operator.listing(settings.database_url))
     except operator.OperatorError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
-        return 1
-    except (SQLAlchemyError, OSError) as exc:
-        print(
-            f"gateway: database error ({type(exc).__name__}); is it up, and migrated (gateway migrate)?",
-            file=sys.stderr,
-        )
         return 1
     print(message)
     return 0
@@ -139,13 +186,10 @@ def vault(args: argparse.Namespace, settings: Settings) -> int:
     """`gateway vault rotate`: re-seal every BYOK record under the current vault key."""
     prepare_data_dir(settings)
     keyring = vault_for(settings, previous=args.old_key)
-    try:
+    with reporting_database_errors(settings):
         if settings.is_embedded_database:
             asyncio.run(upgrade(settings.database_url))
         rotation = asyncio.run(rotate_database(settings.database_url, keyring))
-    except (SQLAlchemyError, OSError) as exc:
-        print(f"gateway: database error ({type(exc).__name__}); is it up, and migrated?", file=sys.stderr)
-        return 1
     print(
         f"gateway: vault key {keyring.key_id}: {rotation.resealed} records re-sealed, "
         f"{rotation.current} already under it"

@@ -1,6 +1,6 @@
 """How uvicorn serves the gateway: its httptools protocol with the edge's limits (`edge`), each request served by
 our lean cycle (`cycle`) or, one line away in `PROTOCOL`, by uvicorn's own (`EdgeProtocol`), the limits on
-either way."""
+either way; and how it stops on a signal (`shutdown`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from gateway.serving.cycle import GatewayHttpProtocol
 from gateway.serving.edge import EdgeProtocol
 from gateway.serving.limits import EdgeLimits, raise_open_file_limit
+from gateway.serving.shutdown import serve
 
 __all__ = [
     "PROTOCOL",
@@ -19,6 +20,7 @@ __all__ = [
     "GatewayHttpProtocol",
     "protocol",
     "raise_open_file_limit",
+    "serve",
 ]
 
 PROTOCOL: type[EdgeProtocol] = GatewayHttpProtocol  # EdgeProtocol: uvicorn's own request cycle
