@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run migrate test lint format bench bench-setup bench-usage bench-log bench-instructions clean
+.PHONY: install run migrate test lint format bench bench-setup bench-usage bench-log bench-instructions soak clean
 
 $(BIN)/gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ bench-log: install  ## one million transparency log leaves in Postgres, then pro
 
 bench-instructions: install  ## instructions per chat completion under callgrind: an A/B this host's noise cannot move
 	$(BIN)/python bench/instructions.py
+
+soak: install  ## ten minutes of mixed load through a database outage and a SIGTERM (SOAK_SECONDS to change)
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
