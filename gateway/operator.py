@@ -63,7 +63,8 @@ async def listing(database_url: str) -> str:
 
 
 async def disable(database_url: str, *, email: str) -> str:
-    """Disables the user; on Postgres every running instance drops their cached credentials at once."""
+    """Disables the user, announced as every revocation is (an event row, and a NOTIFY on Postgres): every running
+    instance refuses their credentials within a second of the commit."""
     database = Database(database_url)
     database.open()
     try:

@@ -1,8 +1,13 @@
 """Turning a presented credential into a `Principal`: from the cache when known, from the database otherwise.
 
 A made-up API token is refused by its tag alone; a known-bad one from the negative cache; a good one from the
-positive cache. Only the first sight of a credential (and each TTL after) costs a query. `last_used_at` is kept
-in memory and written in batches, never one write per request.
+positive cache while the revocation feed is current. Only the first sight of a credential (and each TTL after, and
+each request while the feed is behind) costs a query. `last_used_at` is kept in memory and written in batches,
+never one write per request.
+
+When the database cannot answer (refused, timed out, no connection free), a cached principal still serves until
+`AUTH_CACHE_SECONDS` after the feed was last confirmed current; past that, or for a credential not cached, the
+answer is 503 `auth_unavailable`: never a 401 the database did not say, never a hang.
 """
 
 from __future__ import annotations
@@ -10,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.auth.jwt import Claims, InvalidTokenError, TokenVerifier, looks_like_jwt
@@ -30,12 +38,19 @@ from gateway.auth.tokens import (
 from gateway.db.base import utcnow
 from gateway.db.engine import Database
 from gateway.db.models import ApiToken, RefreshToken, User
-from gateway.errors import AuthenticationError
+from gateway.errors import AuthenticationError, AuthUnavailableError
 from gateway.principals import API_TOKEN, JWT, SESSION, Principal
 
 logger = logging.getLogger("gateway.auth")
 
 LAST_USED_FLUSH_SECONDS = 10.0
+LOOKUP_TIMEOUT_SECONDS = 2.0  # a credential lookup slower than this: the database is away
+# Once a lookup found it away, the lookups of the next second do not wait for it again, unless the revocation feed
+# has reached it since.
+AWAY_SECONDS = 1.0
+DEFAULT_AUTH_CACHE_SECONDS = 30.0
+# What "the database cannot answer" looks like: a connection refused or reset, a timeout, no pooled connection free.
+DATABASE_AWAY = (OSError, TimeoutError, DBAPIError, PoolTimeoutError)
 SESSION_CLAIM = "sid"  # the refresh family (login) an access token belongs to
 
 
@@ -67,14 +82,18 @@ class Authenticator:
         cache: PrincipalCache,
         *,
         agent_keys: AgentKeyLookup,
+        auth_cache_seconds: float = DEFAULT_AUTH_CACHE_SECONDS,
     ) -> None:
         self.database = database
         self.codec = codec
         self.verifier = verifier
         self.cache = cache
         self.agent_keys = agent_keys
+        self.auth_cache_seconds = auth_cache_seconds
         self.platform_issuer = verifier.platform.issuer
         self._last_used: dict[str, datetime] = {}
+        self._away_at = -math.inf  # time.monotonic() when a lookup last found the database away
+        self._lookups: set[asyncio.Task[Principal | None]] = set()  # held until done, abandoned ones included
 
     async def authenticate(self, credential: str) -> Principal:
         """The principal `credential` proves. Raises `AuthenticationError` (never an empty principal)."""
@@ -130,13 +149,9 @@ class Authenticator:
         principal = self._cached(key)
         if principal is not None:
             return principal
-        generation = self.cache.generation
-        async with self.database.session() as session:
-            principal = await load(session, key)
+        principal = await self._looked_up(key, lambda session: load(session, key))
         if principal is None:
-            self.cache.refuse(key)
             raise AuthenticationError(f"The {refused} is not valid, or was {why}.")
-        self.cache.remember(key, principal, generation=generation)
         return principal
 
     async def _jwt(self, token: str) -> Principal:
@@ -150,23 +165,68 @@ class Authenticator:
             # Not cached as refused: checking a signature costs no query, and a provider's JWKS outage
             # must not leave good tokens refused afterwards.
             raise AuthenticationError("The token is not valid or has expired.") from None
-        generation = self.cache.generation
-        principal = await self._platform_user(claims)
+        principal = await self._looked_up(key, lambda session: self._platform_user(session, claims))
         if principal is None:
-            self.cache.refuse(key)
             raise AuthenticationError("The token's user is unknown or disabled, or its session has ended.")
-        self.cache.remember(key, principal, generation=generation)
         return principal
 
-    async def _platform_user(self, claims: Claims) -> Principal | None:
+    async def _looked_up(
+        self, key: str, load: Callable[[AsyncSession], Awaitable[Principal | None]]
+    ) -> Principal | None:
+        """The database's answer for `key` (cached, refused as None); when it cannot answer, the cached principal
+        if the feed was confirmed within AUTH_CACHE_SECONDS. Raises `AuthUnavailableError` otherwise."""
+        generation = self.cache.generation
+        away = self._away_at > self.cache.confirmed_at and time.monotonic() - self._away_at < AWAY_SECONDS
+        if not away:
+            try:
+                principal = await self._ask_database(load)
+            except DATABASE_AWAY as exc:
+                self._away_at = time.monotonic()
+                logger.warning("credential lookup failed, the database is away: %s", type(exc).__name__)
+            else:
+                if principal is None:
+                    self.cache.refuse(key)
+                else:
+                    self.cache.remember(key, principal, generation=generation)
+                return principal
+        if self.cache.is_refused(key):  # revoked meanwhile: the feed said so
+            raise AuthenticationError("The credential is not valid.")
+        principal = self.cache.recall(key)
+        if principal is None or time.monotonic() - self.cache.confirmed_at > self.auth_cache_seconds:
+            raise AuthUnavailableError()
+        return principal
+
+    async def _ask_database(
+        self, load: Callable[[AsyncSession], Awaitable[Principal | None]]
+    ) -> Principal | None:
+        """`load` in a session of its own, within LOOKUP_TIMEOUT_SECONDS. Past that it is cancelled and left to
+        end alone: releasing its connection may wait on the same silent network (SQLAlchemy closes it gracefully
+        first, for up to 2 s)."""
+
+        async def in_session() -> Principal | None:
+            async with self.database.session() as session:
+                return await load(session)
+
+        lookup = asyncio.create_task(in_session())
+        self._lookups.add(lookup)
+        lookup.add_done_callback(self._lookups.discard)
+        try:
+            done, _ = await asyncio.wait({lookup}, timeout=LOOKUP_TIMEOUT_SECONDS)
+        finally:
+            if not lookup.done():
+                lookup.cancel()
+        if not done:
+            raise TimeoutError("credential lookup")
+        return lookup.result()
+
+    async def _platform_user(self, session: AsyncSession, claims: Claims) -> Principal | None:
         own = claims.issuer == self.platform_issuer
         session_id = claims.raw.get(SESSION_CLAIM) if own else None
-        async with self.database.session() as session:
-            user = await session.get(User, claims.subject)
-            if user is None or user.disabled_at is not None:
-                return None
-            if isinstance(session_id, str) and not await _session_is_live(session, session_id):
-                return None
+        user = await session.get(User, claims.subject)
+        if user is None or user.disabled_at is not None:
+            return None
+        if isinstance(session_id, str) and not await _session_is_live(session, session_id):
+            return None
         return Principal(
             user_id=user.id,
             kind=SESSION if own else JWT,

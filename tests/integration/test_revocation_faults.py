@@ -1,0 +1,168 @@
+"""Revocation within a second on every instance that can reach the database, whatever happened to its listener;
+an instance cut off from the database trusts its cache for AUTH_CACHE_SECONDS, then answers 503 auth_unavailable.
+
+Two `gateway serve` processes on one Postgres database; the second reaches it through a TCP relay the test
+partitions (packets dropped: the listener stalls, open and silent) or cuts (connections refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.conftest import UPSTREAM_OPENAI_KEY, PostgresServer, add_user
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.serving import GATEWAY, LiveServer, clean_env, serving
+from tests.tcp_proxy import TcpProxy
+
+REVOCATION_BOUND_SECONDS = 1.0
+AUTH_CACHE_SECONDS = 3.0
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@dataclass
+class Pair:
+    """The first instance talks to Postgres directly; the second through `proxy`."""
+
+    first: str
+    second: str
+    proxy: TcpProxy
+    access: str  # a platform JWT of this test's user
+    email: str
+    env: dict[str, str]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def chat(url: str, token: str) -> httpx.Response:
+    """A chat completion: authenticated, and (unlike /me) nothing else on its path asks the database."""
+    return httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers=bearer(token), timeout=30)
+
+
+def new_token(pair: Pair) -> dict[str, Any]:
+    response = httpx.post(f"{pair.first}/v1/api-tokens", json={}, headers=bearer(pair.access))
+    assert response.status_code == 201, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+def revoke(pair: Pair, token_id: str) -> None:
+    response = httpx.delete(f"{pair.first}/v1/api-tokens/{token_id}", headers=bearer(pair.access))
+    assert response.status_code == 204, response.text
+
+
+def seconds_until(status: int, send: Callable[[], httpx.Response], *, within: float = 10.0) -> float:
+    """Seconds until `send()` answers `status` (polling); fails after `within`."""
+    began = time.monotonic()
+    while time.monotonic() - began < within:
+        if send().status_code == status:
+            return time.monotonic() - began
+        time.sleep(0.02)
+    raise AssertionError(f"no {status} after {within} s")
+
+
+@pytest.fixture
+def pair(
+    tmp_path: Path, postgres_server: PostgresServer, fake_openai_server: tuple[FakeOpenAI, LiveServer]
+) -> Iterator[Pair]:
+    database_url = postgres_server.create_database()
+    env = clean_env(
+        DATA_DIR=str(tmp_path / "data"),
+        DATABASE_URL=database_url,
+        OPENAI_API_KEY=UPSTREAM_OPENAI_KEY,
+        OPENAI_BASE_URL=f"{fake_openai_server[1].url}/v1",
+        AUTH_CACHE_SECONDS=str(AUTH_CACHE_SECONDS),
+    )
+    migrated = subprocess.run([GATEWAY, "migrate"], env=env, cwd=tmp_path, capture_output=True, timeout=60)
+    assert migrated.returncode == 0, migrated.stderr
+    email, password = f"{uuid.uuid4().hex}@example.com", "correct horse battery staple"
+    asyncio.run(add_user(database_url, email=email, password=password))
+    target = make_url(database_url)
+    with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+        proxied = make_url(database_url).set(host="127.0.0.1", port=proxy.port)
+        second_env = {**env, "DATABASE_URL": proxied.render_as_string(hide_password=False)}
+        with (
+            serving(tmp_path, env=env, log_name="first.log") as first,
+            serving(tmp_path, env=second_env, log_name="second.log") as second,
+        ):
+            login = httpx.post(f"{first}/api/v1/auth/login", json={"email": email, "password": password})
+            assert login.status_code == 200, login.text
+            yield Pair(first, second, proxy, login.json()["access_token"], email, env)
+            proxy.restore()  # let the second shut down as it would once the network is back
+
+
+def test_a_stalled_listener_still_sees_a_revocation_within_a_second(pair: Pair) -> None:
+    revoked, kept = new_token(pair), new_token(pair)
+    for token in (revoked, kept):
+        assert chat(pair.second, token["token"]).status_code == 200  # cached on the second
+
+    pair.proxy.partition(new=False)  # the second's connections, its listener's included, go silent
+    revoke(pair, revoked["id"])
+
+    assert seconds_until(401, lambda: chat(pair.second, revoked["token"])) < REVOCATION_BOUND_SECONDS
+    assert chat(pair.second, kept["token"]).status_code == 200  # caught up, not blind: the rest still served
+
+
+def test_a_cut_off_instance_serves_its_cache_for_auth_cache_seconds_then_503(pair: Pair) -> None:
+    cached, unseen, revoked_meanwhile = new_token(pair), new_token(pair), new_token(pair)
+    for token in (cached, revoked_meanwhile):
+        assert chat(pair.second, token["token"]).status_code == 200
+
+    pair.proxy.cut()
+    cut_at = time.monotonic()
+    revoke(pair, revoked_meanwhile["id"])  # on the first, which still reaches the database
+
+    statuses = []
+    while time.monotonic() - cut_at < AUTH_CACHE_SECONDS - 0.5:
+        statuses.append(chat(pair.second, cached["token"]).status_code)
+        time.sleep(0.05)
+    assert set(statuses) == {200}
+    assert seconds_until(503, lambda: chat(pair.second, cached["token"]), within=2.0) < 1.5
+    for token in (cached, unseen):
+        refused = chat(pair.second, token["token"])
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "auth_unavailable"
+
+    pair.proxy.restore()
+    assert (
+        seconds_until(401, lambda: chat(pair.second, revoked_meanwhile["token"])) < REVOCATION_BOUND_SECONDS
+    )
+    assert chat(pair.second, cached["token"]).status_code == 200
+    assert chat(pair.second, unseen["token"]).status_code == 200
+
+
+def test_a_user_disabled_from_the_cli_is_refused_everywhere_within_a_second(
+    pair: Pair, tmp_path: Path
+) -> None:
+    token = new_token(pair)["token"]
+    for url in (pair.first, pair.second):
+        for credential in (token, pair.access):
+            assert chat(url, credential).status_code == 200
+
+    pair.proxy.partition(new=False)  # the second's listener stalls too
+    disabled = subprocess.run(
+        [GATEWAY, "users", "disable", "--email", pair.email],
+        env=pair.env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert disabled.returncode == 0, disabled.stderr
+
+    for url in (pair.first, pair.second):
+        for credential in (token, pair.access):
+            elapsed = seconds_until(401, lambda: chat(url, credential))  # noqa: B023
+            assert elapsed < REVOCATION_BOUND_SECONDS
