@@ -110,12 +110,7 @@ def build_services(settings: Settings) -> Services:
         ),
         pricing=PriceTable.load(settings.pricing_file),
         authenticator=Authenticator(
-            database,
-            codec,
-            TokenVerifier(platform, external),
-            cache,
-            agent_keys=AgentKeys(),
-            auth_cache_seconds=settings.auth_cache_seconds,
+            database, codec, TokenVerifier(platform, external), cache, agent_keys=AgentKeys()
         ),
         revocations=revocations,
         sessions=SessionService(

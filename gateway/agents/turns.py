@@ -80,6 +80,7 @@ class _Seen:
     outcome: Outcome = field(default_factory=Outcome)  # the first delta is its first byte
     completion: StreamedCompletion | None = None
     lease: datetime | None = None  # until when this turn holds its agent
+    recorded: bool = False
 
 
 @dataclass(slots=True)
@@ -128,8 +129,7 @@ class Turn:
         finally:
             if seen.lease is not None:  # no frame ended the turn (the socket closed): let go now
                 await asyncio.shield(self._release(seen))
-            if seen.agent is not None:
-                self.services.recorder.record(self._usage_record(seen))
+            self._record(seen)
 
     async def _run(self, seen: _Seen) -> None:
         services = self.services
@@ -183,9 +183,16 @@ class Turn:
         await self._reply(agent, prompt, seen)
 
     async def _finish(self, seen: _Seen, frame: dict[str, Any]) -> None:
-        """Send the turn's last frame, the agent let go first: the client may send its next message at once."""
+        """Send the turn's last frame, the agent let go and the usage journaled first: the client may send its next
+        message at once, and no turn it saw end goes unrecorded."""
         await self._release(seen)
+        self._record(seen)
         await self.send(frame)
+
+    def _record(self, seen: _Seen) -> None:
+        if seen.agent is not None and not seen.recorded:
+            seen.recorded = True
+            self.services.recorder.record(self._usage_record(seen))
 
     async def _release(self, seen: _Seen) -> None:
         lease, seen.lease = seen.lease, None

@@ -1,8 +1,11 @@
 """Usage capture in the chain: watch the response go by, then hand the recorder one row, whatever happened.
 
-The body is observed, never held: each chunk goes on to the client as it came. The row is made in `finally`
-(by `gateway.usage.rows`, as an agent turn's is), so an error, a client that went away (recorded as 499, with the
-usage seen so far) or a cancelled task is still recorded. A `GatewayError` gives the row its status and its code as
+The body is observed, never held: each chunk goes on to the client as it came. The row is made (by
+`gateway.usage.rows`, as an agent turn's is) and recorded as the last body chunk passes, before it goes on: the
+recorder journals it, so that no client has a complete answer whose row a crash could lose. Otherwise it is made in
+`finally`, so an error, a client that went away (recorded as 499, with the usage seen so far) or a cancelled task
+is still recorded. A request whose row the recorder could not keep is refused (503 `usage_unavailable`) before it
+starts. A `GatewayError` gives the row its status and its code as
 the row's `error`, also when it was raised after the response started: an upstream answer that broke off is 502
 `upstream_incomplete`, with the tokens seen before the break.
 
@@ -20,7 +23,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.context import RequestContext
-from gateway.errors import GatewayError, InternalError
+from gateway.errors import GatewayError, InternalError, UsageUnavailableError
 from gateway.middleware.rewrite import read_json_body
 from gateway.usage.observers import ObservedUsage, ResponseObserver, observer_for
 from gateway.usage.pricing import PriceTable
@@ -53,11 +56,14 @@ class UsageMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.recorder.refuses_requests:
+            raise UsageUnavailableError()
         outcome = Outcome()
         observer: ResponseObserver | None = None
+        recorded = False
 
         async def send_observing_usage(message: Message) -> None:
-            nonlocal observer
+            nonlocal observer, recorded
             if message["type"] == "http.response.start":
                 outcome.status = message["status"]
                 content_type, content_encoding = _content_headers(message.get("headers", ()))
@@ -72,6 +78,8 @@ class UsageMiddleware:
                     observer.feed(body)
                 if not message.get("more_body", False):
                     outcome.completed = True
+                    recorded = True
+                    self._record(scope, outcome, observer)
             await send(message)
 
         try:
@@ -92,8 +100,12 @@ class UsageMiddleware:
             outcome.failed(error.status_code, error.code)
             raise
         finally:
-            observed = observer.result() if observer is not None else ObservedUsage()
-            self.recorder.record(self._row(scope, outcome, observed))
+            if not recorded:
+                self._record(scope, outcome, observer)
+
+    def _record(self, scope: Scope, outcome: Outcome, observer: ResponseObserver | None) -> None:
+        observed = observer.result() if observer is not None else ObservedUsage()
+        self.recorder.record(self._row(scope, outcome, observed))
 
     def _row(self, scope: Scope, outcome: Outcome, observed: ObservedUsage) -> UsageRecord:
         context = RequestContext.of(scope)

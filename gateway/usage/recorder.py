@@ -1,9 +1,10 @@
-"""The usage recorder: requests hand it rows without waiting; a background task writes them in batches.
+"""The usage recorder: requests hand it rows without waiting on the database; a background task writes them.
 
-The hot path only appends to an in-process queue. Each flush writes what was queued when it began, in batches (by
-COPY on Postgres, a multi-row INSERT on SQLite), with their hourly aggregates; when the database cannot take
-them, the rows go to the spill file and are replayed once the database answers again. The queue is bounded: past
-its bound rows go straight to the spill. Shutdown drains the queue.
+Each row goes into the journal (`gateway.usage.journal`) before its response ends, and into memory. Each flush
+seals the journal's segment, writes its rows in batches (by COPY on Postgres, a multi-row INSERT on SQLite) with
+their hourly aggregates, and deletes the segment once they are in. When the database is away, or lacks a table or
+column (not migrated), the sealed segment stays on disk and its rows leave memory; they are replayed from there,
+as are the segments of a process that died. When the journal cannot be written, rows wait in memory up to a bound.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import MISSING, dataclass, fields
 from datetime import datetime
-from itertools import islice
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -30,17 +31,25 @@ from gateway.db.engine import Database
 from gateway.db.models import UsageEvent
 from gateway.ids import random_hex
 from gateway.usage.hours import add_to_hours, postgres_hours_from
-from gateway.usage.spill import Row, SpillFile, read_rows
+from gateway.usage.journal import Row, UsageJournal, encode, read_rows
 
 logger = logging.getLogger("gateway.usage")
 
-MAX_QUEUE = 100_000
 BATCH_SIZE = 1_000
 FLUSH_SECONDS = 0.5
 COPY_SLICE = 50  # rows encoded for COPY between two turns of the event loop
 REPLAY_EVERY_SECONDS = 2.0
+# A database call that takes longer is taken for a partition: the rows stay in the journal.
+INSERT_TIMEOUT_SECONDS = 10.0
+# How long a shutdown may spend writing (within the 3 s the app's lifespan gives its background tasks); what is
+# left stays in the journal for the next start.
+DRAIN_SECONDS = 2.5
+JOURNAL_ERROR_EVERY_SECONDS = 60.0
 # The database cannot be reached (as opposed to refusing what is sent): keep the rows for later.
 DATABASE_AWAY = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError, OSError)
+# The database lacks a table or column (not migrated): keep the rows until it has them.
+MISSING_SCHEMA_SQLSTATES = frozenset({"42P01", "42703"})  # Postgres: undefined_table, undefined_column
+MISSING_SCHEMA_SQLITE = ("no such table", "no column named", "has no column")
 
 
 @dataclass(slots=True)
@@ -77,120 +86,262 @@ class UsageRecord:
 
 
 _RECORD_FIELDS = tuple(field.name for field in fields(UsageRecord))
-# What a row spilled before a field existed takes for it.
+# What a row journaled before a field existed takes for it.
 _ROW_DEFAULTS = {field.name: field.default for field in fields(UsageRecord) if field.default is not MISSING}
 
 
 class UsageRecorder:
-    """Queues usage rows and writes them in batches; nothing is lost short of a crash."""
+    """Journals usage rows and writes them in batches; nothing is lost short of a machine crash (past the last
+    fsync) or a journal that cannot be written (then past `max_queue` rows held in memory)."""
 
-    def __init__(self, database: Database, spill: SpillFile, *, dataset: str) -> None:
+    def __init__(
+        self,
+        database: Database,
+        journal_folder: Path,
+        *,
+        dataset: str,
+        fsync_ms: int,
+        max_queue: int,
+        required: bool,
+    ) -> None:
         self.database = database
-        self.spill = spill
+        self.journal = UsageJournal(journal_folder)
         self.dataset = dataset
-        self._queue: deque[Row] = deque()
+        self.fsync_seconds = fsync_ms / 1000
+        self.max_queue = max_queue
+        self.required = required
+        self.rows_written = 0
+        self.rows_dropped = 0
+        self._pending: list[Row] = []  # journaled since the last flush
+        self._held: deque[Row] = deque()  # not journaled: the journal could not be written
+        self._backlog: list[Path] = []  # sealed segments whose rows are only on disk
+        self._journal_ok = False
+        self._journal_failing = False
+        self._not_migrated = False
+        self._last_journal_error = -JOURNAL_ERROR_EVERY_SECONDS
+        self._last_replay = -REPLAY_EVERY_SECONDS
         self._wakeup = asyncio.Event()
         self._write_lock = asyncio.Lock()
-        self._last_replay = 0.0
 
     @property
     def queue_depth(self) -> int:
-        return len(self._queue)
+        """Rows in memory, waiting for the database."""
+        return len(self._pending) + len(self._held)
+
+    @property
+    def journal_bytes(self) -> int:
+        """Bytes of the journal on disk whose rows are not known to be in the database."""
+        return self.journal.bytes_on_disk
+
+    @property
+    def refuses_requests(self) -> bool:
+        """Whether a new request must be refused: its row could be kept neither on disk nor in memory."""
+        return self.required and len(self._held) >= self.max_queue
+
+    @property
+    def problem(self) -> str | None:
+        """Why usage is not safe now, for /ready: `usage_unavailable`, `database_not_migrated`, or None."""
+        if self._journal_failing or len(self._held) >= self.max_queue:
+            return "usage_unavailable"
+        if self._not_migrated:
+            return "database_not_migrated"
+        return None
 
     def record(self, record: UsageRecord) -> None:
-        """Queue a row (never waits on the database)."""
+        """Journal a row (an append into the page cache) and queue it; never waits on the database."""
         # Every field is immutable (str, int, float, datetime, None): a shallow copy is what `asdict`'s deep one
         # gave, at a fraction of its cost on the hot path.
         row = {name: getattr(record, name) for name in _RECORD_FIELDS}
         row["id"] = random_hex()
         row["dataset"] = self.dataset
         row["is_error"] = record.status >= 400
-        if len(self._queue) >= MAX_QUEUE:
-            self.spill.append([row])  # rare: the writer is far behind; the disk is the queue now
+        if self._journal_ok:
+            try:
+                self.journal.append(encode(row))
+            except OSError as exc:
+                self._journal_failed(exc)
+            else:
+                self._pending.append(row)
+                if len(self._pending) >= BATCH_SIZE:
+                    self._wakeup.set()
+                return
+        if len(self._held) >= self.max_queue:
+            self.rows_dropped += 1
             return
-        self._queue.append(row)
-        if len(self._queue) >= BATCH_SIZE:
-            self._wakeup.set()
+        self._held.append(row)
 
     async def run(self) -> None:
-        """Write queued rows every flush interval (sooner when a batch is full) until cancelled, then drain."""
+        """Write rows every flush interval (sooner when a batch is full) and replay the journal's backlog until
+        cancelled; then drain for at most `DRAIN_SECONDS` and close the journal (synced)."""
+        syncing = asyncio.create_task(self._sync_periodically(), name="usage journal sync")
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), FLUSH_SECONDS)
                 self._wakeup.clear()
                 try:
-                    await self.flush()
-                    await self._replay_spill_now_and_then()
+                    if await self.flush():
+                        await self._replay_now_and_then()
                 except Exception:
-                    # The writer must outlive any one failure: once it is gone, every later row would be lost.
+                    # The writer must outlive any one failure: once it is gone, every later row would stay put.
                     logger.exception("usage: the writer failed; it carries on")
         finally:
-            await asyncio.shield(self.drain())
+            syncing.cancel()
+            await asyncio.shield(self.close())
+
+    async def close(self) -> None:
+        """Drain for a bounded time, then sync and close the journal: what was not written stays in it."""
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_SECONDS):
+                    await self.drain()
+        finally:
+            self._open_journal()  # one last try, for rows held in memory
+            if self._held:
+                logger.error(
+                    "usage: %d events lost: neither the journal nor the database took them", len(self._held)
+                )
+                self.rows_dropped += len(self._held)
+                self._held.clear()
+            self.journal.close()
 
     async def drain(self) -> None:
-        """Write (or spill) everything still queued."""
+        """Write everything journaled or held, and the backlog."""
         await self.flush(until_empty=True)
+        await self.replay()
 
-    async def flush(self, *, until_empty: bool = False) -> None:
-        """Write the rows queued when the flush began; rows queued while it writes wait for the next one (or all,
-        with `until_empty`). Under steady load a flush that chased the queue never ended, writing batch after
-        small batch back to back: a statement's fixed cost paid a few rows at a time (BENCHMARKS.md)."""
+    async def flush(self, *, until_empty: bool = False) -> bool:
+        """Write the rows journaled since the last flush (or all, with `until_empty`); False when the database
+        did not take them. Rows recorded while it writes wait for the next flush: under steady load a flush that
+        chased the queue never ended, paying a statement's fixed cost a few rows at a time (BENCHMARKS.md)."""
         async with self._write_lock:
-            budget = len(self._queue)
-            while self._queue and (budget > 0 or until_empty):
-                batch = list(islice(self._queue, BATCH_SIZE))
-                if await self._insert(batch):
-                    for _ in batch:
-                        self._queue.popleft()
-                    budget -= len(batch)
-                    continue
-                # The database is away: everything queued goes to disk, to be replayed later.
-                rows = list(self._queue)
-                await asyncio.to_thread(self.spill.append, rows)
-                for _ in rows:  # only once they are on disk; rows queued meanwhile stay queued
-                    self._queue.popleft()
-                logger.warning(
-                    "usage: database unavailable, %d rows spilled to %s", len(rows), self.spill.folder
-                )
-                return
+            while True:
+                self._open_journal()
+                rows, self._pending = self._pending, []
+                segments = self.journal.seal()
+                self._open_journal()  # the next segment, before anything else is recorded
+                try:
+                    written = await self._insert_all(rows)
+                except BaseException:
+                    self._backlog += segments
+                    raise
+                if written:
+                    for path in segments:
+                        self.journal.delete(path)
+                    written = await self._write_held()
+                else:
+                    self._backlog += segments  # their rows are on disk only from now on
+                if not (until_empty and written and self._pending):
+                    return written
 
-    async def _replay_spill_now_and_then(self) -> None:
-        loop = asyncio.get_running_loop()
-        if loop.time() - self._last_replay < REPLAY_EVERY_SECONDS:
-            return
-        self._last_replay = loop.time()
-        if await asyncio.to_thread(self.spill.has_rows):
-            await self.replay_spill()
-
-    async def replay_spill(self) -> int:
-        """Insert the rows of every claimable spill file; returns how many rows went in."""
+    async def replay(self) -> int:
+        """Insert the rows of every segment only on disk (this process's, and those of dead ones, claimed now);
+        returns how many rows went in."""
         replayed = 0
         async with self._write_lock:
-            for path in await asyncio.to_thread(self.spill.claim_replayable):
+            self._open_journal()
+            try:
+                self._backlog += self.journal.claim_dead()
+            except OSError as exc:  # the journal's own failures are reported where it is written
+                logger.debug("usage: could not look for dead journals: %s", exc)
+            while self._backlog:
+                path = self._backlog[0]
                 rows = await asyncio.to_thread(_read_all, path)
-                for start in range(0, len(rows), BATCH_SIZE):
-                    if not await self._insert(rows[start : start + BATCH_SIZE]):
-                        return replayed  # still away; the claimed file stays for the next try
-                    replayed += min(BATCH_SIZE, len(rows) - start)
-                await asyncio.to_thread(path.unlink, missing_ok=True)
+                if not await self._insert_all(rows):
+                    break  # still away; the segment stays for the next try
+                self.journal.delete(path)
+                self._backlog.pop(0)
+                replayed += len(rows)
         if replayed:
-            logger.info("usage: replayed %d spilled rows", replayed)
+            logger.info("usage: replayed %d journaled rows", replayed)
         return replayed
 
+    async def _replay_now_and_then(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_replay >= REPLAY_EVERY_SECONDS:
+            self._last_replay = loop.time()
+            await self.replay()
+
+    async def _write_held(self) -> bool:
+        """The rows the journal could not take, straight to the database."""
+        held = list(self._held)
+        if not await self._insert_all(held):
+            return False
+        for _ in held:  # rows held meanwhile stay held
+            self._held.popleft()
+        return True
+
+    async def _sync_periodically(self) -> None:
+        """fsync the journal every `fsync_seconds`, when something was appended since, in a thread."""
+        while True:
+            await asyncio.sleep(self.fsync_seconds)
+            sealed, current = self.journal.take_sync_work()
+            if sealed or current is not None:
+                await asyncio.to_thread(UsageJournal.sync, sealed, current)
+
+    def _open_journal(self) -> None:
+        """Start a segment when none is open (after a seal, or while the journal could not be written, which is
+        retried so); rows held in memory meanwhile go into it."""
+        if self.journal.is_open:
+            return
+        try:
+            self.journal.open()
+            if self._held:
+                self.journal.append(b"".join(encode(row) for row in self._held))
+        except OSError as exc:
+            self._journal_failed(exc)
+            return
+        self._pending += self._held
+        self._held.clear()
+        if self._journal_failing:
+            logger.warning("usage: the journal in %s can be written again", self.journal.folder)
+        self._journal_ok = True
+        self._journal_failing = False
+
+    def _journal_failed(self, exc: OSError) -> None:
+        self._journal_ok = False
+        self._journal_failing = True
+        now = time.monotonic()
+        if now - self._last_journal_error >= JOURNAL_ERROR_EVERY_SECONDS:
+            self._last_journal_error = now
+            logger.error(
+                "usage: the journal in %s cannot be written (%s); events are held in memory (%d, at most %d)",
+                self.journal.folder,
+                exc,
+                len(self._held),
+                self.max_queue,
+            )
+
+    async def _insert_all(self, rows: list[Row]) -> bool:
+        for start in range(0, len(rows), BATCH_SIZE):
+            if not await self._insert(rows[start : start + BATCH_SIZE]):
+                return False
+        return True
+
     async def _insert(self, rows: list[Row]) -> bool:
-        """One multi-row INSERT, skipping rows already there (replays); False when the database is away.
+        """One multi-row INSERT, skipping rows already there (replays); False when the database is away or lacks
+        the schema.
 
         A batch the database refuses for its content is retried row by row, and only the rows it still refuses
-        are dropped (and logged): one bad row must neither block the others nor come back from the spill forever.
+        are dropped (and logged): one bad row must neither block the others nor come back from the journal forever.
         """
         try:
-            async with self.database.session() as session, session.begin():
-                await write_events(session, rows)
-        except DATABASE_AWAY as exc:
-            logger.debug("usage insert failed: %s", type(exc).__name__)
-            return False
+            async with asyncio.timeout(INSERT_TIMEOUT_SECONDS):
+                async with self.database.session() as session, session.begin():
+                    await write_events(session, rows)
         except Exception as exc:
+            if _is_missing_schema(exc):
+                if not self._not_migrated:
+                    logger.error(
+                        "usage: the database lacks a usage table or column (%s); events stay in the journal"
+                        " until `gateway migrate` has run",
+                        _first_line(exc),
+                    )
+                self._not_migrated = True
+                return False
+            if isinstance(exc, DATABASE_AWAY):
+                logger.debug("usage insert failed: %s", type(exc).__name__)
+                return False
             if len(rows) > 1:
                 for row in rows:
                     if not await self._insert([row]):
@@ -199,11 +350,35 @@ class UsageRecorder:
             logger.error(
                 "usage: dropped row %s, which the database refuses (%s)", rows[0]["id"], type(exc).__name__
             )
+            self.rows_dropped += 1
+            return True
+        if self._not_migrated:
+            logger.info("usage: the database has the usage schema now")
+        self._not_migrated = False
+        self.rows_written += len(rows)
         return True
 
 
+def _is_missing_schema(exc: BaseException) -> bool:
+    """Whether the database refused for a missing table or column (Postgres by SQLSTATE, through SQLAlchemy's
+    wrapper and the driver's; SQLite by message)."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            break
+        if getattr(seen, "sqlstate", None) in MISSING_SCHEMA_SQLSTATES:
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    message = str(exc)
+    return any(words in message for words in MISSING_SCHEMA_SQLITE)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def _read_all(path: Path) -> list[Row]:
-    """A spill file's rows, each with every field: a file spilled by an older version lacks the newer ones, which
+    """A segment's rows, each with every field: a row journaled by an older version lacks the newer ones, which
     a multi-row INSERT or a COPY would fail on."""
     return [{**_ROW_DEFAULTS, **row} for row in read_rows(path)]
 
@@ -227,8 +402,10 @@ async def _copy_events(session: AsyncSession, rows: list[Row]) -> None:
     await session.execute(text(_STAGING_TABLE))
     connection = await session.connection()
     driver: Any = (await connection.get_raw_connection()).driver_connection
-    await driver.copy_records_to_table(_STAGING, records=_in_slices(rows), columns=_EVENT_COLUMNS)
-    await driver.execute(_FROM_STAGING)
+    await driver.copy_records_to_table(
+        _STAGING, records=_in_slices(rows), columns=_EVENT_COLUMNS, timeout=INSERT_TIMEOUT_SECONDS
+    )
+    await driver.execute(_FROM_STAGING, timeout=INSERT_TIMEOUT_SECONDS)
 
 
 async def _in_slices(rows: list[Row]) -> AsyncIterator[tuple[Any, ...]]:

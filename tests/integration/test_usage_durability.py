@@ -7,7 +7,7 @@ Real processes and sockets throughout, no mocks:
   on both backends, the embedded SQLite and Postgres (the `gateway_env` parametrisation).
 - Postgres made unreachable for 20 seconds under load, through a TCP proxy that is cut (listener closed and every
   open connection dropped) and restored: requests keep being answered meanwhile, and every one answered is in the
-  table once the spill has been replayed, which leaves the spill folder empty. Postgres only: SQLite cannot be
+  table once the journal has been replayed, which leaves no row in the journal. Postgres only: SQLite cannot be
   made unreachable this way.
 - `gateway serve` sent SIGTERM mid-load: every request it answered is in the table once the process has exited.
   Postgres only, so that the rows are read by another client while nothing of the gateway is left running.
@@ -33,7 +33,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from gateway.app import SPILL_FOLDER
+from gateway.app import JOURNAL_FOLDER
 from gateway.db.engine import Database
 from gateway.db.migrate import upgrade
 from gateway.db.models import UsageEvent
@@ -53,6 +53,8 @@ OPENAI_CLIENT_CONCURRENCY = 32
 OUTAGE_SECONDS = 20.0
 REPLAY_WAIT_SECONDS = 20.0
 LOAD_CONCURRENCY = 16
+# Segments holding rows that tell an outage: with the database there, one open and at most one being written.
+KEPT_SEGMENTS = 4
 # Through the outage the gateway must keep answering: no pause between two answers longer than this.
 MAX_PAUSE_DURING_OUTAGE_SECONDS = 2.0
 
@@ -111,9 +113,17 @@ async def poll(check: Callable[[], Awaitable[bool]], *, within: float, every: fl
         await asyncio.sleep(every)
 
 
-def spilled_files(data_dir: Path) -> list[Path]:
-    folder = data_dir / SPILL_FOLDER
-    return sorted(folder.iterdir()) if folder.is_dir() else []
+def journal_segments(data_dir: Path) -> list[Path]:
+    """The journal's segments that hold rows (the open one is empty when nothing is waiting)."""
+    folder = data_dir / JOURNAL_FOLDER
+    holding = []
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        try:
+            if path.stat().st_size:
+                holding.append(path)
+        except FileNotFoundError:
+            continue  # written and deleted meanwhile
+    return holding
 
 
 # --- 1. ten thousand requests through the official client ----------------------------------------------------
@@ -308,12 +318,14 @@ def test_a_database_outage_under_load_loses_no_event_and_never_stalls_the_reques
         )
         with serving(tmp_path, env=env, log_name="outage.log") as url:
             load = ChatLoad(url)
-            cut_at, restored_at, spilled_during_outage = asyncio.run(outage_under(load, proxy, data_dir))
+            cut_at, restored_at, kept_during_outage = asyncio.run(outage_under(load, proxy, data_dir))
             answered = {answer.request_id for answer in load.answered}
 
             async def replayed() -> bool:  # by the running gateway, not by its shutdown
                 rows = await recorded_events(database_url, answered)
-                return len({row.request_id for row in rows}) == len(answered) and not spilled_files(data_dir)
+                return len({row.request_id for row in rows}) == len(answered) and not journal_segments(
+                    data_dir
+                )
 
             replayed_in_time = asyncio.run(poll(replayed, within=REPLAY_WAIT_SECONDS, every=0.5))
 
@@ -325,7 +337,7 @@ def test_a_database_outage_under_load_loses_no_event_and_never_stalls_the_reques
         f"outage: {len(answered)} answered, {load.failures} failed, {len(during)} answered during the outage, "
         f"longest pause {max(pauses):.2f} s"
     )
-    assert spilled_during_outage, "the gateway never spilled: was the database really away?"
+    assert kept_during_outage, "the journal never grew: was the database really away?"
     assert len(during) >= 100, f"only {len(during)} requests answered while the database was away"
     assert max(pauses) < MAX_PAUSE_DURING_OUTAGE_SECONDS, f"requests stalled for {max(pauses):.1f} s"
     assert any(answer.sent_at > restored_at for answer in load.answered), "no load after the restore"
@@ -334,15 +346,15 @@ def test_a_database_outage_under_load_loses_no_event_and_never_stalls_the_reques
     missing = answered - {row.request_id for row in rows}
     assert not missing, f"{len(missing)} of {len(answered)} answered requests are not recorded"
     assert replayed_in_time, "recorded only at shutdown, not replayed while the gateway ran"
-    assert len(rows) == len(answered)  # none twice, though some were both inserted and spilled
+    assert len(rows) == len(answered)  # none twice, though some were both inserted and replayed
     assert {(row.status, row.total_tokens) for row in rows} == {(200, USAGE["total_tokens"])}
-    assert spilled_files(data_dir) == []
+    assert journal_segments(data_dir) == []
 
 
 async def outage_under(load: ChatLoad, proxy: TcpProxy, data_dir: Path) -> tuple[float, float, bool]:
     """Runs `load`; once it is steady, cuts the database away for `OUTAGE_SECONDS`, then restores it, and
     keeps the load on a few seconds more. Returns (cut at, restored at,
-    whether the gateway spilled during the outage)."""
+    whether the journal kept the rows during the outage)."""
     running = asyncio.create_task(load.run())
     try:
 
@@ -353,10 +365,10 @@ async def outage_under(load: ChatLoad, proxy: TcpProxy, data_dir: Path) -> tuple
         cut_at = time.monotonic()
         await asyncio.to_thread(proxy.cut)
 
-        async def spilled() -> bool:
-            return bool(spilled_files(data_dir))
+        async def kept() -> bool:  # a segment sealed at each flush, none deleted
+            return len(journal_segments(data_dir)) >= KEPT_SEGMENTS
 
-        spilled_during_outage = await poll(spilled, within=OUTAGE_SECONDS / 2)
+        kept_during_outage = await poll(kept, within=OUTAGE_SECONDS / 2)
         await asyncio.sleep(max(0.0, cut_at + OUTAGE_SECONDS - time.monotonic()))
         restored_at = time.monotonic()
         await asyncio.to_thread(proxy.restore)
@@ -364,7 +376,7 @@ async def outage_under(load: ChatLoad, proxy: TcpProxy, data_dir: Path) -> tuple
     finally:
         load.stop()
         await running
-    return cut_at, restored_at, spilled_during_outage
+    return cut_at, restored_at, kept_during_outage
 
 
 # --- 3. SIGTERM mid-load ---------------------------------------------------------------------------------
@@ -419,7 +431,7 @@ def test_sigterm_mid_load_records_every_answered_request(
     assert not missing, f"{len(missing)} of {len(answered)} answered requests are not recorded"
     assert len(rows) == len(answered)
     assert {(row.status, row.total_tokens) for row in rows} == {(200, USAGE["total_tokens"])}
-    assert spilled_files(data_dir) == []
+    assert journal_segments(data_dir) == []
 
 
 async def terminate_under(load: ChatLoad, process: subprocess.Popen[bytes]) -> float:
