@@ -47,9 +47,8 @@ from gateway.transparency.signer import NoteSigner
 from gateway.upstreams import UpstreamClients, configured_upstreams
 from gateway.usage.pricing import PriceTable
 from gateway.usage.recorder import UsageRecorder
-from gateway.usage.spill import SpillFile
 
-SPILL_FOLDER = "usage-spill"
+JOURNAL_FOLDER = "usage-journal"
 # Collect the youngest objects every 10,000 allocations rather than 700: a request allocates hundreds, and
 # almost none of them in cycles (BENCHMARKS.md).
 GC_THRESHOLDS = (10_000, 10, 10)
@@ -106,11 +105,21 @@ def build_services(settings: Settings) -> Services:
             pool_timeout=settings.upstream_pool_timeout,
         ),
         recorder=UsageRecorder(
-            database, SpillFile(settings.data_dir / SPILL_FOLDER), dataset=settings.analytics_dataset
+            database,
+            settings.data_dir / JOURNAL_FOLDER,
+            dataset=settings.analytics_dataset,
+            fsync_ms=settings.usage_journal_fsync_ms,
+            max_queue=settings.usage_max_queue,
+            required=settings.usage_required,
         ),
         pricing=PriceTable.load(settings.pricing_file),
         authenticator=Authenticator(
-            database, codec, TokenVerifier(platform, external), cache, agent_keys=AgentKeys()
+            database,
+            codec,
+            TokenVerifier(platform, external),
+            cache,
+            agent_keys=AgentKeys(),
+            auth_cache_seconds=settings.auth_cache_seconds,
         ),
         revocations=revocations,
         sessions=SessionService(
