@@ -32,10 +32,12 @@ from gateway.auth.tokens import TokenCodec
 from gateway.chains import proxied_routes
 from gateway.db.engine import Database, prepare_data_dir
 from gateway.keys import load_server_keys
+from gateway.metrics import Metrics
 from gateway.middleware.auth import AuthMiddleware
 from gateway.routes.agent_assets import AgentAssetRoutes
 from gateway.routes.agents import agent_routes
 from gateway.routes.health import Health
+from gateway.routes.metrics import MetricsRoute, MetricsSampler
 from gateway.routes.sessions import SessionRoutes
 from gateway.routes.tokens import TokenRoutes
 from gateway.routes.transparency import transparency_routes
@@ -77,6 +79,7 @@ class Services:
     storage: Storage
     quotas: Quotas
     providers: ProviderRegistry
+    metrics: Metrics
 
 
 def build_services(settings: Settings) -> Services:
@@ -136,6 +139,19 @@ def build_services(settings: Settings) -> Services:
         storage=LocalStorage(settings.files_path),
         quotas=Quotas(settings.quota_tiers),
         providers=ProviderRegistry.from_settings(settings),
+        metrics=Metrics(),
+    )
+
+
+def metrics_sampler(services: Services) -> MetricsSampler:
+    """What `/metrics` shows of the services."""
+    return MetricsSampler(
+        services.metrics,
+        recorder=services.recorder,
+        cache=services.revocations.cache,
+        revocations=services.revocations,
+        database=services.database,
+        clients=services.clients,
     )
 
 
@@ -150,6 +166,7 @@ def lifespan_of(services: Services) -> Callable[[Starlette], AbstractAsyncContex
             asyncio.create_task(services.revocations.listen(), name="revocation listener"),
             asyncio.create_task(services.authenticator.run_last_used_writer(), name="last-used writer"),
             asyncio.create_task(services.recorder.run(), name="usage recorder"),
+            asyncio.create_task(metrics_sampler(services).run(), name="metrics sampler"),
         ]
         try:
             async with services.clients:
@@ -204,6 +221,7 @@ def identity_routes(settings: Settings, services: Services) -> list[BaseRoute]:
 def management_routes(settings: Settings, services: Services) -> list[BaseRoute]:
     """Every route that is not proxied: health, usage, sessions and tokens, agents and their assets, the log."""
     health = Health(services.database, services.recorder)
+    metrics = MetricsRoute(metrics_sampler(services), api_key=settings.metrics_api_key)
     usage = UsageRoutes(
         services.database,
         services.authenticator,
@@ -237,6 +255,7 @@ def management_routes(settings: Settings, services: Services) -> list[BaseRoute]
     return [
         Route("/health", health.health, methods=["GET"]),
         Route("/ready", health.ready, methods=["GET"]),
+        Route("/metrics", metrics.scrape, methods=["GET"]),
         Route("/v1/usage", usage.summary, methods=["GET"]),
         Route("/v1/usage/daily", usage.daily, methods=["GET"]),
         Route("/v1/usage/rollups", usage.rollups, methods=["GET"]),
@@ -264,6 +283,7 @@ def create_app(settings: Settings) -> Gateway:
         routes=management_routes(settings, services),
         proxied=proxied,  # the router's dispatch tries these first: they carry nearly all the traffic
         access_log=AccessLog() if settings.access_log else None,
+        metrics=services.metrics,
         lifespan=lifespan_of(services),
     )
 

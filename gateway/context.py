@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,12 +34,19 @@ class RequestContext:
     # The parsed JSON body, on chains whose usage step reads it (gateway.middleware.usage); the steps below take it
     # from here rather than parse it again.
     request_json: dict[str, Any] | None = None
+    # The time spent waiting for upstreams' response headers, once the request has gone upstream: the rest of its
+    # time to the response is the gateway's own (gateway.metrics).
+    upstream_seconds: float | None = None
 
     @staticmethod
     def of(scope: Scope) -> RequestContext | None:
         """The context of a request that went through `ContextMiddleware`, if it did."""
         context = scope.get(SCOPE_KEY)
         return context if isinstance(context, RequestContext) else None
+
+
+# The HTTP request being served, for code the scope does not reach: the upstream client adds its waits to it.
+current_request: ContextVar[RequestContext | None] = ContextVar("current_request", default=None)
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:

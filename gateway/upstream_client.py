@@ -11,11 +11,15 @@ once it has started    BrokenOff, BodyTimeout                          -> Upstre
 ```
 
 An answer that breaks off is never a clean end: whoever forwards it aborts its own client's response.
+
+Each client tallies its exchanges' waits for the response headers and its failures by code (`gateway.metrics`), and
+adds its waits to the request being served, if any, whose remaining time is then the gateway's own.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway import http1
+from gateway.context import current_request
 from gateway.errors import (
     UpstreamBusyError,
     UpstreamError,
@@ -30,6 +35,7 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from gateway.metrics import ExchangeTally
 
 if TYPE_CHECKING:  # upstreams.py builds the clients
     from gateway.upstreams import Upstream
@@ -57,11 +63,12 @@ def gateway_error(exc: http1.UpstreamError, *, answered: bool) -> UpstreamError:
 class UpstreamClient:
     """One upstream's connections, for one exchange at a time per caller."""
 
-    __slots__ = ("pool", "upstream")
+    __slots__ = ("pool", "tally", "upstream")
 
     def __init__(self, upstream: Upstream, pool: http1.HttpPool) -> None:
         self.upstream = upstream
         self.pool = pool
+        self.tally = ExchangeTally()
 
     @property
     def name(self) -> str:
@@ -81,10 +88,16 @@ class UpstreamClient:
 
         Raises `UpstreamUnavailableError`, `UpstreamTimeoutError` or `UpstreamBusyError` when no answer came.
         """
+        started = time.perf_counter()
         try:
             response = await self.pool.request(method, target, headers, body)
         except http1.UpstreamError as exc:
             raise self._failed(exc, answered=False, request_id=request_id) from exc
+        finally:
+            waited = time.perf_counter() - started
+            if (context := current_request.get()) is not None:
+                context.upstream_seconds = (context.upstream_seconds or 0.0) + waited
+        self.tally.latency.observe(waited)
         return UpstreamResponse(response, self, request_id)
 
     async def fetch_json(
@@ -116,6 +129,7 @@ class UpstreamClient:
 
     def _failed(self, exc: http1.UpstreamError, *, answered: bool, request_id: str | None) -> UpstreamError:
         error = gateway_error(exc, answered=answered)
+        self.tally.failed(error.code)
         logger.warning(
             "upstream %s: %s (%s: %s; request %s)",
             self.upstream.name,
