@@ -28,6 +28,7 @@ def test_deep_health_checks_the_database(start_gateway: GatewayFactory, database
 
     assert response.status_code == 200
     assert response.json()["checks"]["database"]["status"] == "ok"
+    assert response.json()["checks"]["usage"] == {"status": "ok"}
 
 
 def test_deep_health_is_503_when_the_database_is_down(start_gateway: GatewayFactory) -> None:
@@ -41,6 +42,7 @@ def test_deep_health_is_503_when_the_database_is_down(start_gateway: GatewayFact
     assert deep.status_code == 503
     assert deep.json()["status"] == "unavailable"
     assert deep.json()["checks"]["database"]["status"] == "unavailable"
+    assert deep.json()["checks"]["database"]["reason"] == "database_unreachable"
 
 
 def test_health_is_get_only(gateway: LiveServer) -> None:

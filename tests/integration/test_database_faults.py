@@ -1,0 +1,213 @@
+"""The database as an operator gets it wrong or the network loses it, against real `gateway` processes and the
+real Postgres: concurrent migrates, a wrong DATABASE_URL, an unmigrated or downgraded schema, a database cut or
+partitioned away (tests/tcp_proxy.py between the gateway and Postgres)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from gateway.auth.tokens import TokenCodec
+from gateway.db.migrate import downgrade, head_revision, upgrade
+from gateway.keys import load_server_keys
+from gateway.settings import Settings
+from tests.conftest import PostgresServer
+from tests.serving import GATEWAY, clean_env, free_port, serving
+from tests.tcp_proxy import TcpProxy
+
+CONCURRENT_MIGRATE_RUNS = 5
+# A partitioned database must be seen as down within a few seconds: the engine's connect (3 s) and statement
+# (6 s client side) bounds, and a dropped connection's goodbye (2 s), with room for a loaded machine.
+PARTITION_ANSWER_SECONDS = 15.0
+
+
+def plain(database_url: str, **changes: Any) -> str:
+    """`database_url` as an operator writes it (postgresql://), with `changes` (host, port, database...)."""
+    url = make_url(database_url).set(drivername="postgresql", **changes)
+    return url.render_as_string(hide_password=False)
+
+
+def run_gateway(
+    cwd: Path, *args: str, database_url: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [GATEWAY, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_env(DATABASE_URL=database_url, DATA_DIR=str(cwd / "data")),
+    )
+
+
+def ready(url: str) -> httpx.Response:
+    return httpx.get(f"{url}/ready", timeout=PARTITION_ANSWER_SECONDS + 5)
+
+
+def wait_for_ready_status(url: str, status: int, within: float = 10.0) -> httpx.Response:
+    """/ready once it answers `status` (the usage recorder notices a migration at its next write)."""
+    deadline = time.monotonic() + within
+    while (response := ready(url)).status_code != status and time.monotonic() < deadline:
+        time.sleep(0.25)
+    return response
+
+
+# --- gateway migrate ------------------------------------------------------------------------------------------
+
+
+def migrate_twice_at_once(cwd: Path, database_url: str) -> list[subprocess.CompletedProcess[str]]:
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(run_gateway, cwd, "migrate", database_url=database_url) for _ in range(2)]
+        return [run.result() for run in runs]
+
+
+def test_two_concurrent_migrates_both_succeed(tmp_path: Path, postgres_server: PostgresServer) -> None:
+    for run in range(CONCURRENT_MIGRATE_RUNS):
+        database_url = plain(postgres_server.create_database())
+        results = migrate_twice_at_once(tmp_path, database_url)
+
+        for result in results:
+            assert result.returncode == 0, f"run {run}: {result.stderr}"
+            assert "Traceback" not in result.stderr
+
+
+def test_two_concurrent_migrates_of_one_sqlite_file_both_succeed(tmp_path: Path) -> None:
+    for run in range(CONCURRENT_MIGRATE_RUNS):
+        database_url = f"sqlite:///{tmp_path}/run{run}.db"
+        results = migrate_twice_at_once(tmp_path, database_url)
+
+        assert [result.returncode for result in results] == [0, 0], [result.stderr for result in results]
+
+
+# --- a DATABASE_URL that cannot be used -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["nothing listens on the port", "no such database"])
+@pytest.mark.parametrize("command", [["migrate"], ["serve", "--port", "0"], ["users", "list"]])
+def test_an_unusable_database_is_one_line_naming_database_url(
+    tmp_path: Path, postgres_url: str, fault: str, command: list[str]
+) -> None:
+    if fault == "nothing listens on the port":
+        database_url = plain(postgres_url, password="hunter2", port=free_port())
+    else:
+        database_url = plain(postgres_url, password="hunter2", database="gateway_nowhere")
+
+    result = run_gateway(tmp_path, *command, database_url=database_url, timeout=30)
+
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "DATABASE_URL=" in lines[0] and "127.0.0.1" in lines[0]
+    assert "hunter2" not in result.stderr
+    expected_cause = "Connect call failed" if fault == "nothing listens on the port" else "does not exist"
+    assert expected_cause in lines[0]
+
+
+# --- the schema's revision ------------------------------------------------------------------------------------
+
+
+def test_serve_on_an_unmigrated_database_says_what_to_run_and_is_not_ready_until_migrated(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    database_url = plain(postgres_server.create_database())
+    env = clean_env(DATABASE_URL=database_url, DATA_DIR=str(tmp_path / "data"))
+
+    with serving(tmp_path, env=env) as url:
+        before = ready(url)
+        assert run_gateway(tmp_path, "migrate", database_url=database_url).returncode == 0
+        after = wait_for_ready_status(url, 200)
+
+    warnings = [
+        line for line in (tmp_path / "serve.log").read_text().splitlines() if "gateway migrate" in line
+    ]
+    assert len(warnings) == 1, (tmp_path / "serve.log").read_text()
+    assert before.status_code == 503
+    assert before.json()["checks"]["database"]["reason"] == "database_not_migrated"
+    assert after.status_code == 200, after.text
+    assert after.json()["checks"]["database"]["status"] == "ok"
+
+
+def test_a_database_one_revision_behind_is_not_ready_until_migrated(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    database_url = postgres_server.create_database()
+    asyncio.run(upgrade(database_url))
+    asyncio.run(downgrade(database_url, "-1"))
+    env = clean_env(DATABASE_URL=plain(database_url), DATA_DIR=str(tmp_path / "data"))
+
+    with serving(tmp_path, env=env) as url:
+        behind = ready(url)
+        assert run_gateway(tmp_path, "migrate", database_url=plain(database_url)).returncode == 0
+        migrated = wait_for_ready_status(url, 200)
+
+    assert behind.status_code == 503
+    database = behind.json()["checks"]["database"]
+    assert database["reason"] == "database_not_migrated"
+    assert database["expected_revision"] == head_revision() != database["revision"]
+    assert migrated.status_code == 200, migrated.text
+
+
+# --- the database cut or partitioned away ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def proxied_gateway(tmp_path: Path, postgres_server: PostgresServer) -> Any:
+    """(url, proxy, settings) of a `gateway serve` whose Postgres is behind a TcpProxy."""
+    database_url = postgres_server.create_database()
+    asyncio.run(upgrade(database_url))
+    target = make_url(database_url)
+    with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+        env = clean_env(
+            DATABASE_URL=plain(database_url, host="127.0.0.1", port=proxy.port),
+            DATA_DIR=str(tmp_path / "data"),
+        )
+        with serving(tmp_path, env=env) as url:
+            yield url, proxy, Settings.from_env(env, env_file=None)
+
+
+def test_ready_says_database_unreachable_when_the_database_is_cut(proxied_gateway: Any) -> None:
+    url, proxy, _ = proxied_gateway
+    assert ready(url).status_code == 200
+
+    proxy.cut()
+    response = ready(url)
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"]["reason"] == "database_unreachable"
+
+
+def test_ready_and_a_credential_lookup_answer_within_seconds_during_a_partition(proxied_gateway: Any) -> None:
+    url, proxy, settings = proxied_gateway
+    # A well-formed token the database does not know: checking it needs the database.
+    token = TokenCodec(load_server_keys(settings).token_hash_key).new_api_token()
+    assert ready(url).status_code == 200
+
+    proxy.partition()
+    began = time.monotonic()
+    readiness = ready(url)
+    ready_seconds = time.monotonic() - began
+    began = time.monotonic()
+    lookup = httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"authorization": f"Bearer {token}"},
+        timeout=PARTITION_ANSWER_SECONDS + 5,
+    )
+    lookup_seconds = time.monotonic() - began
+
+    assert readiness.status_code == 503
+    assert readiness.json()["checks"]["database"]["reason"] == "database_unreachable"
+    assert ready_seconds < PARTITION_ANSWER_SECONDS
+    print(
+        f"partition: /ready in {ready_seconds:.1f} s, lookup {lookup.status_code} in {lookup_seconds:.1f} s"
+    )
+    assert lookup.status_code >= 400  # an error (401, 503), not a hang
+    assert lookup_seconds < PARTITION_ANSWER_SECONDS, f"the lookup took {lookup_seconds:.1f} s"
