@@ -62,14 +62,12 @@ class MetricsSampler:
                 metrics.fold_upstream(name, self.clients[name].tally)
         recorder = self.recorder
         metrics.usage_queue_depth.set(recorder.queue_depth)
-        metrics.usage_journal_bytes.set(getattr(recorder, "journal_bytes", 0))
-        metrics.sampled(metrics.usage_rows_written, getattr(recorder, "rows_written", 0))
-        metrics.sampled(metrics.usage_rows_dropped, getattr(recorder, "rows_dropped", 0))
-        metrics.sampled(metrics.credential_cache_hits, getattr(self.cache, "hits", 0))
-        metrics.sampled(metrics.credential_cache_misses, getattr(self.cache, "misses", 0))
-        feed_lag = getattr(self.revocations, "feed_lag_seconds", None)
-        if feed_lag is not None:
-            metrics.revocation_feed_lag.set(feed_lag())
+        metrics.usage_journal_bytes.set(recorder.journal_bytes)
+        metrics.sampled(metrics.usage_rows_written, recorder.rows_written)
+        metrics.sampled(metrics.usage_rows_dropped, recorder.rows_dropped)
+        metrics.sampled(metrics.credential_cache_hits, self.cache.hits)
+        metrics.sampled(metrics.credential_cache_misses, self.cache.misses)
+        metrics.revocation_feed_lag.set(self.revocations.feed_lag_seconds())
         pool = self.database.engine.pool
         if isinstance(pool, QueuePool):  # SQLite's pools may keep no count
             metrics.database_connections_in_use.set(pool.checkedout())
