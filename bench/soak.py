@@ -13,9 +13,9 @@ drains, and a new one is started on the same port and data directory.
 At the end the gateway is stopped cleanly and the usage rows are matched to the requests by request id: every
 proxied request answered (a response other than 401, 403 or 503) must have exactly one row, and no row may be
 for a request the run did not send. Errors inside a fault's window (until `--grace` seconds after it ended) that a
-fault explains (no connection, 502, 503, 504) are listed apart; any other error is unexpected. The exit status is
-1 on an unexpected error or a ledger mismatch. Progress goes to stderr, the report (markdown, for
-docs/BENCHMARKS.md) to stdout.
+fault explains (503 while the database is cut; no answer or 503 while the gateway restarts) are listed apart;
+any other error is unexpected. The exit status is 1 on an unexpected error or a ledger mismatch. Progress goes
+to stderr, the report (markdown, for docs/BENCHMARKS.md) to stdout.
 
     python bench/soak.py                 # ten minutes (SOAK_SECONDS or --seconds to change)
     SOAK_SECONDS=90 python bench/soak.py # a check of the harness: the faults scale with the run
@@ -72,8 +72,10 @@ PROXIED = {"chat", "chat-stream", "chat-abandoned", "ocr", "chroma-add", "chroma
 PROXIED |= {"chroma-setup", "token-use", "token-revoked-use"}
 # Statuses that leave no row, or may not: refused by auth, or unavailable (auth, usage, shutting down).
 NO_ROW_STATUSES = {"401", "403", "503"}
-# What a fault explains, inside its window: no connection, or the gateway saying a dependency is away.
-FAULT_STATUSES = {"502", "503", "504"}
+# What each fault explains, inside its window: the database away is a 503 (the routes that need it); the gateway
+# away is no connection, or a 503 while it stops. An upstream's 502 or 504 is never the faults' doing.
+OUTAGE_EXPLAINS = frozenset({"503"})
+RESTART_EXPLAINS = frozenset({"503", "transport"})
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}]}
 OCR = {
     "model": "mistral-ocr-latest",
@@ -107,6 +109,7 @@ class Sample:
 @dataclass
 class Fault:
     name: str
+    explains: frozenset[str]  # statuses, and "transport" for a request that got no answer
     start: float
     end: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -383,7 +386,7 @@ class Soak:
     async def faults_on_schedule(self) -> None:
         args = self.args
         await self.sleep_until(args.outage_at)
-        outage = Fault("database outage", self.now())
+        outage = Fault("database outage", OUTAGE_EXPLAINS, self.now())
         self.faults.append(outage)
         dropped = self.proxy.cut()
         print(f"soak: {outage.start:6.1f} s  database cut ({dropped} connections dropped)", file=sys.stderr)
@@ -395,7 +398,7 @@ class Soak:
 
         await self.sleep_until(args.sigterm_at)
         self.record_memory("before SIGTERM")
-        restart = Fault("SIGTERM and restart", self.now())
+        restart = Fault("SIGTERM and restart", RESTART_EXPLAINS, self.now())
         self.faults.append(restart)
         print(f"soak: {restart.start:6.1f} s  SIGTERM to the gateway", file=sys.stderr)
         code, drained = await self.gateway.terminate(args.shutdown_timeout + 5)
@@ -513,10 +516,13 @@ def leftovers(data_dir: Path) -> list[str]:
 
 def explained(sample: Sample, faults: list[Fault], grace: float) -> bool:
     """Whether a fault explains this error: it overlapped the fault's window and is what the fault causes."""
-    if sample.kind == "shutdown" or (sample.outcome[:1].isdigit() and sample.outcome not in FAULT_STATUSES):
+    if sample.kind == "shutdown":
         return False
+    outcome = "transport" if not sample.responded else sample.outcome
     return any(
-        sample.began <= (f.end if f.end is not None else float("inf")) + grace and sample.ended >= f.start
+        outcome in f.explains
+        and sample.began <= (f.end if f.end is not None else float("inf")) + grace
+        and sample.ended >= f.start
         for f in faults
     )
 
@@ -558,7 +564,7 @@ def report(
     lines += ["", f"{len(samples) / seconds if seconds else 0:.0f} requests/s on average.", ""]
     for title, group in (("Errors a fault explains", expected), ("Unexpected errors", unexpected)):
         counted = Counter((s.kind, s.outcome) for s in group)
-        lines.append(f"{title}: {'none' if not counted else ''}")
+        lines.append(f"{title}:" if counted else f"{title}: none.")
         if counted:
             lines += ["", "| kind | outcome | count | first at (s) |", "|---|---|---:|---:|"]
             for (kind, outcome), n in counted.most_common():
