@@ -73,33 +73,49 @@ def seconds_until(status: int, send: Callable[[], httpx.Response], *, within: fl
     raise AssertionError(f"no {status} after {within} s")
 
 
-@pytest.fixture
-def pair(
-    tmp_path: Path, postgres_server: PostgresServer, fake_openai_server: tuple[FakeOpenAI, LiveServer]
-) -> Iterator[Pair]:
-    database_url = postgres_server.create_database()
+@dataclass
+class Database:
+    """One migrated Postgres database and the first instance on it, for the module."""
+
+    url: str
+    env: dict[str, str]
+    first: str
+
+
+@pytest.fixture(scope="module")
+def database(
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_server: PostgresServer,
+    fake_openai_server: tuple[FakeOpenAI, LiveServer],
+) -> Iterator[Database]:
+    directory = tmp_path_factory.mktemp("revocation-faults")
+    url = postgres_server.create_database()
     env = clean_env(
-        DATA_DIR=str(tmp_path / "data"),
-        DATABASE_URL=database_url,
+        DATA_DIR=str(directory / "data"),
+        DATABASE_URL=url,
         OPENAI_API_KEY=UPSTREAM_OPENAI_KEY,
         OPENAI_BASE_URL=f"{fake_openai_server[1].url}/v1",
         AUTH_CACHE_SECONDS=str(AUTH_CACHE_SECONDS),
     )
-    migrated = subprocess.run([GATEWAY, "migrate"], env=env, cwd=tmp_path, capture_output=True, timeout=60)
+    migrated = subprocess.run([GATEWAY, "migrate"], env=env, cwd=directory, capture_output=True, timeout=60)
     assert migrated.returncode == 0, migrated.stderr
+    with serving(directory, env=env, log_name="first.log") as first:
+        yield Database(url, env, first)
+
+
+@pytest.fixture
+def pair(database: Database, tmp_path: Path) -> Iterator[Pair]:
+    """A user of the test's own, and a second instance of its own behind a relay (the faults leave it damaged)."""
     email, password = f"{uuid.uuid4().hex}@example.com", "correct horse battery staple"
-    asyncio.run(add_user(database_url, email=email, password=password))
-    target = make_url(database_url)
+    asyncio.run(add_user(database.url, email=email, password=password))
+    login = httpx.post(f"{database.first}/api/v1/auth/login", json={"email": email, "password": password})
+    assert login.status_code == 200, login.text
+    target = make_url(database.url)
     with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
-        proxied = make_url(database_url).set(host="127.0.0.1", port=proxy.port)
-        second_env = {**env, "DATABASE_URL": proxied.render_as_string(hide_password=False)}
-        with (
-            serving(tmp_path, env=env, log_name="first.log") as first,
-            serving(tmp_path, env=second_env, log_name="second.log") as second,
-        ):
-            login = httpx.post(f"{first}/api/v1/auth/login", json={"email": email, "password": password})
-            assert login.status_code == 200, login.text
-            yield Pair(first, second, proxy, login.json()["access_token"], email, env)
+        proxied = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        second_env = {**database.env, "DATABASE_URL": proxied}  # the same DATA_DIR: the same server keys
+        with serving(tmp_path, env=second_env, log_name="second.log") as second:
+            yield Pair(database.first, second, proxy, login.json()["access_token"], email, database.env)
             proxy.restore()  # let the second shut down as it would once the network is back
 
 
