@@ -12,6 +12,10 @@ GatewayError                       status, code, public message -> the OpenAI-st
 │   ├── PayloadTooLargeError     413
 │   ├── UnsupportedMediaTypeError 415
 │   └── QuotaExceededError       429  quota, budget or rate limit (Retry-After)
+├── ServiceUnavailableError      503  a dependency of the gateway's own is away (timed out, refused)
+│   ├── DatabaseUnavailableError 503  the database cannot be reached in time
+│   ├── UsageUnavailableError    503  neither the usage journal nor memory can hold another event
+│   └── AuthUnavailableError     503  credentials cannot be checked (database away past AUTH_CACHE_SECONDS)
 ├── UpstreamError (5xx)
 │   ├── UpstreamUnavailableError 502  connect, read or protocol failure
 │   ├── UpstreamBusyError        503  no free upstream connection in time
@@ -24,9 +28,11 @@ GatewayError                       status, code, public message -> the OpenAI-st
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 
 import orjson
+from sqlalchemy import exc as database_errors
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -203,6 +209,13 @@ class ServiceUnavailableError(GatewayError):
     message = "The gateway cannot serve this request right now; try again shortly."
 
 
+class DatabaseUnavailableError(ServiceUnavailableError):
+    """The database could not be reached, or did not answer in time (a partition, an outage, a full pool)."""
+
+    code = "database_unavailable"
+    message = "The gateway's database is unavailable; try again shortly."
+
+
 class UsageUnavailableError(ServiceUnavailableError):
     """Neither the usage journal nor memory can hold another event: refused rather than answered unrecorded."""
 
@@ -263,7 +276,24 @@ def expected_error(exc: Exception) -> GatewayError | None:
         error = error_class(headers=exc.headers)
         error.status_code = exc.status_code
         return error
+    if isinstance(exc, DATABASE_AWAY) or (
+        isinstance(exc, database_errors.DBAPIError) and exc.connection_invalidated
+    ):
+        return DatabaseUnavailableError()
+    if isinstance(exc, DEPENDENCY_AWAY):
+        return ServiceUnavailableError()
     return None
+
+
+# The database refused the connection, dropped it, or did not answer in time: an outage, not a fault of ours.
+DATABASE_AWAY = (
+    database_errors.OperationalError,
+    database_errors.InterfaceError,
+    database_errors.TimeoutError,  # no pooled connection free in time
+)
+# What the database driver raises itself when the network refuses or stays silent (asyncpg's connect and its
+# command timeout), and any other dependency's wait that ran out.
+DEPENDENCY_AWAY = (ConnectionError, TimeoutError)
 
 
 class ErrorMiddleware:
@@ -298,6 +328,8 @@ class ErrorMiddleware:
             if started:
                 raise
             error = expected_error(exc)
+            if isinstance(error, ServiceUnavailableError) and not isinstance(exc, GatewayError):
+                _log_outage(scope, exc)
             if error is None:
                 if scope["type"] != "http":
                     raise  # the server refuses the handshake and logs the fault
@@ -312,6 +344,29 @@ async def _answer(scope: Scope, receive: Receive, send: Send, error: GatewayErro
         await send({"type": "websocket.close", "code": WEBSOCKET_POLICY_CLOSE, "reason": ""})
         return
     await error_response(error)(scope, receive, send)
+
+
+OUTAGE_LOG_SECONDS = 10.0
+_outage_logged_at = -OUTAGE_LOG_SECONDS
+
+
+def _log_outage(scope: Scope, exc: Exception) -> None:
+    """One line, no traceback, and at most one every `OUTAGE_LOG_SECONDS`: an outage repeats on every request
+    while it lasts, and its cause is the same each time."""
+    global _outage_logged_at
+    now = time.monotonic()
+    if now - _outage_logged_at < OUTAGE_LOG_SECONDS:
+        return
+    _outage_logged_at = now
+    context = RequestContext.of(scope)
+    logger.warning(
+        "%s on %s %s answered 503: a dependency is away (request %s; next such line in %.0f s at the earliest)",
+        type(exc).__name__,
+        scope.get("method", "GET"),
+        scope["path"],
+        context.request_id if context else "-",
+        OUTAGE_LOG_SECONDS,
+    )
 
 
 def _log_fault(scope: Scope, exc: Exception) -> None:

@@ -27,7 +27,9 @@ def run_on(connection: Connection) -> None:
 
 async def run_with_own_engine() -> None:
     # Run by the `alembic` command itself: the database comes from the gateway's settings.
-    engine = create_engine(Settings.from_env().database_url)
+    engine = create_engine(
+        Settings.from_env().database_url, statement_timeouts=False
+    )  # migrations may run long
     try:
         async with engine.connect() as connection:
             await connection.run_sync(run_on)

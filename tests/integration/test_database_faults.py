@@ -19,7 +19,7 @@ from gateway.auth.tokens import TokenCodec
 from gateway.db.migrate import downgrade, head_revision, upgrade
 from gateway.keys import load_server_keys
 from gateway.settings import Settings
-from tests.conftest import PostgresServer
+from tests.conftest import PostgresServer, add_user
 from tests.serving import GATEWAY, clean_env, free_port, serving
 from tests.tcp_proxy import TcpProxy
 
@@ -171,6 +171,69 @@ def proxied_gateway(tmp_path: Path, postgres_server: PostgresServer) -> Any:
         )
         with serving(tmp_path, env=env) as url:
             yield url, proxy, Settings.from_env(env, env_file=None)
+
+
+@pytest.fixture
+def signed_in_gateway(tmp_path: Path, postgres_server: PostgresServer) -> Any:
+    """(url, proxy, access token, log) of a `gateway serve` behind a TcpProxy, with a user signed in whose
+    credential is in the gateway's cache; AUTH_CACHE_SECONDS long enough for the test to reach the routes."""
+    database_url = postgres_server.create_database()
+    asyncio.run(upgrade(database_url))
+    asyncio.run(add_user(database_url, email="outage@example.com", password="correct horse battery"))
+    target = make_url(database_url)
+    with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+        env = clean_env(
+            DATABASE_URL=plain(database_url, host="127.0.0.1", port=proxy.port),
+            DATA_DIR=str(tmp_path / "data"),
+            AUTH_CACHE_SECONDS="120",
+        )
+        with serving(tmp_path, env=env) as url:
+            login = httpx.post(
+                f"{url}/api/v1/auth/login",
+                json={"email": "outage@example.com", "password": "correct horse battery"},
+            )
+            token = login.json()["access_token"]
+            assert (
+                httpx.get(f"{url}/v1/usage", headers={"authorization": f"Bearer {token}"}).status_code == 200
+            )
+            yield url, proxy, token, tmp_path / "serve.log"
+
+
+# Refused connections surface from the driver as ConnectionRefusedError, silence as TimeoutError (service_unavailable);
+# a dropped or timed-out statement through SQLAlchemy (database_unavailable); a credential no longer checkable
+# (auth_unavailable).
+AWAY_CODES = ("database_unavailable", "service_unavailable", "auth_unavailable")
+
+
+@pytest.mark.parametrize("fault", ["cut", "partition"])
+def test_routes_that_need_the_database_answer_503_while_it_is_away(
+    signed_in_gateway: Any, fault: str
+) -> None:
+    """Usage reads and token creation during an outage: 503 `database_unavailable` in the envelope, within
+    seconds, and one log line without a traceback (measured before: 500 and a traceback per request)."""
+    url, proxy, token, log = signed_in_gateway
+    headers = {"authorization": f"Bearer {token}"}
+
+    getattr(proxy, fault)()
+    answers = []
+    for _ in range(2):
+        for method, path, body in (
+            ("GET", "/v1/usage", None),
+            ("GET", "/v1/usage/daily", None),
+            ("POST", "/v1/api-tokens", {"name": "during the outage"}),
+        ):
+            began = time.monotonic()
+            response = httpx.request(
+                method, f"{url}{path}", json=body, headers=headers, timeout=PARTITION_ANSWER_SECONDS + 5
+            )
+            answers.append((path, response, time.monotonic() - began))
+
+    for path, response, seconds in answers:
+        assert response.status_code == 503, (path, response.text)
+        assert response.json()["error"]["code"] in AWAY_CODES, response.text
+        assert seconds < PARTITION_ANSWER_SECONDS, (path, seconds)
+    text = log.read_text()
+    assert "Traceback" not in text and "answered 503: a dependency is away" in text
 
 
 def test_ready_says_database_unreachable_when_the_database_is_cut(proxied_gateway: Any) -> None:
