@@ -99,7 +99,8 @@ class Revocations:
         self.cache.evict(lambda principal: matches(target, principal))
 
     def feed_lag_seconds(self) -> float:
-        """Seconds since the last read of the feed began that confirmed the cache current."""
+        """Seconds since the last read of the feed began that confirmed the cache current (infinite until the
+        first one)."""
         return time.monotonic() - self.cache.confirmed_at
 
     async def listen(self) -> None:

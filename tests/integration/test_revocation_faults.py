@@ -26,7 +26,8 @@ from tests.serving import GATEWAY, LiveServer, clean_env, serving
 from tests.tcp_proxy import TcpProxy
 
 REVOCATION_BOUND_SECONDS = 1.0
-AUTH_CACHE_SECONDS = 3.0
+AUTH_CACHE_SECONDS = 5.0
+LOOKUP_TIMEOUT_SECONDS = 2.0  # gateway.auth.authenticator
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -116,7 +117,8 @@ def pair(database: Database, tmp_path: Path) -> Iterator[Pair]:
         second_env = {**database.env, "DATABASE_URL": proxied}  # the same DATA_DIR: the same server keys
         with serving(tmp_path, env=second_env, log_name="second.log") as second:
             yield Pair(database.first, second, proxy, login.json()["access_token"], email, database.env)
-            proxy.restore()  # let the second shut down as it would once the network is back
+            proxy.heal()  # let the second shut down as it would once the network is back
+            proxy.restore()
 
 
 def test_a_stalled_listener_still_sees_a_revocation_within_a_second(pair: Pair) -> None:
@@ -157,6 +159,29 @@ def test_a_cut_off_instance_serves_its_cache_for_auth_cache_seconds_then_503(pai
     )
     assert chat(pair.second, cached["token"]).status_code == 200
     assert chat(pair.second, unseen["token"]).status_code == 200
+
+
+def test_a_partition_is_an_outage_not_a_hang(pair: Pair) -> None:
+    cached, unseen = new_token(pair), new_token(pair)
+    assert chat(pair.second, cached["token"]).status_code == 200
+
+    pair.proxy.partition()  # packets dropped: open connections and new ones alike are silent
+    partitioned_at = time.monotonic()
+    refused = chat(pair.second, unseen["token"])
+    assert time.monotonic() - partitioned_at < LOOKUP_TIMEOUT_SECONDS + 1
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "auth_unavailable"
+
+    statuses = [chat(pair.second, cached["token"]).status_code]  # cut off, but within AUTH_CACHE_SECONDS
+    while statuses[-1] == 200 and time.monotonic() - partitioned_at < AUTH_CACHE_SECONDS + 5:
+        statuses.append(chat(pair.second, cached["token"]).status_code)
+    assert statuses[0] == 200
+    assert statuses[-1] == 503
+    assert (
+        AUTH_CACHE_SECONDS - 1
+        < time.monotonic() - partitioned_at
+        < AUTH_CACHE_SECONDS + LOOKUP_TIMEOUT_SECONDS + 1
+    )
 
 
 def test_a_user_disabled_from_the_cli_is_refused_everywhere_within_a_second(
