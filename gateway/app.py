@@ -61,7 +61,6 @@ BACKGROUND_STOP_SECONDS = 3.0
 logger = logging.getLogger("gateway.app")
 
 
-
 @dataclass(frozen=True, slots=True)
 class Services:
     """Every service of one gateway, each built once here and handed to the routes and chains that use it."""
