@@ -55,9 +55,8 @@ class PrincipalCache:
         self.confirmed_at = -math.inf  # time.monotonic() when the last read of the revocation feed began
         self.hits = 0
         self.misses = 0
-        self._known: OrderedDict[str, tuple[float, Principal]] = (
-            OrderedDict()
-        )  # key → (fresh until, principal)
+        # key → (fresh until, by time.monotonic(); principal)
+        self._known: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
         self._refused: OrderedDict[str, float] = OrderedDict()
 
     def confirm(self, began: float) -> None:
