@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -50,6 +50,8 @@ DRAIN_SECONDS = 2.5
 JOURNAL_ERROR_EVERY_SECONDS = 60.0
 # The database cannot be reached (as opposed to refusing what is sent): keep the rows for later.
 DATABASE_AWAY = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError, OSError)
+# The database refuses a row's values (data exception, integrity violation): only such a row is dropped.
+CONTENT_SQLSTATE_CLASSES = frozenset({"22", "23"})
 # The database lacks a table or column (not migrated): keep the rows until it has them.
 MISSING_SCHEMA_SQLSTATES = frozenset({"42P01", "42703"})  # Postgres: undefined_table, undefined_column
 MISSING_SCHEMA_SQLITE = ("no such table", "no column named", "has no column")
@@ -122,6 +124,7 @@ class UsageRecorder:
         self._journal_failing = False
         self._not_migrated = False
         self._last_journal_error = -JOURNAL_ERROR_EVERY_SECONDS
+        self._last_unexpected_error = -JOURNAL_ERROR_EVERY_SECONDS
         self._last_replay = -REPLAY_EVERY_SECONDS
         self._last_claim = -CLAIM_EVERY_SECONDS
         self._wakeup = asyncio.Event()
@@ -194,12 +197,24 @@ class UsageRecorder:
             await asyncio.shield(self.close())
 
     async def close(self) -> None:
-        """Drain for a bounded time, then sync and close the journal: what was not written stays in it."""
+        """Drain for at most `DRAIN_SECONDS`, then sync and close the journal: what was not written stays in it.
+
+        The drain runs as a task of its own and is abandoned (cancelled, not awaited) at the bound: a cancelled
+        insert may go on waiting for a silent network to close its connection, and the journal must not wait
+        with it. Whatever the abandoned drain does later deletes no segment whose rows it did not write."""
+        draining = asyncio.create_task(self.drain(), name="usage drain")
         try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(DRAIN_SECONDS):
-                    await self.drain()
+            await asyncio.wait({draining}, timeout=DRAIN_SECONDS)
         finally:
+            if not draining.done():
+                draining.cancel()
+                logger.warning(
+                    "usage: the drain did not end within %.1f s; the rest stays in the journal", DRAIN_SECONDS
+                )
+            elif not draining.cancelled() and draining.exception() is not None:
+                logger.error(
+                    "usage: the drain failed (%s); the rest stays in the journal", draining.exception()
+                )
             self._open_journal()  # one last try, for rows held in memory
             if self._held:
                 logger.error(
@@ -305,6 +320,17 @@ class UsageRecorder:
         self._journal_ok = True
         self._journal_failing = False
 
+    def _report_unexpected(self, exc: Exception) -> None:
+        """One line a minute at most: the same failure repeats at every flush and replay."""
+        now = time.monotonic()
+        if now - self._last_unexpected_error >= JOURNAL_ERROR_EVERY_SECONDS:
+            self._last_unexpected_error = now
+            logger.error(
+                "usage: writing to the database failed (%s: %s); the events stay in the journal",
+                type(exc).__name__,
+                _first_line(exc),
+            )
+
     def _journal_failed(self, exc: OSError) -> None:
         self._journal_ok = False
         self._journal_failing = True
@@ -349,6 +375,11 @@ class UsageRecorder:
             if isinstance(exc, DATABASE_AWAY):
                 logger.debug("usage insert failed: %s", type(exc).__name__)
                 return False
+            if not _refuses_content(exc):
+                # Not the database saying no to these rows (a closing loop, a driver's state, a bug): they stay
+                # in the journal rather than be dropped for it.
+                self._report_unexpected(exc)
+                return False
             if len(rows) > 1:
                 for row in rows:
                     if not await self._insert([row]):
@@ -366,16 +397,32 @@ class UsageRecorder:
         return True
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc`, then what it wraps (SQLAlchemy's `orig`, the driver's `__cause__`), a few levels down."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(chain) < 4:
+        chain.append(seen)
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return chain
+
+
+def _refuses_content(exc: BaseException) -> bool:
+    """Whether the rows themselves were refused: a value the driver cannot encode (an integer past 64 bits) or
+    the database's data or integrity error (SQLSTATE classes 22 and 23). Only such a row may be dropped."""
+    for cause in _causes(exc):
+        if isinstance(cause, (ValueError, OverflowError, TypeError, DataError, IntegrityError)):
+            return True
+        if str(getattr(cause, "sqlstate", "") or "")[:2] in CONTENT_SQLSTATE_CLASSES:
+            return True
+    return False
+
+
 def _is_missing_schema(exc: BaseException) -> bool:
     """Whether the database refused for a missing table or column (Postgres by SQLSTATE, through SQLAlchemy's
     wrapper and the driver's; SQLite by message)."""
-    seen: BaseException | None = exc
-    for _ in range(4):
-        if seen is None:
-            break
-        if getattr(seen, "sqlstate", None) in MISSING_SCHEMA_SQLSTATES:
-            return True
-        seen = getattr(seen, "orig", None) or seen.__cause__
+    if any(getattr(cause, "sqlstate", None) in MISSING_SCHEMA_SQLSTATES for cause in _causes(exc)):
+        return True
     message = str(exc)
     return any(words in message for words in MISSING_SCHEMA_SQLITE)
 

@@ -13,14 +13,18 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from gateway.auth.tokens import TokenCodec
+from gateway.db.engine import Database
 from gateway.db.migrate import downgrade, head_revision, upgrade
+from gateway.db.models import UsageEvent
 from gateway.keys import load_server_keys
 from gateway.settings import Settings
-from tests.conftest import PostgresServer, add_user
-from tests.serving import GATEWAY, clean_env, free_port, serving
+from tests.conftest import UPSTREAM_OPENAI_KEY, PostgresServer, add_user
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.serving import GATEWAY, LiveServer, clean_env, free_port, serving
 from tests.tcp_proxy import TcpProxy
 
 CONCURRENT_MIGRATE_RUNS = 5
@@ -135,24 +139,62 @@ def test_serve_on_an_unmigrated_database_says_what_to_run_and_is_not_ready_until
     assert after.json()["checks"]["database"]["status"] == "ok"
 
 
-def test_a_database_one_revision_behind_is_not_ready_until_migrated(
-    tmp_path: Path, postgres_server: PostgresServer
+def test_a_database_one_revision_behind_is_not_ready_until_migrated_and_keeps_every_row(
+    tmp_path: Path, postgres_server: PostgresServer, fake_openai_server: tuple[FakeOpenAI, LiveServer]
 ) -> None:
+    """The gateway deployed before its migration: the rows the database refuses for a missing column wait in the
+    journal, and all arrive once `gateway migrate` has run (measured before: every one dropped, /ready 200)."""
     database_url = postgres_server.create_database()
     asyncio.run(upgrade(database_url))
     asyncio.run(downgrade(database_url, "-1"))
-    env = clean_env(DATABASE_URL=plain(database_url), DATA_DIR=str(tmp_path / "data"))
+    env = clean_env(
+        DATABASE_URL=plain(database_url),
+        DATA_DIR=str(tmp_path / "data"),
+        OPENAI_API_KEY=UPSTREAM_OPENAI_KEY,
+        OPENAI_BASE_URL=f"{fake_openai_server[1].url}/v1",
+    )
 
     with serving(tmp_path, env=env) as url:
-        behind = ready(url)
+        request_ids = {f"behind-{number}" for number in range(BEHIND_REQUESTS)}
+        for request_id in sorted(request_ids):
+            answer = httpx.post(
+                f"{url}/v1/chat/completions",
+                json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"x-request-id": request_id},
+            )
+            assert answer.status_code == 200, answer.text
+        behind = wait_for_ready_status(url, 503)
         assert run_gateway(tmp_path, "migrate", database_url=plain(database_url)).returncode == 0
         migrated = wait_for_ready_status(url, 200)
+        deadline = time.monotonic() + 15
+        while (rows := asyncio.run(usage_rows(database_url, request_ids))) != request_ids and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.5)
 
     assert behind.status_code == 503
     database = behind.json()["checks"]["database"]
     assert database["reason"] == "database_not_migrated"
     assert database["expected_revision"] == head_revision() != database["revision"]
     assert migrated.status_code == 200, migrated.text
+    assert rows == request_ids, (
+        f"{len(request_ids - rows)} of {BEHIND_REQUESTS} answered requests are not rows"
+    )
+
+
+BEHIND_REQUESTS = 20
+
+
+async def usage_rows(database_url: str, request_ids: set[str]) -> set[str]:
+    """The request ids of `request_ids` that are rows of usage_events."""
+    database = Database(database_url)
+    database.open()
+    try:
+        async with database.session() as session:
+            query = select(UsageEvent.request_id).where(UsageEvent.request_id.in_(request_ids))
+            return set((await session.scalars(query)).all())
+    finally:
+        await database.close()
 
 
 # --- the database cut or partitioned away ---------------------------------------------------------------------

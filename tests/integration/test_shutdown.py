@@ -20,9 +20,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
+from gateway.app import JOURNAL_FOLDER
 from gateway.db.engine import Database
 from gateway.db.migrate import upgrade
 from gateway.db.models import UsageEvent
+from gateway.usage.journal import read_rows
 from tests.conftest import UPSTREAM_OPENAI_KEY, PostgresServer
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.serving import GATEWAY, LiveServer, clean_env, free_port, wait_until_serving
@@ -156,6 +158,16 @@ def test_a_signal_under_load_drains_and_exits_0(
     finished_after = [answered for answered in load.answered if answered[1] > sent_at]
     assert finished_after, "no request in flight finished after the signal: nothing drained"
     assert "Traceback" not in log, log
+    # Every answered request is a row, in the database or, where the drain did not get to it, in the journal.
+    answered = {request_id for request_id, _ in load.answered}
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'gateway.db'}"
+    journaled = {
+        row["request_id"]
+        for segment in (tmp_path / "data" / JOURNAL_FOLDER).glob("*.jsonl")
+        for row in read_rows(segment)
+    }
+    missing = answered - asyncio.run(answered_rows(database_url, answered)) - journaled
+    assert not missing, f"{len(missing)} of {len(answered)} answered requests are neither rows nor journaled"
 
 
 def test_a_request_longer_than_shutdown_timeout_is_cut_and_the_process_exits_in_time(

@@ -238,3 +238,32 @@ def recorder_row(record: UsageRecord, dataset: str) -> dict[str, object]:
     row: dict[str, object] = {field.name: getattr(record, field.name) for field in fields(UsageRecord)}
     row.update(id=uuid.uuid4().hex, dataset=dataset, is_error=record.status >= 400)
     return row
+
+
+async def test_a_failure_that_is_not_the_database_refusing_the_rows_drops_none(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Only the database's refusal of a row's values drops that row. A writer whose database was closed under it
+    (as at the end of a shutdown the drain outlived, when the CI run lost 990 rows so) keeps every row in the
+    journal, logs one line, and a later replay writes them all."""
+    await upgrade(database_url)
+    dataset = f"t_{uuid.uuid4().hex}"
+    database = Database(database_url)
+    database.open()
+    recorder = make_recorder(database, tmp_path, dataset)
+    try:
+        for _ in range(5):
+            recorder.record(usage_record())
+        await database.close()  # its sessions now raise RuntimeError
+
+        assert await recorder.flush() is False
+        assert (recorder.rows_written, recorder.rows_dropped) == (0, 0)
+        assert recorder.journal_bytes > 0
+
+        database.open()
+        assert await recorder.replay() == 5
+        assert await stored(database, dataset) == 5
+        assert recorder.journal_bytes == 0
+    finally:
+        await recorder.close()
+        await database.close()
