@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from gateway.accesslog import AccessLog
 from gateway.agents.agent_keys import AgentKeys
@@ -34,6 +34,12 @@ from gateway.db.engine import Database, prepare_data_dir
 from gateway.keys import load_server_keys
 from gateway.metrics import Metrics
 from gateway.middleware.auth import AuthMiddleware
+from gateway.openapi import OPENAPI, ApiRoute, OpenApiDocument
+from gateway.routes import health as health_api
+from gateway.routes import metrics as metrics_api
+from gateway.routes import sessions as session_api
+from gateway.routes import tokens as token_api
+from gateway.routes import usage as usage_api
 from gateway.routes.agent_assets import AgentAssetRoutes
 from gateway.routes.agents import agent_routes
 from gateway.routes.health import Health
@@ -206,14 +212,28 @@ def identity_routes(settings: Settings, services: Services) -> list[BaseRoute]:
     user = [Middleware(AuthMiddleware, authenticator=services.authenticator)]
     platform_user = [Middleware(AuthMiddleware, authenticator=services.authenticator, platform_only=True)]
     return [
-        Route("/api/v1/auth/login", sessions.login, methods=["POST"]),
-        Route("/api/v1/auth/refresh", sessions.refresh, methods=["POST"]),
-        Route("/api/v1/auth/logout", sessions.logout, methods=["POST"]),
-        Route("/api/v1/auth/signup", sessions.signup, methods=["POST"]),
-        Route("/api/v1/auth/me", sessions.me, methods=["GET"], middleware=user),
-        Route("/v1/api-tokens", tokens.list, methods=["GET"], middleware=platform_user),
-        Route("/v1/api-tokens", tokens.create, methods=["POST"], middleware=platform_user),
-        Route("/v1/api-tokens/{token_id}", tokens.revoke, methods=["DELETE"], middleware=platform_user),
+        ApiRoute("/api/v1/auth/login", sessions.login, methods=["POST"], operation=session_api.LOGIN),
+        ApiRoute("/api/v1/auth/refresh", sessions.refresh, methods=["POST"], operation=session_api.REFRESH),
+        ApiRoute("/api/v1/auth/logout", sessions.logout, methods=["POST"], operation=session_api.LOGOUT),
+        ApiRoute("/api/v1/auth/signup", sessions.signup, methods=["POST"], operation=session_api.SIGNUP),
+        ApiRoute("/api/v1/auth/me", sessions.me, methods=["GET"], middleware=user, operation=session_api.ME),
+        ApiRoute(
+            "/v1/api-tokens", tokens.list, methods=["GET"], middleware=platform_user, operation=token_api.LIST
+        ),
+        ApiRoute(
+            "/v1/api-tokens",
+            tokens.create,
+            methods=["POST"],
+            middleware=platform_user,
+            operation=token_api.CREATE,
+        ),
+        ApiRoute(
+            "/v1/api-tokens/{token_id}",
+            tokens.revoke,
+            methods=["DELETE"],
+            middleware=platform_user,
+            operation=token_api.REVOKE,
+        ),
     ]
 
 
@@ -252,12 +272,13 @@ def management_routes(settings: Settings, services: Services) -> list[BaseRoute]
         providers=services.providers,
     )
     return [
-        Route("/health", health.health, methods=["GET"]),
-        Route("/ready", health.ready, methods=["GET"]),
-        Route("/metrics", metrics.scrape, methods=["GET"]),
-        Route("/v1/usage", usage.summary, methods=["GET"]),
-        Route("/v1/usage/daily", usage.daily, methods=["GET"]),
-        Route("/v1/usage/rollups", usage.rollups, methods=["GET"]),
+        ApiRoute("/health", health.health, methods=["GET"], operation=health_api.LIVENESS),
+        ApiRoute("/ready", health.ready, methods=["GET"], operation=health_api.READY),
+        ApiRoute("/metrics", metrics.scrape, methods=["GET"], operation=metrics_api.SCRAPE),
+        ApiRoute("/openapi.json", OpenApiDocument().serve, methods=["GET"], operation=OPENAPI),
+        ApiRoute("/v1/usage", usage.summary, methods=["GET"], operation=usage_api.SUMMARY),
+        ApiRoute("/v1/usage/daily", usage.daily, methods=["GET"], operation=usage_api.DAILY),
+        ApiRoute("/v1/usage/rollups", usage.rollups, methods=["GET"], operation=usage_api.ROLLUPS),
         *identity_routes(settings, services),
         *agent_routes(
             services.authenticator, chat, revocations=services.revocations, storage=services.storage

@@ -19,12 +19,89 @@ from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.chroma import ChromaNamespaceMiddleware
 from gateway.middleware.rewrite import BodyRewriteMiddleware
 from gateway.middleware.usage import UsageMiddleware
+from gateway.openapi import (
+    ANY_OBJECT,
+    BEARER,
+    BOOLEAN,
+    INTEGER,
+    NUMBER,
+    STRING,
+    USER,
+    ApiRoute,
+    Operation,
+    Reply,
+)
 from gateway.proxy import ReverseProxy
 from gateway.rewrites import OcrDocumentFromUrl, force_stream_usage
 from gateway.settings import Settings
 from gateway.upstreams import CHROMA, MISTRAL, OPENAI, UpstreamClients, configured_upstreams
 from gateway.usage.pricing import PriceTable
 from gateway.usage.recorder import UsageRecorder
+
+UPSTREAM_ANSWER = "The upstream's own status and body, unchanged"
+PROXY_ERRORS = (400, 401, 403, 413, 429, 502, 503, 504)
+CHAT = Operation(
+    "Chat completions, proxied to the OpenAI-compatible upstream",
+    {
+        200: Reply(
+            "The upstream's completion: JSON, or with `stream: true` a text/event-stream forwarded as it comes",
+            ANY_OBJECT,
+        )
+    },
+    body={
+        "type": "object",
+        "description": "Passed through; with `stream: true`, `stream_options.include_usage` is forced on",
+        "properties": {
+            "model": STRING,
+            "stream": BOOLEAN,
+            "stream_options": {"type": "object"},
+            "max_completion_tokens": INTEGER,
+            "max_tokens": INTEGER,
+            "temperature": NUMBER,
+            "top_p": NUMBER,
+        },
+        "additionalProperties": True,
+    },
+    errors=PROXY_ERRORS,
+    security=(BEARER,),
+    auth_optional=True,  # unless API_AUTH_REQUIRED
+    passthrough=UPSTREAM_ANSWER,
+)
+OCR = Operation(
+    "OCR, proxied to Mistral",
+    {200: Reply("The upstream's OCR result", ANY_OBJECT)},
+    body={
+        "type": "object",
+        "description": "`document` or `documents` pass through; a lone `url` becomes a Mistral document, with "
+        "the default model when `model` is missing; other fields pass through",
+        "properties": {
+            "url": STRING,
+            "document": {"type": "object"},
+            "documents": {"type": "array"},
+            "model": STRING,
+        },
+        "additionalProperties": True,
+    },
+    errors=PROXY_ERRORS,
+    security=(BEARER,),
+    auth_optional=True,  # unless API_AUTH_REQUIRED
+    passthrough=UPSTREAM_ANSWER,
+)
+CHROMA_PASSTHROUGH = Operation(
+    "Chroma's HTTP API (v2), namespaced per user: database names in the path, the `database` query parameter, "
+    "and a JSON body's `database` (and a create-database request's `name`) are prefixed; answers stripped",
+    {200: Reply("Chroma's answer", {})},
+    body={
+        "type": "object",
+        "properties": {"database": STRING, "name": STRING},
+        "additionalProperties": True,
+    },
+    body_required=False,
+    query={"database": STRING},
+    errors=(400, 401, 403, 404, 413, 502, 504),
+    security=USER,
+    passthrough="Chroma's own status and body, the database names stripped of the namespace",
+)
 
 
 def proxied_routes(
@@ -43,12 +120,13 @@ def proxied_routes(
     # OpenAI-Organization and -Project name the operator's OpenAI account: no other vendor is told them.
     to_others = ForwardingPolicy(trusted)
     return [
-        Route(
+        ApiRoute(
             "/v1/chat/completions",
             ReverseProxy(
                 upstreams[OPENAI], clients=clients, path="/v1/chat/completions", forwarding=to_openai
             ),
             methods=["POST"],
+            operation=CHAT,
             middleware=[
                 Middleware(AuthMiddleware, authenticator=authenticator, required=required, scope="chat"),
                 Middleware(
@@ -64,10 +142,11 @@ def proxied_routes(
                 ),
             ],
         ),
-        Route(
+        ApiRoute(
             "/v1/ocr",
             ReverseProxy(upstreams[MISTRAL], clients=clients, path="/v1/ocr", forwarding=to_others),
             methods=["POST"],
+            operation=OCR,
             middleware=[
                 Middleware(AuthMiddleware, authenticator=authenticator, required=required, scope="ocr"),
                 Middleware(
@@ -116,4 +195,7 @@ def chroma_routes(
     endpoint = (
         ChromaProxy(chroma, clients=clients, forwarding=forwarding) if chroma else ChromaNotConfigured()
     )
-    return [Route(path, endpoint, middleware=chain) for path in ("/v1/chroma", "/v1/chroma/{path:path}")]
+    return [
+        ApiRoute(path, endpoint, middleware=chain, operation=CHROMA_PASSTHROUGH)
+        for path in ("/v1/chroma", "/v1/chroma/{path:path}")
+    ]

@@ -12,7 +12,7 @@ from typing import Any
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from gateway.agents import files, uploads, vault
 from gateway.agents.access import agent_for_request, principal_of
@@ -39,6 +39,19 @@ from gateway.errors import (
     UnsupportedMediaTypeError,
 )
 from gateway.middleware.auth import AuthMiddleware
+from gateway.openapi import (
+    EMPTY,
+    INTEGER,
+    STRING,
+    TIME,
+    USER,
+    ApiRoute,
+    Operation,
+    Reply,
+    data_of,
+    nullable,
+    obj,
+)
 from gateway.routes.bodies import json_object, optional_string
 
 FILES_SCOPE = "files"
@@ -256,18 +269,175 @@ class AgentAssetRoutes:
         auth = [Middleware(AuthMiddleware, authenticator=authenticator, agent_keys=True)]
         base = "/v1/agents/{agent_id}"
         return [
-            Route(f"{base}/vault", self.store_vault_key, methods=["POST"], middleware=auth),
-            Route(f"{base}/vault", self.list_vault_keys, methods=["GET"], middleware=auth),
-            Route(f"{base}/vault", self.delete_vault_key, methods=["DELETE"], middleware=auth),
-            Route(f"{base}/api-keys", self.create_key, methods=["POST"], middleware=auth),
-            Route(f"{base}/api-keys", self.list_keys, methods=["GET"], middleware=auth),
-            Route(f"{base}/api-keys/{{key_id}}", self.revoke_key, methods=["DELETE"], middleware=auth),
-            Route(f"{base}/files", self.upload_file, methods=["POST"], middleware=auth),
-            Route(f"{base}/files", self.list_files, methods=["GET"], middleware=auth),
-            Route(f"{base}/files/{{file_id}}", self.download_file, methods=["GET"], middleware=auth),
-            Route(f"{base}/files/{{file_id}}", self.delete_file, methods=["DELETE"], middleware=auth),
-            Route(f"{base}/quota", self.quota, methods=["GET"], middleware=auth),
+            ApiRoute(
+                f"{base}/vault",
+                self.store_vault_key,
+                methods=["POST"],
+                middleware=auth,
+                operation=STORE_VAULT_KEY,
+            ),
+            ApiRoute(
+                f"{base}/vault",
+                self.list_vault_keys,
+                methods=["GET"],
+                middleware=auth,
+                operation=LIST_VAULT_KEYS,
+            ),
+            ApiRoute(
+                f"{base}/vault",
+                self.delete_vault_key,
+                methods=["DELETE"],
+                middleware=auth,
+                operation=DELETE_VAULT_KEY,
+            ),
+            ApiRoute(
+                f"{base}/api-keys", self.create_key, methods=["POST"], middleware=auth, operation=CREATE_KEY
+            ),
+            ApiRoute(
+                f"{base}/api-keys", self.list_keys, methods=["GET"], middleware=auth, operation=LIST_KEYS
+            ),
+            ApiRoute(
+                f"{base}/api-keys/{{key_id}}",
+                self.revoke_key,
+                methods=["DELETE"],
+                middleware=auth,
+                operation=REVOKE_KEY,
+            ),
+            ApiRoute(
+                f"{base}/files", self.upload_file, methods=["POST"], middleware=auth, operation=UPLOAD_FILE
+            ),
+            ApiRoute(
+                f"{base}/files", self.list_files, methods=["GET"], middleware=auth, operation=LIST_FILES
+            ),
+            ApiRoute(
+                f"{base}/files/{{file_id}}",
+                self.download_file,
+                methods=["GET"],
+                middleware=auth,
+                operation=DOWNLOAD_FILE,
+            ),
+            ApiRoute(
+                f"{base}/files/{{file_id}}",
+                self.delete_file,
+                methods=["DELETE"],
+                middleware=auth,
+                operation=DELETE_FILE,
+            ),
+            ApiRoute(f"{base}/quota", self.quota, methods=["GET"], middleware=auth, operation=QUOTA),
         ]
+
+
+VAULT_KEY = obj({"provider": STRING, "prefix": STRING, "created_at": TIME})
+AGENT_KEY_RECORD = obj(
+    {
+        "id": STRING,
+        "agent_id": STRING,
+        "name": STRING,
+        "prefix": STRING,
+        "scopes": {"type": "array", "items": STRING},
+        "created_at": TIME,
+        "last_used_at": nullable(TIME),
+        "revoked_at": nullable(TIME),
+    }
+)
+FILE_RECORD = obj(
+    {
+        "id": STRING,
+        "agent_id": STRING,
+        "filename": STRING,
+        "content_type": STRING,
+        "size": INTEGER,
+        "sha256": STRING,
+        "created_at": TIME,
+    }
+)
+ON_AGENT = (401, 403, 404)  # 403: an agent key where it may not go; 404: no such agent, or another user's
+STORE_VAULT_KEY = Operation(
+    "Store (or replace) the agent's key for a provider, encrypted at rest",
+    {201: Reply("The key's prefix, never the key", VAULT_KEY)},
+    body=obj({"provider": STRING, "api_key": {"type": "string", "maxLength": vault.MAX_API_KEY_CHARS}}),
+    errors=(400, *ON_AGENT, 413, 415),
+    security=USER,
+)
+LIST_VAULT_KEYS = Operation(
+    "The agent's stored keys, as prefixes",
+    {200: Reply("The keys", data_of(VAULT_KEY))},
+    errors=ON_AGENT,
+    security=USER,
+)
+DELETE_VAULT_KEY = Operation(
+    "Delete the agent's key for a provider",
+    {204: EMPTY},
+    query={"provider": STRING},
+    required_query=("provider",),
+    errors=(400, *ON_AGENT),
+    security=USER,
+)
+CREATE_KEY = Operation(
+    "A new agent key: its secret shown this once",
+    {
+        201: Reply(
+            "The key and its `raw_key`",
+            {**AGENT_KEY_RECORD, "required": [*AGENT_KEY_RECORD["required"], "raw_key"]},
+        )
+    },
+    body=obj(
+        {},
+        {
+            "name": {"type": "string", "maxLength": 200},
+            "scopes": {"type": "array", "items": {"type": "string", "enum": sorted(AGENT_KEY_SCOPES)}},
+        },
+    ),
+    body_required=False,
+    errors=(400, *ON_AGENT, 413),
+    security=USER,
+)
+LIST_KEYS = Operation(
+    "The agent's keys, without secrets",
+    {200: Reply("The keys", data_of(AGENT_KEY_RECORD))},
+    errors=ON_AGENT,
+    security=USER,
+)
+REVOKE_KEY = Operation(
+    "Revoke an agent key, everywhere within a second", {204: EMPTY}, errors=ON_AGENT, security=USER
+)
+UPLOAD_FILE = Operation(
+    "Upload a file (multipart `file` part), streamed to storage",
+    {201: Reply("The file's record", FILE_RECORD)},
+    body=obj({"file": {"type": "string", "format": "binary"}}),
+    body_media_type="multipart/form-data",
+    errors=(400, *ON_AGENT, 413, 415),
+    security=USER,
+)
+LIST_FILES = Operation(
+    "The agent's files", {200: Reply("The files", data_of(FILE_RECORD))}, errors=ON_AGENT, security=USER
+)
+DOWNLOAD_FILE = Operation(
+    "A file's content, as an attachment",
+    {200: Reply("The content, as uploaded", {}, media_type="*/*")},
+    errors=ON_AGENT,
+    security=USER,
+)
+DELETE_FILE = Operation("Delete a file", {204: EMPTY}, errors=ON_AGENT, security=USER)
+QUOTA = Operation(
+    "The agent's tier, period, limits, use and what remains",
+    {
+        200: Reply(
+            "The quota",
+            obj(
+                {
+                    "tier": STRING,
+                    "period": obj({"start": TIME, "end": TIME}),
+                    "limits": {"type": "object"},
+                    "used": {"type": "object"},
+                    "remaining": {"type": "object"},
+                }
+            ),
+        )
+    },
+    errors=ON_AGENT,
+    security=USER,
+)
 
 
 def _require_files_scope(request: Request) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import BaseRoute, WebSocketRoute
 
 from gateway.agents import service
 from gateway.agents.access import check_agent_access, owned_agent, principal_of
@@ -30,6 +30,20 @@ from gateway.db.agent_models import Agent
 from gateway.db.engine import Database
 from gateway.errors import ClientError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from gateway.middleware.auth import AuthMiddleware
+from gateway.openapi import (
+    EMPTY,
+    HASH,
+    INTEGER,
+    STRING,
+    TIME,
+    USER,
+    ApiRoute,
+    Operation,
+    Reply,
+    data_of,
+    nullable,
+    obj,
+)
 from gateway.routes.bodies import json_object, optional_string
 from gateway.transparency.log import TransparencyLog, hash_text, parse_hash_text
 
@@ -242,6 +256,146 @@ class UpgradeRequiredError(ClientError):
     message = "This route speaks WebSocket only."
 
 
+AGENT_RECORD = obj(
+    {
+        "id": STRING,
+        "agent_name": STRING,
+        "model": STRING,
+        "model_provider": STRING,
+        "governance_mode": {"type": "string", "enum": sorted(MODES)},
+        "state": {"type": "string", "enum": ["running", "stopped"]},
+        "created_at": TIME,
+        "updated_at": TIME,
+        "last_started_at": nullable(TIME),
+        "last_stopped_at": nullable(TIME),
+        "session_id": STRING,
+        "message_count": INTEGER,
+    }
+)
+AGENT_FIELDS = obj(
+    {},
+    {
+        field: {"type": "string", "maxLength": MAX_NAME_CHARS}
+        for field in ("agent_name", "model", "model_provider", "governance_mode")
+    },
+)
+THE_AGENT = Reply("The agent", AGENT_RECORD)
+ON_AGENT = (401, 403, 404)  # 404: no such agent, or another user's
+CHECKPOINT = obj(
+    {
+        "id": STRING,
+        "created_at": TIME,
+        "message_count": INTEGER,
+        "last_leaf_hash": nullable(STRING),
+        "tree_size": INTEGER,
+    }
+)
+MESSAGE = obj(
+    {
+        "id": STRING,
+        "session_id": STRING,
+        "role": STRING,
+        "content": STRING,
+        "created_at": TIME,
+        "governance_decision": nullable(STRING),
+        "leaf_hash": nullable(STRING),
+        "usage": nullable(obj({"prompt_tokens": nullable(INTEGER), "completion_tokens": nullable(INTEGER)})),
+    }
+)
+CREATE = Operation(
+    "A new agent, stopped (fields default as API.md says)",
+    {201: THE_AGENT},
+    body=AGENT_FIELDS,
+    body_required=False,
+    errors=(400, 401, 403, 413),
+    security=USER,
+)
+LIST = Operation(
+    "The user's agents (platform JWT only)",
+    {200: Reply("The agents", data_of(AGENT_RECORD))},
+    errors=(401, 403),
+    security=USER,
+)
+GET = Operation("An agent's details (agent key: its own)", {200: THE_AGENT}, errors=ON_AGENT, security=USER)
+UPDATE = Operation(
+    "Rename or reconfigure an agent",
+    {200: THE_AGENT},
+    body=AGENT_FIELDS,
+    body_required=False,
+    errors=(400, *ON_AGENT, 413),
+    security=USER,
+)
+DELETE = Operation(
+    "Delete an agent with its keys, files and messages (its log leaves stay)",
+    {204: EMPTY},
+    errors=ON_AGENT,
+    security=USER,
+)
+START = Operation("stopped -> running (running: no change)", {200: THE_AGENT}, errors=ON_AGENT, security=USER)
+STOP = Operation(
+    "running -> stopped, with an automatic checkpoint",
+    {
+        200: Reply(
+            "The agent and its `checkpoint` (null when it was not running)",
+            {
+                **AGENT_RECORD,
+                "properties": {**AGENT_RECORD["properties"], "checkpoint": nullable(CHECKPOINT)},
+            },
+        )
+    },
+    errors=ON_AGENT,
+    security=USER,
+)
+MESSAGES = Operation(
+    "The current session's messages, oldest first",
+    {
+        200: Reply(
+            "A page of messages",
+            obj(
+                {
+                    "data": {"type": "array", "items": MESSAGE},
+                    "session_id": STRING,
+                    "has_more": {"type": "boolean"},
+                }
+            ),
+        )
+    },
+    query={
+        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+        "before": {
+            "type": "string",
+            "description": "A message id (msg_...) or an ISO 8601 time with its zone",
+        },
+    },
+    errors=(400, *ON_AGENT),
+    security=USER,
+)
+CLEAR_MESSAGES = Operation(
+    "Clear the current session: a new session id", {204: EMPTY}, errors=ON_AGENT, security=USER
+)
+PROOF = Operation(
+    "A leaf's inclusion proof, for a leaf of this agent",
+    {
+        200: Reply(
+            "The proof",
+            obj(
+                {
+                    "agent_id": STRING,
+                    "hash": HASH,
+                    "proof": {"type": "object"},
+                    "proof_error": {"type": "null"},
+                    "verification_url": STRING,
+                    "verification_portal": STRING,
+                }
+            ),
+        )
+    },
+    errors=(400, *ON_AGENT),
+    security=USER,
+)
+CHAT_OVER_HTTP = Operation("The chat, which speaks WebSocket only (this route's upgrade)", {}, errors=(426,))
+
+
 def agent_routes(
     authenticator: Authenticator,
     services: ChatServices,
@@ -254,16 +408,24 @@ def agent_routes(
     user = [Middleware(AuthMiddleware, authenticator=authenticator, agent_keys=True)]
     one = "/v1/agents/{agent_id}"
     return [
-        Route("/v1/agents", routes.create, methods=["POST"], middleware=user),
-        Route("/v1/agents", routes.list, methods=["GET"], middleware=user),
-        Route(one, routes.get, methods=["GET"], middleware=user),
-        Route(one, routes.update, methods=["PATCH"], middleware=user),
-        Route(one, routes.delete, methods=["DELETE"], middleware=user),
-        Route(f"{one}/start", routes.start, methods=["POST"], middleware=user),
-        Route(f"{one}/stop", routes.stop, methods=["POST"], middleware=user),
-        Route(f"{one}/messages", routes.messages, methods=["GET"], middleware=user),
-        Route(f"{one}/messages", routes.clear_messages, methods=["DELETE"], middleware=user),
-        Route(f"{one}/proofs/{{leaf_hash}}", routes.proof, methods=["GET"], middleware=user),
+        ApiRoute("/v1/agents", routes.create, methods=["POST"], middleware=user, operation=CREATE),
+        ApiRoute("/v1/agents", routes.list, methods=["GET"], middleware=user, operation=LIST),
+        ApiRoute(one, routes.get, methods=["GET"], middleware=user, operation=GET),
+        ApiRoute(one, routes.update, methods=["PATCH"], middleware=user, operation=UPDATE),
+        ApiRoute(one, routes.delete, methods=["DELETE"], middleware=user, operation=DELETE),
+        ApiRoute(f"{one}/start", routes.start, methods=["POST"], middleware=user, operation=START),
+        ApiRoute(f"{one}/stop", routes.stop, methods=["POST"], middleware=user, operation=STOP),
+        ApiRoute(f"{one}/messages", routes.messages, methods=["GET"], middleware=user, operation=MESSAGES),
+        ApiRoute(
+            f"{one}/messages",
+            routes.clear_messages,
+            methods=["DELETE"],
+            middleware=user,
+            operation=CLEAR_MESSAGES,
+        ),
+        ApiRoute(
+            f"{one}/proofs/{{leaf_hash}}", routes.proof, methods=["GET"], middleware=user, operation=PROOF
+        ),
         WebSocketRoute(
             f"{one}/chat",
             AgentChat(services).serve,
@@ -276,5 +438,5 @@ def agent_routes(
                 )
             ],
         ),
-        Route(f"{one}/chat", websocket_required, methods=["GET"]),
+        ApiRoute(f"{one}/chat", websocket_required, methods=["GET"], operation=CHAT_OVER_HTTP),
     ]

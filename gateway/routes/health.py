@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 from gateway import __version__
 from gateway.db.engine import Database
 from gateway.db.migrate import current_revision, head_revision
+from gateway.openapi import ANY_OBJECT, NUMBER, STRING, Operation, Reply, obj
 
 DEPENDENCY_TIMEOUT_SECONDS = 2.0
 DATABASE_UNREACHABLE = "database_unreachable"
@@ -76,3 +77,16 @@ class Health:
     def _check_usage(self) -> dict[str, object]:
         problem = self.usage.problem
         return {"status": "ok"} if problem is None else {"status": "unavailable", "reason": problem}
+
+
+HEALTH = obj({"status": STRING, "version": STRING, "uptime_s": NUMBER}, {"checks": ANY_OBJECT})
+READINESS = {
+    200: Reply("Ready: every dependency answered", HEALTH),
+    503: Reply("Not ready: `checks` gives each dependency's reason", HEALTH),
+}
+LIVENESS = Operation(
+    "Alive, touching nothing slow; `?deep=1` checks the dependencies as /ready does",
+    {200: Reply("Alive (or, deep, ready)", HEALTH), 503: READINESS[503]},
+    query={"deep": STRING},
+)
+READY = Operation("Each dependency checked (database reachable and migrated, usage recorded)", READINESS)

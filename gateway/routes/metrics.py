@@ -17,6 +17,7 @@ from gateway.db.engine import Database
 from gateway.errors import AuthenticationError
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.middleware.auth import CHALLENGE
+from gateway.openapi import BEARER, STRING, Operation, Reply
 from gateway.upstreams import UpstreamClients
 from gateway.usage.recorder import UsageRecorder
 
@@ -88,3 +89,12 @@ class MetricsRoute:
                 raise AuthenticationError("A valid metrics key is required.", headers=CHALLENGE)
         self.sampler.sample()
         return Response(self.sampler.metrics.render(), media_type=CONTENT_TYPE)
+
+
+SCRAPE = Operation(
+    "Prometheus metrics (the METRICS_API_KEY as a Bearer token when one is set)",
+    {200: Reply("Prometheus' text format", STRING, media_type=CONTENT_TYPE)},
+    errors=(401,),
+    security=(BEARER,),
+    auth_optional=True,
+)

@@ -21,6 +21,19 @@ from gateway.errors import (
     QuotaExceededError,
 )
 from gateway.middleware.auth import check_csrf
+from gateway.openapi import (
+    ANY_OBJECT,
+    BOOLEAN,
+    EMPTY,
+    INTEGER,
+    STRING,
+    TIME,
+    USER,
+    Operation,
+    Reply,
+    nullable,
+    obj,
+)
 from gateway.routes.bodies import json_object
 from gateway.routes.tokens import caller
 
@@ -144,3 +157,46 @@ def _credentials(body: dict[str, object]) -> tuple[str, str]:
     if not isinstance(email, str) or not isinstance(password, str) or not email or not password:
         raise InvalidRequestError("Give an email and a password.", param="email")
     return email, password
+
+
+USER_RECORD = obj(
+    {"id": STRING, "email": STRING, "is_admin": BOOLEAN, "created_at": TIME, "disabled_at": nullable(TIME)}
+)
+CREDENTIALS = obj({"email": STRING, "password": STRING})
+SESSION_STARTED = Reply(
+    "The session: the access JWT here and in the gw_session cookie, the refresh token in gw_refresh",
+    obj({"user": USER_RECORD, "access_token": STRING, "token_type": STRING, "expires_in": INTEGER}),
+)
+SESSION_CHANGE_ERRORS = (400, 401, 403, 413, 415, 429)
+LOGIN = Operation(
+    "Sign in with an email and a password",
+    {200: SESSION_STARTED},
+    body=CREDENTIALS,
+    errors=SESSION_CHANGE_ERRORS,
+)
+REFRESH = Operation(
+    "A new access token from the gw_refresh cookie (single use; a reused one revokes its family)",
+    {200: SESSION_STARTED},
+    body=ANY_OBJECT,
+    body_required=False,
+    errors=SESSION_CHANGE_ERRORS,
+)
+LOGOUT = Operation(
+    "End the session behind the credential sent (refresh cookie, access cookie or Bearer access token)",
+    {204: EMPTY},
+    body=ANY_OBJECT,
+    body_required=False,
+    errors=SESSION_CHANGE_ERRORS,
+)
+SIGNUP = Operation(
+    "Create a user and sign in (when ALLOW_SIGNUP=1; 404 otherwise)",
+    {201: SESSION_STARTED},
+    body=CREDENTIALS,
+    errors=(*SESSION_CHANGE_ERRORS, 404, 409),
+)
+ME = Operation(
+    "The current user",
+    {200: Reply("The user", obj({"user": USER_RECORD}))},
+    errors=(401, 403, 404),
+    security=USER,
+)

@@ -22,6 +22,7 @@ from gateway.db.base import iso, utcnow
 from gateway.db.engine import Database
 from gateway.db.models import ApiToken
 from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.openapi import EMPTY, STRING, TIME, USER, Operation, Reply, data_of, nullable, obj
 from gateway.routes.bodies import json_object, optional_string
 
 MAX_EXPIRY_DAYS = 3650
@@ -103,3 +104,48 @@ def _scopes(value: object) -> list[str]:
             f"Unknown scopes {unknown}; known: {sorted(KNOWN_SCOPES)}.", param="scopes", code="invalid_scope"
         )
     return sorted(set(value))
+
+
+TOKEN_RECORD = obj(
+    {
+        "id": STRING,
+        "name": STRING,
+        "prefix": STRING,
+        "scopes": {"type": "array", "items": STRING},
+        "created_at": TIME,
+        "last_used_at": nullable(TIME),
+        "expires_at": nullable(TIME),
+        "revoked_at": nullable(TIME),
+    }
+)
+LIST = Operation(
+    "The caller's API tokens, newest first (platform JWT only)",
+    {200: Reply("The tokens, never the secrets", data_of(TOKEN_RECORD))},
+    errors=(401, 403),
+    security=USER,
+)
+CREATE = Operation(
+    "A new API token: its secret shown this once (platform JWT only)",
+    {
+        201: Reply(
+            "The token record and its `token`",
+            {**TOKEN_RECORD, "required": [*TOKEN_RECORD["required"], "token"]},
+        )
+    },
+    body=obj(
+        {},
+        {
+            "name": {"type": "string", "maxLength": 200},
+            "scopes": {"type": "array", "items": {"type": "string", "enum": sorted(KNOWN_SCOPES)}},
+            "expires_in_days": {"type": "integer", "minimum": 1, "maximum": MAX_EXPIRY_DAYS},
+        },
+    ),
+    errors=(400, 401, 403, 413, 415),
+    security=USER,
+)
+REVOKE = Operation(
+    "Revoke an API token, everywhere within a second; idempotent",
+    {204: EMPTY},
+    errors=(401, 403, 404),
+    security=USER,
+)

@@ -6,12 +6,74 @@ import re
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.openapi import HASH, INTEGER, STRING, ApiRoute, Operation, Reply, obj
 from gateway.transparency.log import TransparencyLog, hash_text, parse_hash_text
 
 SIZE = re.compile(r"[0-9]{1,19}")
+
+PROOF = obj(
+    {
+        "leaf_index": INTEGER,
+        "tree_size": INTEGER,
+        "root_hash": HASH,
+        "audit_path": {"type": "array", "items": HASH},
+        "checkpoint": STRING,
+    }
+)
+VERIFY = Operation(
+    "A leaf's inclusion in the latest signed tree, checked by the gateway too (public)",
+    {
+        200: Reply(
+            "The proof and its verdict", {**PROOF, "required": [*PROOF["required"], "hash", "verified"]}
+        )
+    },
+    errors=(400, 404),
+)
+CHECKPOINT = Operation(
+    "The latest signed tree head, a C2SP signed note (public)",
+    {200: Reply("The checkpoint", STRING, media_type="text/plain")},
+)
+TREE_SIZE = {"type": "integer", "minimum": 1}
+CONSISTENCY = Operation(
+    "An RFC 9162 consistency proof between two tree sizes (public)",
+    {
+        200: Reply(
+            "The proof",
+            obj(
+                {
+                    "first": INTEGER,
+                    "second": INTEGER,
+                    "first_root_hash": HASH,
+                    "second_root_hash": HASH,
+                    "consistency_path": {"type": "array", "items": HASH},
+                }
+            ),
+        )
+    },
+    query={"first": TREE_SIZE, "second": TREE_SIZE},
+    required_query=("first", "second"),
+    errors=(400,),
+)
+PUBLIC_KEY = Operation(
+    "The log's Ed25519 key, and its signed-note verifier key (public)",
+    {
+        200: Reply(
+            "The key",
+            obj(
+                {
+                    "origin": STRING,
+                    "algorithm": STRING,
+                    "public_key": STRING,
+                    "key_id": STRING,
+                    "verifier_key": STRING,
+                }
+            ),
+        )
+    },
+)
 
 
 class TransparencyRoutes:
@@ -54,8 +116,8 @@ def transparency_routes(log: TransparencyLog) -> list[BaseRoute]:
     """The routes, all public: a proof needs no credential to be checked."""
     routes = TransparencyRoutes(log)
     return [
-        Route("/verify/proof/{hash}", routes.verify_proof, methods=["GET"]),
-        Route("/v1/transparency/checkpoint", routes.checkpoint, methods=["GET"]),
-        Route("/v1/transparency/consistency", routes.consistency, methods=["GET"]),
-        Route("/v1/transparency/public-key", routes.public_key, methods=["GET"]),
+        ApiRoute("/verify/proof/{hash}", routes.verify_proof, methods=["GET"], operation=VERIFY),
+        ApiRoute("/v1/transparency/checkpoint", routes.checkpoint, methods=["GET"], operation=CHECKPOINT),
+        ApiRoute("/v1/transparency/consistency", routes.consistency, methods=["GET"], operation=CONSISTENCY),
+        ApiRoute("/v1/transparency/public-key", routes.public_key, methods=["GET"], operation=PUBLIC_KEY),
     ]

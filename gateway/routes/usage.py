@@ -18,6 +18,7 @@ from gateway.db.base import iso
 from gateway.db.engine import Database
 from gateway.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
 from gateway.middleware.auth import CHALLENGE, presented_credential
+from gateway.openapi import BEARER, INTEGER, NUMBER, SESSION, STRING, TIME, USAGE_KEY, Operation, Reply, obj
 from gateway.usage import queries
 
 USAGE_SCOPE = "usage:read"
@@ -105,3 +106,67 @@ def _whole_number(request: Request, name: str, *, default: int, low: int, high: 
         bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
         raise InvalidRequestError(f"{name} must be a whole number {bound}.", param=name)
     return value
+
+
+FIGURES = {"requests": INTEGER, "total_tokens": INTEGER, "estimated_cost_usd": NUMBER}
+GROUP = {"type": "array", "items": obj(FIGURES)}
+# The operator's key, or a user's credential; or nothing, when no USAGE_API_KEY is set.
+USAGE_CREDENTIALS = (USAGE_KEY, BEARER, SESSION)
+USAGE_ERRORS = (400, 401, 403)
+SUMMARY = Operation(
+    "Usage over the last hours (`hours` wins over `days`)",
+    {
+        200: Reply(
+            "Totals, top models and paths, by type and by provider",
+            obj(
+                {
+                    "window": obj({"hours": INTEGER, "generated_at": TIME}),
+                    "totals": obj(FIGURES),
+                    "top_models": GROUP,
+                    "top_paths": GROUP,
+                    "by_type": GROUP,
+                    "by_provider": GROUP,
+                }
+            ),
+        )
+    },
+    query={
+        "hours": {"type": "integer", "minimum": 1, "maximum": MAX_HOURS},
+        "days": {"type": "integer", "minimum": 1},
+    },
+    errors=USAGE_ERRORS,
+    security=USAGE_CREDENTIALS,
+    auth_optional=True,
+)
+DAILY = Operation(
+    "Usage per UTC day, oldest first, missing days zero-filled",
+    {
+        200: Reply(
+            "One bucket per day",
+            obj(
+                {
+                    "generated_at": TIME,
+                    "timezone": STRING,
+                    "days": INTEGER,
+                    "daily": {"type": "array", "items": obj({"date": STRING, **FIGURES})},
+                }
+            ),
+        )
+    },
+    query={"days": {"type": "integer", "minimum": 1, "maximum": MAX_DAILY_DAYS}},
+    errors=USAGE_ERRORS,
+    security=USAGE_CREDENTIALS,
+    auth_optional=True,
+)
+WINDOW_TOTALS = {"type": "array", "items": obj({"window": STRING, "totals": obj(FIGURES)})}
+ROLLUPS = Operation(
+    "Totals over 10 minutes, 1 and 6 hours, 1 and 7 days",
+    {
+        200: Reply(
+            "The windows", obj({"generated_at": TIME, "rollups": WINDOW_TOTALS, "windows": WINDOW_TOTALS})
+        )
+    },
+    errors=USAGE_ERRORS,
+    security=USAGE_CREDENTIALS,
+    auth_optional=True,
+)

@@ -1,0 +1,82 @@
+"""`GET /openapi.json`: a valid OpenAPI 3.1 document of exactly the routes the gateway serves."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+from openapi_spec_validator import validate
+from starlette.routing import Route
+
+from gateway.openapi import ANY_METHODS, document
+from tests.serving import LiveServer
+
+PARAMETER = re.compile(r"\{(\w+)(?::\w+)?\}")
+
+
+@pytest.fixture(scope="module")
+def served(gateway: LiveServer) -> dict[str, object]:
+    response = httpx.get(f"{gateway.url}/openapi.json")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    body: dict[str, object] = response.json()
+    return body
+
+
+def routes_served(gateway: LiveServer) -> set[tuple[str, str]]:
+    """(path, method) for every HTTP route of the app, read from Starlette's own route list."""
+    found = set()
+    for route in gateway.server.config.app.routes:
+        if isinstance(route, Route):
+            methods = route.methods - {"HEAD"} if route.methods is not None else set(ANY_METHODS)
+            found |= {(PARAMETER.sub(r"{\1}", route.path), method.lower()) for method in methods}
+    return found
+
+
+def test_the_document_is_valid_openapi_3_1(served: dict[str, object]) -> None:
+    assert served["openapi"] == "3.1.0"
+    validate(served)
+
+
+def test_every_route_is_documented_and_nothing_else(gateway: LiveServer, served: dict[str, object]) -> None:
+    paths = served["paths"]
+    assert isinstance(paths, dict)
+    documented = {(path, method) for path, item in paths.items() for method in item}
+    assert documented == routes_served(gateway)
+    assert ("/openapi.json", "get") in documented
+
+
+def test_every_documented_operation_is_answered_by_its_route(
+    gateway: LiveServer, served: dict[str, object]
+) -> None:
+    """A route that does not take a documented method would answer 405; one that is gone, 404 not_found with
+    no route behind it: neither happens for any documented (path, method)."""
+    paths = served["paths"]
+    assert isinstance(paths, dict)
+    with httpx.Client(base_url=gateway.url) as client:
+        for path, item in paths.items():
+            for method in item:
+                response = client.request(method, PARAMETER.sub("x", path))
+                assert response.status_code != 405, (method, path, response.text)
+        # And a method no route takes is refused, undocumented.
+        assert client.put("/health").status_code == 405
+    assert "put" not in paths["/health"]
+
+
+def test_every_error_answer_is_the_envelope(served: dict[str, object]) -> None:
+    paths = served["paths"]
+    assert isinstance(paths, dict)
+    for item in paths.values():
+        for operation in item.values():
+            for status, response in operation["responses"].items():
+                if status.startswith("4"):
+                    schema = response["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/Error"}
+
+
+def test_a_route_declared_without_its_operation_is_refused() -> None:
+    async def endpoint(request: object) -> None: ...
+
+    with pytest.raises(TypeError, match="/undocumented"):
+        document([Route("/undocumented", endpoint)])
