@@ -46,6 +46,7 @@ CHAT = Operation(
         200: Reply(
             "The upstream's completion: JSON, or with `stream: true` a text/event-stream forwarded as it comes",
             ANY_OBJECT,
+            also={"text/event-stream": {}},  # its events: the upstream's chunks, then [DONE]
         )
     },
     body={

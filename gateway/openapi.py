@@ -102,6 +102,7 @@ class Reply:
     schema: Schema | None = None
     media_type: str | None = JSON
     headers: Mapping[str, str] = field(default_factory=dict)  # name -> description
+    also: Mapping[str, Schema] = field(default_factory=dict)  # other media types it may come as, with theirs
 
 
 EMPTY = Reply("Done; no body", media_type=None)
@@ -211,7 +212,8 @@ def _reply(reply: Reply) -> Schema:
     described: Schema = {"description": reply.description}
     if reply.media_type is not None:
         described["content"] = {
-            reply.media_type: {"schema": reply.schema if reply.schema is not None else {}}
+            reply.media_type: {"schema": reply.schema if reply.schema is not None else {}},
+            **{media_type: {"schema": schema} for media_type, schema in reply.also.items()},
         }
     if reply.headers:
         described["headers"] = {
