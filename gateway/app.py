@@ -302,7 +302,7 @@ def create_app(settings: Settings) -> Gateway:
     return Gateway(
         routes=management_routes(settings, services),
         proxied=proxied,  # the router's dispatch tries these first: they carry nearly all the traffic
-        access_log=AccessLog() if settings.access_log else None,
+        access_log=AccessLog(log_format=settings.log_format) if settings.access_log else None,
         metrics=services.metrics,
         lifespan=lifespan_of(services),
     )

@@ -7,9 +7,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import copy
+import ipaddress
 import json
+import logging
 import os
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -19,13 +21,13 @@ from typing import Any
 import uvicorn
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from uvicorn.config import LOGGING_CONFIG
 
 from gateway import __version__, operator, serving
 from gateway.agents.vault import rotate_database, vault_for
 from gateway.db.engine import prepare_data_dir
 from gateway.db.migrate import head_revision, revision_of, upgrade
 from gateway.keys import load_server_keys
+from gateway.logs import logging_config
 from gateway.settings import VAULT_KEY_BYTES, Settings, SettingsError, decode_key
 from gateway.transparency import audit
 
@@ -33,12 +35,12 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 APP_FACTORY = "gateway.app:create_app_from_env"
 
+logger = logging.getLogger("gateway.cli")
+
 
 def uvicorn_options(settings: Settings | None = None) -> dict[str, Any]:
     """How the gateway is served, wherever it is served from (the CLI, the tests, the benchmark); the edge's
-    limits from `settings`, their defaults without."""
-    log_config = copy.deepcopy(LOGGING_CONFIG)
-    log_config["loggers"]["gateway"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    limits and log format from `settings`, their defaults without."""
     limits = serving.EdgeLimits() if settings is None else serving.EdgeLimits.from_settings(settings)
     return {
         "loop": "uvloop",
@@ -49,7 +51,7 @@ def uvicorn_options(settings: Settings | None = None) -> dict[str, Any]:
         # The proxy appends the TCP peer to X-Forwarded-For itself; uvicorn must not rewrite the peer from it.
         "proxy_headers": False,
         "access_log": False,  # the gateway writes its own (gateway.accesslog), when ACCESS_LOG is on
-        "log_config": log_config,
+        "log_config": logging_config("text" if settings is None else settings.log_format),
         # In-flight requests' time to finish once a signal asks the server to stop; then they are cut.
         "timeout_graceful_shutdown": None if settings is None else settings.shutdown_timeout,
     }
@@ -115,12 +117,30 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         port=args.port,
         workers=args.workers,
         **uvicorn_options(settings),
-    )
+    )  # its logging is configured from here on
+    if settings.usage_api_key is None and not _is_loopback(args.host):
+        logger.warning(
+            "the usage routes (/v1/usage and below) are open to anyone who can reach %s:%d: "
+            "set USAGE_API_KEY to close them",
+            args.host,
+            args.port,
+        )
     # prometheus-client's multiprocess mode (GET /metrics sums the workers): each worker keeps its metrics in files
     # of a fresh folder, named before any worker imports it.
     with tempfile.TemporaryDirectory(prefix="gateway-metrics-") as metrics_folder:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_folder
         return serving.serve(config)
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether every address `host` names is a loopback one (127.0.0.0/8, ::1): only this machine can connect."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(
+        ipaddress.ip_address(str(address).partition("%")[0]).is_loopback for address in addresses
+    )
 
 
 def _warn_unless_migrated(revision: str | None) -> None:

@@ -15,6 +15,8 @@ from gateway.settings import Settings
 KEY_BYTES = 32
 KEYS_FOLDER = "keys"
 VAULT_KEY_FILE = "vault_master_key"
+PRIVATE_FOLDER_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +54,11 @@ def _generated(path: Path) -> bytes:
     The key is written to a private temporary file and linked into place, so a concurrent reader (another
     worker starting) sees either no file or a whole key, and the first writer wins.
     """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _make_private_folder(path.parent)
     if not path.exists():
         temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        os.fchmod(descriptor, PRIVATE_FILE_MODE)  # exactly, whatever the umask
         with os.fdopen(descriptor, "wb") as file:
             file.write(secrets.token_bytes(KEY_BYTES))
         try:
@@ -68,3 +71,12 @@ def _generated(path: Path) -> bytes:
     if len(key) < KEY_BYTES:
         raise RuntimeError(f"{path} holds a truncated key; delete it to generate a new one")
     return key
+
+
+def _make_private_folder(folder: Path) -> None:
+    """The keys' folder, created 0700 whatever the umask (another worker may be creating it too)."""
+    try:
+        folder.mkdir(parents=True, mode=PRIVATE_FOLDER_MODE)
+    except FileExistsError:
+        return
+    os.chmod(folder, PRIVATE_FOLDER_MODE)

@@ -50,6 +50,7 @@ MIN_KEY_BYTES = 32
 ED25519_SEED_BYTES = 32
 DEFAULT_LOG_ORIGIN = "gateway/transparency"
 DEFAULT_GOVERNANCE_MAX_MESSAGE_CHARS = 16_000
+LOG_FORMATS = ("text", "json")  # uvicorn's text lines, or one JSON object per line (gateway.logs)
 # Further OpenAI-compatible agent providers: PROVIDER_<NAME>_BASE_URL (and _API_KEY, _STREAM_USAGE).
 PROVIDER_VARIABLE = re.compile(r"PROVIDER_([A-Z0-9][A-Z0-9_]{0,38})_BASE_URL")
 BUILT_IN_PROVIDERS = frozenset({"openai", "mistral", "workers-ai", "chroma"})  # chroma: an upstream's name
@@ -101,6 +102,7 @@ class Settings:
     chroma_namespace_separator: str = DEFAULT_CHROMA_SEPARATOR
     api_auth_required: bool = False
     access_log: bool = True
+    log_format: str = "text"
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     upstream_connect_timeout: float = 10.0
     upstream_read_timeout: float = 300.0
@@ -201,6 +203,7 @@ class Settings:
             ),
             api_auth_required=reader.boolean("API_AUTH_REQUIRED", default=False),
             access_log=reader.boolean("ACCESS_LOG", default=True),
+            log_format=reader.choice("LOG_FORMAT", LOG_FORMATS),
             max_request_bytes=reader.positive_int("MAX_REQUEST_BYTES", default=DEFAULT_MAX_REQUEST_BYTES),
             upstream_connect_timeout=reader.seconds("UPSTREAM_CONNECT_TIMEOUT", default=10.0),
             upstream_read_timeout=reader.seconds("UPSTREAM_READ_TIMEOUT", default=300.0),
@@ -402,6 +405,15 @@ class _Reader:
                 name, f"expected a name without spaces or '+' (like example.com/log), got {raw!r}"
             )
         return raw
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> str:
+        """One of `choices` (any case); the first when unset."""
+        raw = self.text(name)
+        if raw is None:
+            return choices[0]
+        if raw.lower() not in choices:
+            raise SettingsError(name, f"expected {' or '.join(choices)}, got {raw!r}")
+        return raw.lower()
 
     def boolean(self, name: str, *, default: bool) -> bool:
         raw = self._env.get(name)

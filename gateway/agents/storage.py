@@ -21,6 +21,9 @@ from anyio import to_thread
 WRITE_BUFFER_BYTES = 1024 * 1024  # bytes gathered before one write in a worker thread
 READ_CHUNK_BYTES = 256 * 1024
 INCOMING_FOLDER = ".incoming"
+# Agents' files are users' documents: the owner's alone, whatever the umask.
+PRIVATE_FOLDER_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 STORAGE_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}(?:/[A-Za-z0-9_-]{1,64})*")
 
 
@@ -74,9 +77,11 @@ class LocalStorage:
 
     async def begin_upload(self) -> LocalUpload:
         def open_incoming() -> tuple[Path, BinaryIO]:
-            self.incoming.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _make_private_folder(self.root)
+            _make_private_folder(self.incoming)
             path = self.incoming / secrets.token_hex(16)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+            os.fchmod(descriptor, PRIVATE_FILE_MODE)
             return path, os.fdopen(descriptor, "wb")
 
         path, file = await to_thread.run_sync(open_incoming)
@@ -94,6 +99,19 @@ class LocalStorage:
 
     async def delete_prefix(self, prefix: str) -> None:
         await to_thread.run_sync(lambda: shutil.rmtree(self.path_of(prefix), ignore_errors=True))
+
+
+def _make_private_folder(folder: Path) -> None:
+    """`folder` created 0700 whatever the umask (its parents too: the storage's root may not exist yet); left as
+    it is when it exists (FILES_DIR may be a folder the operator made)."""
+    if folder.is_dir():
+        return
+    _make_private_folder(folder.parent)
+    try:
+        folder.mkdir(mode=PRIVATE_FOLDER_MODE)
+    except FileExistsError:
+        return  # a concurrent upload made it
+    os.chmod(folder, PRIVATE_FOLDER_MODE)
 
 
 async def _chunks(file: BinaryIO) -> AsyncIterator[bytes]:
@@ -131,7 +149,7 @@ class LocalUpload:
             self.file.flush()
             os.fsync(self.file.fileno())
             self.file.close()
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _make_private_folder(target.parent)
             os.replace(self.path, target)
 
         await to_thread.run_sync(place)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,10 @@ POOL_TIMEOUT_SECONDS = (
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 30_000
 # How long `Database.close` waits for the pool's connections to say goodbye (a partitioned one never does).
 CLOSE_TIMEOUT_SECONDS = 1.0
+# The data directory and the embedded database hold every key and credential hash: the owner's alone, whatever
+# the umask. SQLite creates its -wal and -shm files with the database file's permissions.
+PRIVATE_FOLDER_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 
 
 def create_engine(database_url: str, *, statement_timeouts: bool = True) -> AsyncEngine:
@@ -44,7 +49,10 @@ def create_engine(database_url: str, *, statement_timeouts: bool = True) -> Asyn
     On Postgres, a connect fails after `CONNECT_TIMEOUT_SECONDS` and a statement after `STATEMENT_TIMEOUT_SECONDS`
     (a `TimeoutError`, an `OSError`, when the network is silent; SQLAlchemy's `OperationalError` when the server
     cancels it); a connection that timed out is dropped, never handed out again. `statement_timeouts=False` is
-    for the migrations, whose DDL and lock wait may rightly take long; their connect stays bounded."""
+    for the migrations, whose DDL and lock wait may rightly take long; their connect stays bounded.
+
+    A failed statement's error names the statement but not its parameters (`hide_parameters`): they are what
+    users sent (emails, names, hashes of tokens), and the error's text reaches the log with its traceback."""
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
         server_settings = {
@@ -56,6 +64,7 @@ def create_engine(database_url: str, *, statement_timeouts: bool = True) -> Asyn
         }
         engine = create_async_engine(
             url,
+            hide_parameters=True,
             pool_pre_ping=True,
             pool_timeout=POOL_TIMEOUT_SECONDS,
             connect_args={
@@ -66,7 +75,7 @@ def create_engine(database_url: str, *, statement_timeouts: bool = True) -> Asyn
         )
         event.listen(engine.sync_engine, "handle_error", _drop_timed_out_connection)
         return engine
-    engine = create_async_engine(url)
+    engine = create_async_engine(url, hide_parameters=True)
     event.listen(engine.sync_engine, "connect", _tune_sqlite)
     return engine
 
@@ -98,11 +107,31 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
 
 
 def prepare_data_dir(settings: Settings) -> None:
-    """Create the data directory (and the SQLite file's folder) before anything writes there."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    """Create the data directory (and the SQLite file's folder) before anything writes there, the owner's alone
+    (0700), and the SQLite file 0600 before SQLite would create it with the umask's permissions. What exists
+    already is left as it is (a DATA_DIR of `.` or a shared folder is not ours to narrow)."""
+    make_private_folder(settings.data_dir)
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        database = Path(url.database)
+        make_private_folder(database.parent)
+        try:
+            descriptor = os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        except FileExistsError:
+            return
+        try:
+            os.fchmod(descriptor, PRIVATE_FILE_MODE)  # the umask may have taken bits the owner needs
+        finally:
+            os.close(descriptor)
+
+
+def make_private_folder(folder: Path) -> None:
+    """`folder` created 0700 whatever the umask, with any missing parent; left as it is when it exists."""
+    try:
+        folder.mkdir(parents=True, mode=PRIVATE_FOLDER_MODE)
+    except FileExistsError:
+        return
+    os.chmod(folder, PRIVATE_FOLDER_MODE)
 
 
 class Database:

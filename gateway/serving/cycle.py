@@ -24,7 +24,7 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavai
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol
 
 from gateway.serving.edge import DONE, EdgeProtocol
-from gateway.serving.rules import closes_connection, ended_quietly
+from gateway.serving.rules import closes_connection, ended_quietly, log_connection_ended
 
 # Header names already found valid: a response's names come from a small set, so each is checked once. Bounded,
 # so that names an app makes up per request cannot grow it without end.
@@ -192,10 +192,13 @@ class RequestCycle:
             if result is not None:
                 protocol.logger.error("ASGI callable should return None, but returned '%s'.", result)
                 self._close()
-            elif not self.response_started and not self.disconnected:
+            elif self.disconnected:
+                if not self.response_complete:
+                    log_connection_ended(self.scope, response_started=self.response_started)
+            elif not self.response_started:
                 protocol.logger.error("ASGI callable returned without starting response.")
                 await self._send_500_response()
-            elif not self.response_complete and not self.disconnected:
+            elif not self.response_complete:
                 protocol.logger.error("ASGI callable returned without completing response.")
                 self._close()
         finally:

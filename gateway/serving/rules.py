@@ -1,6 +1,7 @@
 """What the edge does with a response, whichever request cycle serves it (the lean cycle has these built in;
 `EdgeExchange` lays them over uvicorn's own): the connection closed after a 413, a 431 or a 5xx; HTTP/1.0 bodies
-close-delimited, never chunked; a response aborted after its start logged in one line, without a traceback."""
+close-delimited, never chunked; a response aborted after its start, or a connection that ended before its response
+did (a client that went away), logged in one line, without a traceback."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.context import RequestContext
 from gateway.errors import GatewayError
 
 logger = logging.getLogger("gateway.serving")
@@ -35,9 +37,24 @@ def ended_quietly(exc: BaseException, scope: Scope, *, response_started: bool, d
         )
         return True
     if disconnected and isinstance(exc, ClientDisconnect):
-        logger.debug("%s %s: the client left before its request was read", scope["method"], scope["path"])
+        log_connection_ended(scope, response_started=response_started)
         return True
     return False
+
+
+def log_connection_ended(scope: Scope, *, response_started: bool) -> None:
+    """One INFO line for a request whose connection ended before its response did: the client went away in the
+    middle of its body or of the response (or the edge cut it off). No fault of ours, so no traceback."""
+    context = RequestContext.of(scope)
+    request_id = context.request_id if context is not None else "-"
+    logger.info(
+        "%s %s: the connection ended %s the response (request %s)",
+        scope["method"],
+        scope["path"].encode("unicode_escape").decode("ascii"),  # no line of a client's making
+        "during" if response_started else "before",
+        request_id,
+        extra={"request_id": request_id},
+    )
 
 
 def _has_length(message: Message) -> bool:
@@ -82,3 +99,6 @@ class EdgeExchange:
                 raise
             cycle.disconnected = True  # so that uvicorn's cycle neither writes nor complains any more
             cycle.transport.close()
+        else:
+            if cycle.disconnected and not cycle.response_complete:
+                log_connection_ended(scope, response_started=cycle.response_started)

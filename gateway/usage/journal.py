@@ -57,7 +57,7 @@ class UsageJournal:
     def open(self) -> None:
         """Take this instance's lock and start a segment. Raises OSError when the folder cannot be written."""
         if self._lock_fd is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             making = self.folder / f"{self.instance}{LOCK}.new"
             fd = os.open(making, os.O_RDWR | os.O_CREAT, 0o600)
             try:

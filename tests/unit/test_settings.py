@@ -22,6 +22,15 @@ def test_defaults_are_the_documented_ones() -> None:
     assert settings.is_embedded_database
 
 
+@pytest.mark.parametrize(
+    ("raw", "expected"), [(None, "text"), ("", "text"), ("json", "json"), (" JSON ", "json")]
+)
+def test_log_format_is_text_or_json(raw: str | None, expected: str) -> None:
+    settings = Settings.from_env({} if raw is None else {"LOG_FORMAT": raw}, env_file=None)
+
+    assert settings.log_format == expected
+
+
 def test_the_fault_settings_default_to_the_documented_values() -> None:
     settings = Settings.from_env({}, env_file=None)
 
@@ -131,6 +140,8 @@ def test_dot_env_is_read_and_the_environment_wins(tmp_path: Path) -> None:
         ("DATABASE_URL", "mysql://root@h/db"),
         ("DATABASE_URL", "gateway.db"),
         ("DATABASE_URL", "postgresql:///nohost"),
+        ("LOG_FORMAT", "yaml"),
+        ("LOG_FORMAT", "json,text"),
     ],
 )
 def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:

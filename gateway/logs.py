@@ -1,0 +1,94 @@
+"""How the gateway's log lines look (LOG_FORMAT): uvicorn's text, or one JSON object per line, each carrying the
+id of the request it was written in.
+
+The JSON lines come from python-json-logger's orjson formatter, set on the handlers uvicorn's `log_config` builds,
+so that uvicorn's records, the gateway's and any library's that reach the root logger look alike; the access log
+writes its own lines in the same shape (`gateway.accesslog`)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from typing import Any
+
+from pythonjsonlogger.core import RESERVED_ATTRS
+from uvicorn.config import LOGGING_CONFIG
+
+from gateway.context import current_request
+
+# The keys of a JSON line, the access log's included: `time` (ISO 8601, UTC), `level`, `logger`, `message`, and
+# `request_id` when written while a request was served; a traceback goes under `exc_info`.
+JSON_FIELDS = "{levelname}{name}{message}"
+JSON_RENAMED = {"levelname": "level", "name": "logger"}
+# Postgres' DETAIL line, which asyncpg puts in its errors' text: a constraint's violation quotes the row's values
+# there ("Key (email)=(a@example.com) already exists"), which SQLAlchemy's hide_parameters does not reach.
+DATABASE_DETAIL = re.compile(r"^DETAIL:  .*$", re.MULTILINE)
+HIDDEN_DETAIL = "DETAIL:  [hidden: it may quote the statement's values]"
+
+
+class RequestIdFilter(logging.Filter):
+    """Gives a record written while a request is served that request's id (`gateway.context.current_request`),
+    unless it names one already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            context = current_request.get()
+            if context is not None:
+                record.request_id = context.request_id
+        return True
+
+
+class DatabaseDetailFilter(logging.Filter):
+    """Writes a record's traceback without the database's DETAIL lines, which may quote the values of a failed
+    statement: the traceback is formatted here, once, and the formatters take the text as it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = DATABASE_DETAIL.sub(HIDDEN_DETAIL, text)
+            record.exc_info = None
+        return True
+
+
+class HandshakeEchoFilter(logging.Filter):
+    """Drops uvicorn's and websockets' lines on a WebSocket handshake's answer (`uvicorn.error`): the gateway's
+    access line says the same, with the request id, so a refused handshake is one line, not three."""
+
+    ECHOES = frozenset(
+        {'%s - "WebSocket %s" [accepted]', '%s - "WebSocket %s" 403', '%s - "WebSocket %s" %d'}
+    )
+    ECHOES |= {"connection rejected (%d %s)"}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.ECHOES
+
+
+def logging_config(log_format: str = "text") -> dict[str, Any]:
+    """uvicorn's `log_config` for `log_format` ("text" or "json"): its own loggers, the gateway's, and the root
+    logger (libraries' warnings) on the same handlers."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {
+        "request_id": {"()": RequestIdFilter},
+        "database_detail": {"()": DatabaseDetailFilter},
+        "handshake_echo": {"()": HandshakeEchoFilter},
+    }
+    for handler in config["handlers"].values():
+        handler["filters"] = ["request_id", "database_detail"]
+    config["loggers"]["uvicorn.error"]["filters"] = ["handshake_echo"]
+    config["loggers"]["gateway"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    config["root"] = {"handlers": ["default"], "level": "WARNING"}
+    if log_format == "json":
+        json_formatter = {
+            "()": "pythonjsonlogger.orjson.OrjsonFormatter",
+            "fmt": JSON_FIELDS,
+            "style": "{",
+            "rename_fields": JSON_RENAMED,
+            "timestamp": "time",
+            "reserved_attrs": [
+                *RESERVED_ATTRS,
+                "color_message",
+            ],  # uvicorn's message again, with ANSI colours
+        }
+        config["formatters"] = {"default": json_formatter, "access": dict(json_formatter)}
+    return config
