@@ -204,7 +204,7 @@ def identity_routes(settings: Settings, services: Services) -> list[BaseRoute]:
     sessions = SessionRoutes(
         services.database,
         services.sessions,
-        LoginThrottle(),
+        LoginThrottle(services.database),
         secure_cookies=settings.cookie_secure,
         allow_signup=settings.allow_signup,
     )

@@ -3,6 +3,9 @@
 Every refresh token descends from one login (its family, which is also the access token's `sid`). Using a
 refresh token marks it used, atomically, and issues its successor; presenting a used one means it was stolen or
 replayed, so the whole family dies, and with it every access token of that login.
+
+The session's CSRF token is an HMAC of its id under the server's token hash key: a page of the session can read
+it from its cookie, and no other session's token (an attacker's own, planted as a cookie) passes for it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.auth.authenticator import SESSION_CLAIM
-from gateway.auth.jwt import PlatformTokens
+from gateway.auth.jwt import InvalidTokenError, PlatformTokens
 from gateway.auth.passwords import verify_password_off_loop
 from gateway.auth.revocations import SESSION, Revocations
 from gateway.auth.tokens import TokenCodec
@@ -30,6 +33,12 @@ INVALID_LOGIN = "Invalid email or password."
 SESSION_COOKIE = "gw_session"
 REFRESH_COOKIE = "gw_refresh"
 CSRF_COOKIE = "gw_csrf"
+CSRF_PURPOSE = "csrf\0"  # keeps the CSRF tokens apart from the other hashes made under the same key
+
+
+def csrf_token(codec: TokenCodec, session_id: str) -> str:
+    """The CSRF token of the login `session_id`."""
+    return codec.lookup_hash(CSRF_PURPOSE + session_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +46,7 @@ class IssuedSession:
     """What a login or a refresh hands the browser."""
 
     user: User
+    session_id: str
     access_token: str
     expires_in: int
     refresh_token: str
@@ -112,22 +122,46 @@ class SessionService:
             "The refresh token was already used; the session is ended.", code="refresh_token_reused"
         )
 
-    async def logout(self, raw_refresh_token: str | None, *, session_id: str | None = None) -> None:
-        """Ends the session the refresh token (or the access token's `sid`) belongs to; unknown ones are ignored."""
+    async def session_of_refresh(self, raw_refresh_token: str) -> str | None:
+        """The login a refresh token belongs to (used or not), or None for an unknown one."""
+        async with self.database.session() as session:
+            family_id: str | None = await session.scalar(
+                select(RefreshToken.family_id).where(
+                    RefreshToken.token_hash == self.codec.lookup_hash(raw_refresh_token)
+                )
+            )
+            return family_id
+
+    def session_of_access(self, access_token: str) -> str | None:
+        """The login a valid access token of this gateway belongs to (its `sid`), or None."""
+        try:
+            session_id = self.platform.verify(access_token).raw.get(SESSION_CLAIM)
+        except InvalidTokenError:
+            return None
+        return session_id if isinstance(session_id, str) else None
+
+    def csrf_token(self, session_id: str) -> str:
+        return csrf_token(self.codec, session_id)
+
+    async def logout(self, session_ids: set[str]) -> None:
+        """Ends the logins `session_ids`: their refresh families are revoked, and with them their access tokens,
+        here at once and on every instance through the revocation feed. Unknown ones are ignored."""
+        if not session_ids:
+            return
         async with self.database.session() as session:
             async with session.begin():
-                family_id = session_id
-                if raw_refresh_token:
-                    record = await session.scalar(
-                        select(RefreshToken).where(
-                            RefreshToken.token_hash == self.codec.lookup_hash(raw_refresh_token)
-                        )
-                    )
-                    family_id = record.family_id if record else family_id
-                if family_id is None:
-                    return
-                target = await self._revoke_family(session, family_id)
-            self.revocations.apply(target)
+                await session.execute(
+                    update(RefreshToken)
+                    .where(RefreshToken.family_id.in_(session_ids), RefreshToken.revoked_at.is_(None))
+                    .values(revoked_at=utcnow())
+                )
+                # Announced last, after every row it revokes is locked (see Revocations.announce).
+                targets = [
+                    await self.revocations.announce(session, SESSION, session_id)
+                    for session_id in sorted(session_ids)
+                ]
+            for target in targets:
+                self.revocations.apply(target)
 
     async def _revoke_family(self, session: AsyncSession, family_id: str) -> str:
         await session.execute(
@@ -153,4 +187,4 @@ class SessionService:
         access = self.platform.issue(
             user.id, ttl_seconds=self.access_ttl_seconds, extra={SESSION_CLAIM: family_id}
         )
-        return IssuedSession(user, access, self.access_ttl_seconds, raw, self.refresh_ttl_seconds)
+        return IssuedSession(user, family_id, access, self.access_ttl_seconds, raw, self.refresh_ttl_seconds)

@@ -1,54 +1,153 @@
-"""Login throttling: repeated failures for one email or one client address are slowed down (429).
+"""Login throttling (OWASP ASVS 2.2.1): an attempt is reserved before the password is checked, and given back
+only when the password was right.
 
-Kept in process memory, bounded: a replica set multiplies the allowance by its size, which still stops guessing
-at any useful rate; the password hash's cost does the rest.
+Two counters are reserved together, in one transaction, each by one conditional UPSERT ... RETURNING: the
+(account, address) pair, locked after `PAIR_LIMIT` failures, and the address alone, locked after the higher
+`ADDRESS_LIMIT` (one address trying many accounts). A reservation is refused while its key is locked, and the
+reservation that reaches the limit sets the lock itself, so N parallel attempts count N and at most the limit
+reach the password check. Each further lock doubles (`FIRST_LOCK_SECONDS` up to `MAX_LOCK_SECONDS`); a key
+quiet for `FORGET_SECONDS` starts again. Locking the pair, not the account, means an attacker elsewhere cannot
+lock the user out.
+
+The counters live in the database, not in process memory: instances share one database, and a count per process
+would multiply the allowance by their number. Keys are hashes, so no email or address is stored here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
-from collections import OrderedDict, deque
+from dataclasses import dataclass
 
-MAX_FAILURES = 5
-WINDOW_SECONDS = 15 * 60
-MAX_TRACKED = 50_000
+from sqlalchemy import case, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.db.engine import Database
+from gateway.db.models import LoginAttempts
+from gateway.errors import QuotaExceededError
+
+PAIR_LIMIT = 5
+ADDRESS_LIMIT = 50
+FIRST_LOCK_SECONDS = 60
+MAX_LOCK_SECONDS = 15 * 60
+FORGET_SECONDS = 60 * 60
+PRUNE_EVERY_RESERVATIONS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """One login attempt, counted as failed until released."""
+
+    pair_key: str
+    address_key: str
+
+
+def throttle_key(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class LoginThrottle:
-    """Counts failed logins per key (`email:...`, `ip:...`) in a sliding window."""
+    """Reserves login attempts per (account, address) pair and per address, in the shared database."""
 
-    def __init__(self, *, max_failures: int = MAX_FAILURES, window_seconds: float = WINDOW_SECONDS) -> None:
-        self.max_failures = max_failures
-        self.window_seconds = window_seconds
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+    def __init__(
+        self,
+        database: Database,
+        *,
+        pair_limit: int = PAIR_LIMIT,
+        address_limit: int = ADDRESS_LIMIT,
+        first_lock_seconds: int = FIRST_LOCK_SECONDS,
+        max_lock_seconds: int = MAX_LOCK_SECONDS,
+    ) -> None:
+        self.database = database
+        self.pair_limit = pair_limit
+        self.address_limit = address_limit
+        self.first_lock_seconds = first_lock_seconds
+        self.max_lock_seconds = max_lock_seconds
+        self._reservations = 0
 
-    def retry_after(self, *keys: str) -> int | None:
-        """Seconds to wait before another attempt for any of `keys`, or None when attempts are allowed."""
-        now = time.monotonic()
-        waits = []
-        for key in keys:
-            failures = self._recent(key, now)
-            if len(failures) >= self.max_failures:
-                waits.append(failures[0] + self.window_seconds - now)
-        return max(1, math.ceil(max(waits))) if waits else None
+    async def reserve(self, email: str, address: str) -> Reservation:
+        """Counts an attempt of `email` from `address` as failed until `release`. Raises `QuotaExceededError`
+        (429 with Retry-After) while the pair or the address is locked, counting nothing."""
+        reservation = Reservation(
+            pair_key=throttle_key("pair", email.strip().lower(), address),
+            address_key=throttle_key("address", address),
+        )
+        now = time.time()
+        async with self.database.session() as session, session.begin():
+            for key, limit in (
+                (reservation.pair_key, self.pair_limit),
+                (reservation.address_key, self.address_limit),
+            ):
+                if not await self._counted(session, key, limit=limit, now=now):
+                    locked_until = await session.scalar(
+                        select(LoginAttempts.locked_until).where(LoginAttempts.key == key)
+                    )
+                    # Leaving the transaction by this error rolls it back: nothing is counted.
+                    raise QuotaExceededError(
+                        "Too many failed logins; try again later.",
+                        code="too_many_attempts",
+                        headers={"Retry-After": str(max(1, math.ceil((locked_until or now) - now)))},
+                    )
+        self._reservations += 1
+        if self._reservations % PRUNE_EVERY_RESERVATIONS == 0:
+            await self._prune(now)
+        return reservation
 
-    def failed(self, *keys: str) -> None:
-        now = time.monotonic()
-        for key in keys:
-            failures = self._recent(key, now)
-            failures.append(now)
-            self._failures[key] = failures
-            self._failures.move_to_end(key)
-        while len(self._failures) > MAX_TRACKED:
-            self._failures.popitem(last=False)
+    async def release(self, reservation: Reservation) -> None:
+        """The password was right: the pair's failures are forgotten, the address gives back this attempt only
+        (one good account must not clear the failures of the others tried from there)."""
+        remaining = LoginAttempts.failures - 1
+        async with self.database.session() as session, session.begin():
+            await session.execute(delete(LoginAttempts).where(LoginAttempts.key == reservation.pair_key))
+            await session.execute(
+                update(LoginAttempts)
+                .where(LoginAttempts.key == reservation.address_key, LoginAttempts.failures > 0)
+                .values(
+                    failures=remaining,
+                    lock_seconds=case((remaining < self.address_limit, 0), else_=LoginAttempts.lock_seconds),
+                    locked_until=case(
+                        (remaining < self.address_limit, 0.0), else_=LoginAttempts.locked_until
+                    ),
+                )
+            )
 
-    def succeeded(self, *keys: str) -> None:
-        for key in keys:
-            self._failures.pop(key, None)
+    async def _counted(self, session: AsyncSession, key: str, *, limit: int, now: float) -> bool:
+        """Adds one attempt to `key` unless it is locked; the attempt that reaches `limit` locks it."""
+        insert = postgresql.insert if self.database.is_postgres else sqlite.insert
+        forgotten = LoginAttempts.last_attempt <= now - FORGET_SECONDS
+        failures = case((forgotten, 1), else_=LoginAttempts.failures + 1)
+        doubled = case((forgotten, 0), else_=LoginAttempts.lock_seconds) * 2
+        lock = case(
+            (failures < limit, 0),
+            (doubled < self.first_lock_seconds, self.first_lock_seconds),
+            (doubled > self.max_lock_seconds, self.max_lock_seconds),
+            else_=doubled,
+        )
+        first_lock = self.first_lock_seconds if limit <= 1 else 0
+        statement = (
+            insert(LoginAttempts)
+            .values(
+                key=key, failures=1, lock_seconds=first_lock, locked_until=now + first_lock, last_attempt=now
+            )
+            .on_conflict_do_update(
+                index_elements=[LoginAttempts.key],
+                set_={
+                    "failures": failures,
+                    "lock_seconds": lock,
+                    "locked_until": lock + now,
+                    "last_attempt": now,
+                },
+                where=LoginAttempts.locked_until <= now,
+            )
+            .returning(LoginAttempts.failures)
+        )
+        return (await session.execute(statement)).first() is not None
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        failures = self._failures.get(key, deque())
-        while failures and failures[0] <= now - self.window_seconds:
-            failures.popleft()
-        return failures
+    async def _prune(self, now: float) -> None:
+        """Keys quiet past `FORGET_SECONDS` would start again anyway: their rows go."""
+        async with self.database.session() as session, session.begin():
+            await session.execute(
+                delete(LoginAttempts).where(LoginAttempts.last_attempt <= now - FORGET_SECONDS)
+            )

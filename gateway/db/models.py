@@ -162,3 +162,19 @@ class UsageHourLatency(Base):
 # The other domains keep their tables in their own modules; importing them here puts every table in
 # Base.metadata, which the migrations are checked against.
 from gateway.db import agent_models, asset_models, log_models  # noqa: E402,F401
+
+
+class LoginAttempts(Base):
+    """Failed (or still running) logins of one throttle key: an (account, address) pair or an address, by hash.
+
+    Times are unix seconds, not datetimes, so that the one conditional UPSERT that reserves an attempt does its
+    arithmetic the same way on Postgres and SQLite.
+    """
+
+    __tablename__ = "login_attempts"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column()
+    lock_seconds: Mapped[int] = mapped_column()  # the current lock's length; doubles with each lock
+    locked_until: Mapped[float] = mapped_column(Float)
+    last_attempt: Mapped[float] = mapped_column(Float, index=True)

@@ -19,7 +19,8 @@ from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth.authenticator import Authenticator
-from gateway.auth.sessions import CSRF_COOKIE, SESSION_COOKIE
+from gateway.auth.sessions import SESSION_COOKIE, csrf_token
+from gateway.auth.tokens import TokenCodec
 from gateway.context import RequestContext
 from gateway.errors import AuthenticationError, PermissionDeniedError
 from gateway.principals import AGENT_KEY
@@ -61,19 +62,26 @@ def presented_credential(scope: Scope, *, subprotocol: str | None = None) -> tup
     return (session_cookie, COOKIE) if session_cookie else (None, None)
 
 
-def check_csrf(scope: Scope) -> None:
-    """For a cookie-authenticated state change: the Origin must be the gateway's own, or the double-submit
-    header must match the CSRF cookie. Raises `PermissionDeniedError`."""
+def is_own_origin(scope: Scope, origin: str) -> bool:
+    """Whether `origin` (an Origin header) is the gateway's own, as the request reached it."""
+    host = header(scope, b"host")
+    return host is not None and origin == f"{scope.get('scheme', 'http')}://{host}"
+
+
+def check_csrf(scope: Scope, session_id: str | None, codec: TokenCodec) -> None:
+    """For a cookie-authenticated state change of the login `session_id`: the Origin must be the gateway's own,
+    or the CSRF header must carry that session's token (`csrf_token`: an HMAC of its id, so a token of another
+    session, planted with its cookie, does not pass). Raises `PermissionDeniedError`."""
     if scope["method"] in SAFE_METHODS:
         return
     origin = header(scope, b"origin")
-    host = header(scope, b"host")
-    if origin is not None and host is not None and origin in (f"{scope.get('scheme', 'http')}://{host}",):
+    if origin is not None and is_own_origin(scope, origin):
         return
     submitted = header(scope, CSRF_HEADER)
-    expected = cookies(scope).get(CSRF_COOKIE)
-    if submitted and expected and hmac.compare_digest(submitted.encode(), expected.encode()):
-        return
+    if submitted and session_id is not None:
+        expected = csrf_token(codec, session_id)
+        if hmac.compare_digest(submitted.encode(), expected.encode()):
+            return
     raise PermissionDeniedError("Cross-site request refused.", code="csrf_failed")
 
 
@@ -142,7 +150,7 @@ class AuthMiddleware:
             if scope["type"] == "websocket":
                 check_websocket_origin(scope)
             else:
-                check_csrf(scope)
+                check_csrf(scope, principal.session_id, self.authenticator.codec)
         context = RequestContext.of(scope)
         if context is not None:
             context.principal = principal

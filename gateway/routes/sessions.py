@@ -1,8 +1,10 @@
-"""`/api/v1/auth/*`: browser sessions in two HttpOnly cookies (login, refresh, logout, me, signup)."""
+"""`/api/v1/auth/*`: browser sessions in two HttpOnly cookies (login, refresh, logout, me, signup).
+
+Login, signup, refresh and logout take only `application/json` (a cross-site form cannot send it without a
+preflight) and refuse a cross-site Origin, so that no other site can sign a browser in or out.
+"""
 
 from __future__ import annotations
-
-import secrets
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -18,9 +20,10 @@ from gateway.errors import (
     ConflictError,
     InvalidRequestError,
     NotFoundError,
-    QuotaExceededError,
+    PermissionDeniedError,
+    UnsupportedMediaTypeError,
 )
-from gateway.middleware.auth import check_csrf
+from gateway.middleware.auth import HEADER, check_csrf, header, is_own_origin, presented_credential
 from gateway.openapi import (
     ANY_OBJECT,
     BOOLEAN,
@@ -57,33 +60,40 @@ class SessionRoutes:
         self.allow_signup = allow_signup
 
     async def login(self, request: Request) -> Response:
-        email, password = _credentials(await json_object(request))
-        keys = (f"email:{email.strip().lower()}", f"ip:{request.client.host if request.client else '-'}")
-        wait = self.throttle.retry_after(*keys)
-        if wait is not None:
-            raise QuotaExceededError(
-                "Too many failed logins; try again later.",
-                code="too_many_attempts",
-                headers={"Retry-After": str(wait)},
-            )
-        try:
-            issued = await self.service.login(email, password)
-        except AuthenticationError:
-            self.throttle.failed(*keys)
-            raise
-        self.throttle.succeeded(keys[0])
+        refuse_cross_site(request)
+        email, password = _credentials(await json_object(request, require_json_type=True))
+        address = request.client.host if request.client else "-"
+        reservation = await self.throttle.reserve(email, address)
+        issued = await self.service.login(email, password)  # a wrong password leaves the attempt counted
+        await self.throttle.release(reservation)
         return self._session_response(issued)
 
     async def refresh(self, request: Request) -> Response:
-        check_csrf(request.scope)
+        refuse_cross_site(request)
+        _no_body_unless_json(request)
         raw = request.cookies.get(REFRESH_COOKIE)
         if not raw:
             raise AuthenticationError("No session to refresh.", code="invalid_refresh_token")
+        check_csrf(request.scope, await self.service.session_of_refresh(raw), self.service.codec)
         return self._session_response(await self.service.refresh(raw))
 
     async def logout(self, request: Request) -> Response:
-        check_csrf(request.scope)
-        await self.service.logout(request.cookies.get(REFRESH_COOKIE))
+        """Ends the session of every credential sent: the refresh cookie, and the access token (Bearer header
+        or session cookie). Sessions named by a cookie need the CSRF check; a Bearer header is no form's."""
+        refuse_cross_site(request)
+        _no_body_unless_json(request)
+        credential, source = presented_credential(request.scope)
+        by_cookie: set[str] = set()
+        by_header: set[str] = set()
+        raw_refresh = request.cookies.get(REFRESH_COOKIE)
+        if raw_refresh and (session_id := await self.service.session_of_refresh(raw_refresh)):
+            by_cookie.add(session_id)
+        if credential and (session_id := self.service.session_of_access(credential)):
+            (by_header if source == HEADER else by_cookie).add(session_id)
+        if source != HEADER:
+            for cookie_session in by_cookie or [None]:
+                check_csrf(request.scope, cookie_session, self.service.codec)
+        await self.service.logout(by_cookie | by_header)
         response = Response(status_code=204)
         for name, path in ((SESSION_COOKIE, "/"), (REFRESH_COOKIE, REFRESH_PATH), (CSRF_COOKIE, "/")):
             response.delete_cookie(name, path=path, secure=self.secure_cookies, httponly=name != CSRF_COOKIE)
@@ -99,7 +109,8 @@ class SessionRoutes:
     async def signup(self, request: Request) -> Response:
         if not self.allow_signup:
             raise NotFoundError()
-        email, password = _credentials(await json_object(request))
+        refuse_cross_site(request)
+        email, password = _credentials(await json_object(request, require_json_type=True))
         try:
             async with self.database.session() as session, session.begin():
                 user = await create_user(session, email=email, password=password)
@@ -139,10 +150,10 @@ class SessionRoutes:
             httponly=True,
             samesite="strict",
         )
-        # Readable by the page, for the double-submit CSRF header on cookie-authenticated changes.
+        # Readable by the page, for the CSRF header on cookie-authenticated changes: derived from the session.
         response.set_cookie(
             CSRF_COOKIE,
-            secrets.token_urlsafe(24),
+            self.service.csrf_token(issued.session_id),
             max_age=issued.refresh_expires_in,
             path="/",
             secure=secure,
@@ -150,6 +161,23 @@ class SessionRoutes:
             samesite="strict",
         )
         return response
+
+
+def refuse_cross_site(request: Request) -> None:
+    """403 for a request a browser sent from another site (or from an opaque origin, "null"). A request without
+    an Origin is not a browser's cross-site one. Raises `PermissionDeniedError`."""
+    origin = header(request.scope, b"origin")
+    if origin is not None and not is_own_origin(request.scope, origin):
+        raise PermissionDeniedError("Cross-site request refused.", code="csrf_failed")
+
+
+def _no_body_unless_json(request: Request) -> None:
+    """Refresh and logout read no body; one that is sent, or announced by any Content-Type, must be JSON.
+    Raises `UnsupportedMediaTypeError`."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+    if media_type != "application/json" and (media_type or has_body):
+        raise UnsupportedMediaTypeError("Send application/json, or no body.")
 
 
 def _credentials(body: dict[str, object]) -> tuple[str, str]:

@@ -1,0 +1,345 @@
+"""The session routes under attack, over real HTTP on SQLite and Postgres: password guessing in parallel, lockouts
+aimed at a victim, logouts that must end the session, login CSRF and CSRF tokens carried across sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import GatewayFactory
+from tests.integration.test_sessions import (
+    API_TOKENS,
+    FOREIGN_ORIGIN,
+    LOGIN,
+    LOGOUT,
+    REFRESH,
+    REVOCATION_BOUND_SECONDS,
+    SIGNUP,
+    Session,
+    bound_client,
+    cookie_header,
+    log_in,
+    me,
+    new_user,
+    refresh,
+    unique_email,
+)
+from tests.serving import LiveServer
+
+ACCOUNT_LIMIT = 5  # failed logins per (account, address) before it is locked (API.md)
+ADDRESS_LIMIT = 50  # failed logins per address, over every account (API.md)
+PARALLEL_GUESSES = 40
+# Each test takes loopback addresses of its own, so that one test's failures never lock another's address.
+_addresses = (f"127.0.{b}.{c}" for b, c in itertools.product(range(1, 250), range(2, 250)))
+
+
+def fresh_address() -> str:
+    return next(_addresses)
+
+
+@pytest.fixture(scope="module")
+def signup_gateway(start_gateway: GatewayFactory) -> Iterator[LiveServer]:
+    with start_gateway(ALLOW_SIGNUP="1") as server:
+        yield server
+
+
+def login_from(server: LiveServer, address: str, body: dict[str, str]) -> httpx.Response:
+    with bound_client(address) as client:
+        return client.post(f"{server.url}{LOGIN}", json=body)
+
+
+async def guess_in_parallel(server: LiveServer, address: str, email: str, count: int) -> list[int]:
+    transport = httpx.AsyncHTTPTransport(local_address=address, limits=httpx.Limits(max_connections=count))
+    async with httpx.AsyncClient(transport=transport, timeout=60) as client:
+        responses = await asyncio.gather(
+            *(
+                client.post(f"{server.url}{LOGIN}", json={"email": email, "password": f"guess {n}"})
+                for n in range(count)
+            )
+        )
+    return [response.status_code for response in responses]
+
+
+def wait_until_refused(server: LiveServer, access_token: str) -> int:
+    """The status of the access token once refused, within the revocation bound."""
+    started = time.monotonic()
+    while (status := me(server, access_token).status_code) == 200:
+        assert time.monotonic() - started < REVOCATION_BOUND_SECONDS, "still accepted after a second"
+        time.sleep(0.05)
+    return status
+
+
+# --- throttling -----------------------------------------------------------------------------------------------------
+
+
+def test_parallel_wrong_passwords_reach_the_password_check_at_most_the_limit_times(
+    gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    user = new_user(gateway_env)
+
+    statuses = asyncio.run(guess_in_parallel(gateway, fresh_address(), user["email"], PARALLEL_GUESSES))
+
+    assert set(statuses) <= {401, 429}, statuses
+    assert statuses.count(401) <= ACCOUNT_LIMIT, statuses
+    assert statuses.count(429) >= PARALLEL_GUESSES - ACCOUNT_LIMIT
+
+
+def test_a_locked_pair_answers_429_with_retry_after_even_to_the_right_password(
+    gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    user = new_user(gateway_env)
+    attacker = fresh_address()
+    for attempt in range(ACCOUNT_LIMIT):
+        assert login_from(gateway, attacker, {**user, "password": f"guess {attempt}"}).status_code == 401
+
+    response = login_from(gateway, attacker, user)
+
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "too_many_attempts"
+    assert int(response.headers["retry-after"]) > 0
+    assert "set-cookie" not in response.headers
+
+
+def test_the_victims_password_works_from_another_address_while_the_attacker_is_locked(
+    gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    victim = new_user(gateway_env)
+    attacker = fresh_address()
+    asyncio.run(guess_in_parallel(gateway, attacker, victim["email"], PARALLEL_GUESSES))
+    assert login_from(gateway, attacker, {**victim, "password": "one more"}).status_code == 429
+
+    assert login_from(gateway, fresh_address(), victim).status_code == 200
+
+
+def test_another_account_from_the_attackers_address_is_not_locked_by_the_pair_lock(
+    gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    victim, other = new_user(gateway_env), new_user(gateway_env)
+    attacker = fresh_address()
+    asyncio.run(guess_in_parallel(gateway, attacker, victim["email"], PARALLEL_GUESSES))
+    assert login_from(gateway, attacker, {**victim, "password": "one more"}).status_code == 429
+
+    assert login_from(gateway, attacker, other).status_code == 200
+
+
+def test_failures_over_many_accounts_lock_the_address_at_its_higher_limit(
+    gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    user = new_user(gateway_env)
+    address = fresh_address()
+    for _ in range(ADDRESS_LIMIT):
+        nobody = {"email": unique_email("nobody"), "password": "a guess"}
+        assert login_from(gateway, address, nobody).status_code == 401
+
+    response = login_from(gateway, address, user)
+
+    assert response.status_code == 429
+    assert int(response.headers["retry-after"]) > 0
+    assert login_from(gateway, fresh_address(), user).status_code == 200  # elsewhere, the user logs in
+
+
+def test_a_successful_login_forgets_the_pairs_failures(
+    gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    user = new_user(gateway_env)
+    address = fresh_address()
+    for attempt in range(ACCOUNT_LIMIT - 1):
+        assert login_from(gateway, address, {**user, "password": f"typo {attempt}"}).status_code == 401
+    assert login_from(gateway, address, user).status_code == 200
+
+    for attempt in range(ACCOUNT_LIMIT - 1):
+        assert login_from(gateway, address, {**user, "password": f"typo {attempt}"}).status_code == 401
+    assert login_from(gateway, address, user).status_code == 200
+
+
+# --- logout by any credential ----------------------------------------------------------------------------------------
+
+
+def test_logout_with_only_a_bearer_token_ends_its_access_and_refresh_tokens(
+    gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    session = log_in(gateway, new_user(gateway_env))
+    assert me(gateway, session.access_token).status_code == 200  # known, and so cached
+
+    response = httpx.post(
+        f"{gateway.url}{LOGOUT}", headers={"authorization": f"Bearer {session.access_token}"}
+    )
+
+    assert response.status_code == 204
+    assert wait_until_refused(gateway, session.access_token) == 401
+    assert refresh(gateway, session).status_code == 401
+
+
+def test_logout_with_only_the_session_cookie_ends_its_access_and_refresh_tokens(
+    gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    session = log_in(gateway, new_user(gateway_env))
+    assert me(gateway, session.access_token).status_code == 200
+
+    response = httpx.post(
+        f"{gateway.url}{LOGOUT}",
+        headers={**cookie_header(gw_session=session.access_token), "origin": gateway.url},
+    )
+
+    assert response.status_code == 204
+    assert wait_until_refused(gateway, session.access_token) == 401
+    assert refresh(gateway, session).status_code == 401
+
+
+def test_logout_with_the_session_cookie_and_the_csrf_header_ends_the_session(
+    gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    session = log_in(gateway, new_user(gateway_env))
+
+    response = httpx.post(
+        f"{gateway.url}{LOGOUT}",
+        headers={**cookie_header(gw_session=session.access_token), "x-csrf-token": session.csrf},
+    )
+
+    assert response.status_code == 204
+    assert wait_until_refused(gateway, session.access_token) == 401
+
+
+def test_logout_by_cookie_with_another_sessions_csrf_token_is_403_and_ends_nothing(
+    gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    victim = log_in(gateway, new_user(gateway_env))
+    attacker = log_in(gateway, new_user(gateway_env))
+
+    response = httpx.post(
+        f"{gateway.url}{LOGOUT}",
+        headers={
+            **cookie_header(gw_session=victim.access_token, gw_csrf=attacker.csrf),
+            "x-csrf-token": attacker.csrf,
+        },
+    )
+
+    assert response.status_code == 403
+    assert me(gateway, victim.access_token).status_code == 200
+
+
+# --- JSON only, same site only ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [LOGIN, SIGNUP, REFRESH, LOGOUT])
+def test_a_text_plain_body_is_415(signup_gateway: LiveServer, path: str) -> None:
+    # What a cross-site HTML form can send without a preflight.
+    body = json.dumps({"email": unique_email("form"), "password": "correct horse battery staple"})
+
+    response = httpx.post(f"{signup_gateway.url}{path}", content=body, headers={"content-type": "text/plain"})
+
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+    assert "set-cookie" not in response.headers
+
+
+@pytest.mark.parametrize("path", [LOGIN, SIGNUP])
+def test_a_form_encoded_login_or_signup_is_415(signup_gateway: LiveServer, path: str) -> None:
+    response = httpx.post(
+        f"{signup_gateway.url}{path}", data={"email": unique_email("form"), "password": "whatever it is"}
+    )
+
+    assert response.status_code == 415
+
+
+@pytest.mark.parametrize("origin", [FOREIGN_ORIGIN, "null"])
+@pytest.mark.parametrize("path", [LOGIN, SIGNUP])
+def test_login_and_signup_from_another_origin_are_403(
+    signup_gateway: LiveServer, gateway_env: dict[str, str], path: str, origin: str
+) -> None:
+    body = new_user(gateway_env) if path == LOGIN else {"email": unique_email(), "password": "long enough pw"}
+
+    response = httpx.post(f"{signup_gateway.url}{path}", json=body, headers={"origin": origin})
+
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "csrf_failed"
+    assert "set-cookie" not in response.headers
+
+
+@pytest.mark.parametrize("path", [REFRESH, LOGOUT])
+def test_refresh_and_logout_from_another_origin_are_403_even_with_the_csrf_header(
+    gateway: LiveServer, gateway_env: dict[str, str], path: str
+) -> None:
+    session = log_in(gateway, new_user(gateway_env))
+
+    response = httpx.post(
+        f"{gateway.url}{path}",
+        headers={
+            **cookie_header(
+                gw_session=session.access_token, gw_refresh=session.refresh, gw_csrf=session.csrf
+            ),
+            "x-csrf-token": session.csrf,
+            "origin": FOREIGN_ORIGIN,
+        },
+    )
+
+    assert response.status_code == 403
+    assert me(gateway, session.access_token).status_code == 200
+
+
+@pytest.mark.parametrize("origin", [None, "same"])
+def test_a_login_from_the_gateways_own_origin_or_without_one_is_allowed(
+    gateway: LiveServer, gateway_env: dict[str, str], origin: str | None
+) -> None:
+    headers = {} if origin is None else {"origin": gateway.url}
+
+    response = httpx.post(f"{gateway.url}{LOGIN}", json=new_user(gateway_env), headers=headers)
+
+    assert response.status_code == 200, response.text
+
+
+# --- the CSRF token belongs to its session ---------------------------------------------------------------------------
+
+
+def test_a_csrf_token_copied_from_another_session_is_refused_on_a_cookie_authenticated_change(
+    gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    victim = log_in(gateway, new_user(gateway_env))
+    attacker = log_in(gateway, new_user(gateway_env))  # the attacker's own login: a valid pair of its own
+
+    response = httpx.post(
+        f"{gateway.url}{API_TOKENS}",
+        json={"name": "planted"},
+        headers={
+            **cookie_header(gw_session=victim.access_token, gw_csrf=attacker.csrf),
+            "x-csrf-token": attacker.csrf,
+        },
+    )
+
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "csrf_failed"
+
+
+def test_the_sessions_own_csrf_token_is_accepted_without_the_cookie_pair(
+    gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    session = log_in(gateway, new_user(gateway_env))
+
+    response = httpx.post(
+        f"{gateway.url}{API_TOKENS}",
+        json={"name": "own"},
+        headers={**cookie_header(gw_session=session.access_token), "x-csrf-token": session.csrf},
+    )
+
+    assert response.status_code == 201, response.text
+
+
+def test_a_refresh_keeps_the_sessions_csrf_token_valid(
+    gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    session = log_in(gateway, new_user(gateway_env))
+    renewed = Session.of(refresh(gateway, session))
+
+    response = httpx.post(
+        f"{gateway.url}{API_TOKENS}",
+        json={"name": "after refresh"},
+        headers={**cookie_header(gw_session=renewed.access_token), "x-csrf-token": renewed.csrf},
+    )
+
+    assert response.status_code == 201, response.text
