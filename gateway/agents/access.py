@@ -6,11 +6,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
+from gateway.agents.service import AGENT_PREFIX
 from gateway.auth.principals import AGENT_KEY, API_TOKEN, Principal
 from gateway.context import RequestContext
 from gateway.db.agent_models import Agent
 from gateway.db.engine import Database
 from gateway.errors import AuthenticationError, NotFoundError, PermissionDeniedError
+from gateway.fields import is_id
 
 AGENTS_SCOPE = "agents"
 
@@ -41,9 +43,12 @@ def check_agent_access(principal: Principal, agent_id: str | None, *, agent_key_
 
 
 async def owned_agent(session: AsyncSession, principal: Principal, agent_id: str) -> Agent:
-    """The agent `agent_id` when `principal`'s user owns it. Raises `NotFoundError` (also for another user's)."""
-    agent = await session.scalar(
-        select(Agent).where(Agent.id == agent_id, Agent.user_id == principal.user_id)
+    """The agent `agent_id` when `principal`'s user owns it. Raises `NotFoundError` (also for another user's, and
+    without asking the database for an id of the wrong form)."""
+    agent = (
+        await session.scalar(select(Agent).where(Agent.id == agent_id, Agent.user_id == principal.user_id))
+        if is_id(agent_id, AGENT_PREFIX)
+        else None
     )
     if agent is None:
         raise NotFoundError("No such agent.", code="agent_not_found")

@@ -24,6 +24,7 @@ from gateway.agents.turns import AgentGoneError, AgentNotRunningError, ChatServi
 from gateway.context import RequestContext
 from gateway.db.agent_models import RUNNING
 from gateway.errors import PermissionDeniedError
+from gateway.fields import is_storable
 from gateway.principals import AGENT_KEY, Principal
 
 logger = logging.getLogger("gateway.agents")
@@ -64,6 +65,8 @@ def parse_frame(message: Mapping[str, Any], *, max_chars: int = MAX_FRAME_CHARS)
         raise FrameError("invalid_frame", "content must be a string.")
     if not content.strip():
         raise FrameError("empty_content", "content is empty.")
+    if not is_storable(content):  # it is stored as the session's message
+        raise FrameError("invalid_frame", "content holds a character that cannot be stored (NUL).")
     return content
 
 

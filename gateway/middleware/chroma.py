@@ -23,6 +23,7 @@ from gateway.chroma.routes import DATABASES, DB, ChromaCall, Reply, match
 from gateway.chroma.upstream import ChromaLookups
 from gateway.context import RequestContext
 from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.fields import query_int
 from gateway.jsonbody import parse_json_object
 from gateway.middleware.rewrite import read_body, replaying
 
@@ -124,17 +125,11 @@ def _query(raw: bytes, namespace: Namespace, call: ChromaCall) -> tuple[bytes, t
         elif key == "tenant" and value != DEFAULT_TENANT:
             raise NotFoundError(f"Tenant [{value}] not found.", code="tenant_not_found")
         elif call.reply is Reply.DATABASE_LIST and key in PAGING:
-            number = _whole(key, value)
+            number = query_int(value, param=key, low=0, high=None)
             offset, limit = (number, limit) if key == "offset" else (offset, number)
             continue
         kept.append((key, value))
     return urlencode(kept, quote_via=quote).encode("ascii"), (offset, limit)
-
-
-def _whole(key: str, value: str) -> int:
-    if not value.isdigit():
-        raise InvalidRequestError(f"`{key}` must be a whole number.", param=key)
-    return int(value)
 
 
 def _identity(user_id: str) -> dict[str, Any]:

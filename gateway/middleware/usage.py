@@ -12,7 +12,8 @@ the row's `error`, also when it was raised after the response started: an upstre
 On the chains whose rows carry the request's parameters (model, max tokens, temperature, top_p), this step reads
 the JSON body itself (bounded, parsed once) and hands it down on the context for the body rewrite: a body refused
 (413, `invalid_json`) or never finished is recorded like any other request, and nothing below is relied on to
-produce what is recorded here.
+produce what is recorded here. A `model` that its column cannot hold (a NUL, a lone surrogate, past its length)
+is refused here (400), before any upstream bills for it: recorded cut or replaced, it would name another model.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.context import RequestContext
+from gateway.db.models import UsageEvent
 from gateway.errors import GatewayError, InternalError, UsageUnavailableError
+from gateway.fields import check_text
 from gateway.middleware.rewrite import read_json_body
 from gateway.usage.observers import ObservedUsage, ResponseObserver, observer_for
 from gateway.usage.pricing import PriceTable
@@ -91,6 +94,8 @@ class UsageMiddleware:
                 context = RequestContext.of(scope)
                 if context is not None:
                     context.request_json = request_json
+                if isinstance(model := request_json.get("model"), str):
+                    check_text(model, param="model", column=UsageEvent.model)
             await self.app(scope, receive, send_observing_usage)
         except GatewayError as exc:
             outcome.failed(exc.status_code, exc.code)

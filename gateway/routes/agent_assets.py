@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute
 from gateway.agents import files, uploads, vault
 from gateway.agents.access import agent_for_request, principal_of
 from gateway.agents.agent_keys import (
+    AGENT_KEY_ID_PREFIX,
     AGENT_KEY_SCOPES,
     create_agent_key,
     list_agent_keys,
@@ -38,6 +39,7 @@ from gateway.errors import (
     PermissionDeniedError,
     UnsupportedMediaTypeError,
 )
+from gateway.fields import is_id
 from gateway.middleware.auth import AuthMiddleware
 from gateway.openapi import (
     EMPTY,
@@ -142,6 +144,8 @@ class AgentAssetRoutes:
         provider = request.query_params.get("provider")
         if not provider:
             raise InvalidRequestError("Name the key to delete: ?provider=...", param="provider")
+        if not vault.is_valid_provider(provider):
+            raise InvalidRequestError("provider must be a provider name such as 'openai'.", param="provider")
         async with self.database.session() as session, session.begin():
             await vault.delete_key(session, agent_id=agent.id, provider=provider)
         return Response(status_code=204)
@@ -160,7 +164,7 @@ class AgentAssetRoutes:
     async def create_key(self, request: Request) -> JSONResponse:
         agent = await agent_for_request(self.database, request, agent_key_ok=False)
         body = await _optional_json_object(request)
-        name = optional_string(body, "name", max_length=200) or ""
+        name = optional_string(body, "name", column=AgentApiKey.name) or ""
         scopes = _scopes(body.get("scopes"))
         async with self.database.session() as session, session.begin():
             record, raw = await create_agent_key(
@@ -176,11 +180,12 @@ class AgentAssetRoutes:
 
     async def revoke_key(self, request: Request) -> Response:
         agent = await agent_for_request(self.database, request, agent_key_ok=False)
+        key_id = request.path_params["key_id"]
+        if not is_id(key_id, AGENT_KEY_ID_PREFIX):
+            raise NotFoundError("No such API key.")
         async with self.database.session() as session:
             async with session.begin():
-                record = await revoke_agent_key(
-                    session, agent_id=agent.id, key_id=request.path_params["key_id"]
-                )
+                record = await revoke_agent_key(session, agent_id=agent.id, key_id=key_id)
                 if record is None:
                     raise NotFoundError("No such API key.")
                 target = await self.revocations.announce(session, TOKEN, record.id)
@@ -233,7 +238,7 @@ class AgentAssetRoutes:
         agent = await agent_for_request(self.database, request, agent_key_ok=True)
         _require_files_scope(request)
         async with self.database.session() as session:
-            record = await files.find_file(session, agent_id=agent.id, file_id=request.path_params["file_id"])
+            record = await files.find_file(session, agent_id=agent.id, file_id=_file_id(request))
         if record is None:
             raise NotFoundError("No such file.")
         try:
@@ -250,7 +255,7 @@ class AgentAssetRoutes:
     async def delete_file(self, request: Request) -> Response:
         agent = await agent_for_request(self.database, request, agent_key_ok=False)
         deleted = await files.delete_file(
-            self.database, self.storage, agent_id=agent.id, file_id=request.path_params["file_id"]
+            self.database, self.storage, agent_id=agent.id, file_id=_file_id(request)
         )
         if not deleted:
             raise NotFoundError("No such file.")
@@ -446,6 +451,14 @@ def _require_files_scope(request: Request) -> None:
         raise PermissionDeniedError(
             f"This agent key lacks the {FILES_SCOPE!r} scope.", code="insufficient_scope"
         )
+
+
+def _file_id(request: Request) -> str:
+    """The route's file id; 404, as for an unknown one, when it is not of a file id's form."""
+    file_id: str = request.path_params["file_id"]
+    if not is_id(file_id, files.FILE_ID_PREFIX):
+        raise NotFoundError("No such file.")
+    return file_id
 
 
 def _quota_error(exc: uploads.StorageQuotaError) -> PayloadTooLargeError:

@@ -29,6 +29,7 @@ from gateway.auth.revocations import AGENT, Revocations
 from gateway.db.agent_models import Agent
 from gateway.db.engine import Database
 from gateway.errors import ClientError, InvalidRequestError, NotFoundError, PermissionDeniedError
+from gateway.fields import is_id, query_int
 from gateway.middleware.auth import AuthMiddleware
 from gateway.openapi import (
     EMPTY,
@@ -50,6 +51,7 @@ from gateway.transparency.log import TransparencyLog, hash_text, parse_hash_text
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
 MAX_NAME_CHARS = 200
+MESSAGE_PREFIX = "msg"  # gateway.agents.turns
 VERIFICATION_PATH = "/verify/proof/"
 
 
@@ -132,7 +134,9 @@ class AgentRoutes:
         return JSONResponse(body)
 
     async def messages(self, request: Request) -> JSONResponse:
-        limit = _limit(request.query_params.get("limit"))
+        limit = query_int(
+            request.query_params.get("limit"), param="limit", low=1, high=MAX_PAGE, default=DEFAULT_PAGE
+        )
         async with self.database.session() as session:
             agent = await _agent(request, session, agent_key_ok=True)
             before = await _before(session, agent, request.query_params.get("before"))
@@ -209,18 +213,10 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 def _nonempty(body: dict[str, Any], field: str) -> str | None:
-    value = optional_string(body, field, max_length=MAX_NAME_CHARS)
+    value = optional_string(body, field, column=getattr(Agent, field))
     if value is not None and not value.strip():
         raise InvalidRequestError(f"{field} must not be empty.", param=field)
     return value.strip() if value is not None else None
-
-
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return DEFAULT_PAGE
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
-        raise InvalidRequestError(f"limit must be a whole number from 1 to {MAX_PAGE}.", param="limit")
-    return int(raw)
 
 
 async def _before(session: AsyncSession, agent: Agent, raw: str | None) -> datetime | None:
@@ -228,7 +224,8 @@ async def _before(session: AsyncSession, agent: Agent, raw: str | None) -> datet
     if raw is None:
         return None
     if raw.startswith("msg_"):
-        message = await service.find_message(session, agent, raw)
+        # One of the wrong form is not looked up, and answered as one of no message.
+        message = await service.find_message(session, agent, raw) if is_id(raw, MESSAGE_PREFIX) else None
         if message is None:
             raise InvalidRequestError("before names no message of this agent.", param="before")
         return message.created_at

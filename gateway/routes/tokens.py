@@ -22,10 +22,12 @@ from gateway.db.base import iso, utcnow
 from gateway.db.engine import Database
 from gateway.db.models import ApiToken
 from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.fields import is_id
 from gateway.openapi import EMPTY, STRING, TIME, USER, Operation, Reply, data_of, nullable, obj
 from gateway.routes.bodies import json_object, optional_string
 
 MAX_EXPIRY_DAYS = 3650
+TOKEN_ID_PREFIX = "tok"  # gateway.auth.tokens
 
 
 def token_json(record: ApiToken) -> dict[str, object]:
@@ -60,7 +62,7 @@ class TokenRoutes:
 
     async def create(self, request: Request) -> JSONResponse:
         body = await json_object(request, require_json_type=True)
-        name = optional_string(body, "name", max_length=200) or ""
+        name = optional_string(body, "name", column=ApiToken.name) or ""
         scopes = _scopes(body.get("scopes"))
         expires_at = None
         if (days := body.get("expires_in_days")) is not None:
@@ -83,6 +85,8 @@ class TokenRoutes:
 
     async def revoke(self, request: Request) -> Response:
         token_id = request.path_params["token_id"]
+        if not is_id(token_id, TOKEN_ID_PREFIX):
+            raise NotFoundError("No such API token.")
         async with self.database.session() as session:
             async with session.begin():
                 record = await revoke_api_token(session, user_id=caller(request).user_id, token_id=token_id)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import re
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import BaseRoute
 
-from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.errors import NotFoundError
+from gateway.fields import query_int
 from gateway.openapi import HASH, INTEGER, STRING, ApiRoute, Operation, Reply, obj
 from gateway.transparency.log import TransparencyLog, hash_text, parse_hash_text
 
-SIZE = re.compile(r"[0-9]{1,19}")
+MAX_TREE_SIZE = 2**63 - 1  # the log's sizes are BIGINT
 
 PROOF = obj(
     {
@@ -106,10 +105,7 @@ class TransparencyRoutes:
 
 
 def _size(request: Request, name: str) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or not SIZE.fullmatch(raw):
-        raise InvalidRequestError(f"`{name}` must be a tree size (a whole number).", param=name)
-    return int(raw)
+    return query_int(request.query_params.get(name), param=name, low=0, high=MAX_TREE_SIZE)
 
 
 def transparency_routes(log: TransparencyLog) -> list[BaseRoute]:

@@ -7,7 +7,6 @@ does anyone when no key is set. A platform JWT or a `usage:read` API token sees 
 from __future__ import annotations
 
 import hmac
-import re
 from datetime import UTC, datetime
 
 from starlette.requests import Request
@@ -16,7 +15,8 @@ from starlette.responses import JSONResponse
 from gateway.auth.authenticator import Authenticator
 from gateway.db.base import iso
 from gateway.db.engine import Database
-from gateway.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
+from gateway.errors import AuthenticationError, PermissionDeniedError
+from gateway.fields import query_int
 from gateway.middleware.auth import CHALLENGE, presented_credential
 from gateway.openapi import BEARER, INTEGER, NUMBER, SESSION, STRING, TIME, USAGE_KEY, Operation, Reply, obj
 from gateway.usage import queries
@@ -24,8 +24,6 @@ from gateway.usage import queries
 USAGE_SCOPE = "usage:read"
 MAX_HOURS = 720
 MAX_DAILY_DAYS = 365
-DIGITS = re.compile(r"[0-9]+")
-BEYOND_ANY_BOUND = 10**9  # what a longer number counts as: no need to convert it to know it is out of range
 
 
 class UsageRoutes:
@@ -47,7 +45,9 @@ class UsageRoutes:
 
     async def daily(self, request: Request) -> JSONResponse:
         user_id = await self._whose_usage(request)
-        days = _whole_number(request, "days", default=7, low=1, high=MAX_DAILY_DAYS)
+        days = query_int(
+            request.query_params.get("days"), param="days", low=1, high=MAX_DAILY_DAYS, default=7
+        )
         now = datetime.now(UTC)
         async with self.database.session() as session:
             buckets = await queries.daily(session, dataset=self.dataset, days=days, now=now, user_id=user_id)
@@ -87,25 +87,12 @@ class UsageRoutes:
 
 def _hours(request: Request) -> int:
     """`hours` (1..720) wins over `days` (times 24, capped at 720); 24 by default."""
-    if "hours" in request.query_params:
-        return _whole_number(request, "hours", default=24, low=1, high=MAX_HOURS)
-    if "days" in request.query_params:
-        return min(_whole_number(request, "days", default=1, low=1, high=None) * 24, MAX_HOURS)
+    query = request.query_params
+    if "hours" in query:
+        return query_int(query["hours"], param="hours", low=1, high=MAX_HOURS)
+    if "days" in query:
+        return min(query_int(query["days"], param="days", low=1, high=None) * 24, MAX_HOURS)  # any number
     return 24
-
-
-def _whole_number(request: Request, name: str, *, default: int, low: int, high: int | None) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not DIGITS.fullmatch(raw):
-        raise InvalidRequestError(f"{name} must be a whole number.", param=name)
-    digits = raw.lstrip("0") or "0"
-    value = int(digits) if len(digits) <= 9 else BEYOND_ANY_BOUND
-    if value < low or (high is not None and value > high):
-        bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
-        raise InvalidRequestError(f"{name} must be a whole number {bound}.", param=name)
-    return value
 
 
 FIGURES = {"requests": INTEGER, "total_tokens": INTEGER, "estimated_cost_usd": NUMBER}

@@ -1,6 +1,11 @@
 """The usage row of one metered exchange, a proxied request or an agent turn: the one place that says what each
 column holds (499 for a client that left first, counts capped to their columns, the cost, the error code).
 
+Every row is storable on both databases whatever the client sent: a row the database refuses is an answered
+request left unrecorded. So the text the client chose (the path, the method, a model the upstream named) is made
+to fit its column here, NUL and lone surrogates replaced and cut to the column's length, since the request was
+served already and refusing is no longer an option.
+
 Both callers keep an `Outcome` as the exchange goes and make the row in `finally`, so that errors, disconnects
 and cancellations are recorded too.
 """
@@ -13,6 +18,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.context import RequestContext
+from gateway.db.models import UsageEvent
+from gateway.fields import storable_text
 from gateway.usage.observers import ObservedUsage
 from gateway.usage.pricing import PriceTable
 from gateway.usage.recorder import UsageRecord
@@ -75,8 +82,8 @@ def usage_row(
         created_at=datetime.now(UTC),
         request_id=context.request_id if context is not None else "",
         request_type=kind,
-        method=method,
-        path=path[:500],
+        method=storable_text(method, column=UsageEvent.method),
+        path=storable_text(path, column=UsageEvent.path),
         status=outcome.recorded_status,
         latency_ms=round((now - started_at) * 1000, 3),
         ttfb_ms=round((outcome.first_byte_at - started_at) * 1000, 3) if outcome.first_byte_at else None,
@@ -85,7 +92,7 @@ def usage_row(
         token_id=principal.token_id if principal else None,
         agent_id=agent_id or (principal.agent_id if principal else None),
         provider=provider,
-        model=model[:200] if model else None,
+        model=storable_text(model, column=UsageEvent.model) if model else None,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         total_tokens=_count(usage.total_tokens or input_tokens + output_tokens),
