@@ -81,7 +81,8 @@ class FakeOpenAI:
             return JSONResponse(error, status_code=429, headers={**headers, "retry-after": "7"})
         if not body.get("stream"):
             return JSONResponse(completion(model), headers=headers)
-        include_usage = (body.get("stream_options") or {}).get("include_usage") is True
+        options = body.get("stream_options")  # anything, from the fuzzer: not an object asks for nothing
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
         return StreamingResponse(
             self.stream(model, include_usage=include_usage), headers=headers, media_type="text/event-stream"
         )

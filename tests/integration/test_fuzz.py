@@ -41,7 +41,8 @@ from tests.fakes.mistral_ocr import FakeMistral
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.serving import LiveServer
 
-EXAMPLES = 8  # per operation and generation mode
+EXAMPLES = 8  # per operation and generation mode: about 30 s a database
+SOAK_EXAMPLES = 100  # the soak run's: rarer inputs (a NUL, a lone surrogate) come up
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -112,13 +113,13 @@ def credentials(url: str) -> tuple[str, str]:
     return jwt, created.json()["token"]
 
 
-def fuzz(operation: Any, mode: GenerationMode, *, url: str, headers: dict[str, str]) -> None:
-    """`EXAMPLES` cases of `operation`, each sent and checked; raises schemathesis' report of the first failure
+def fuzz(operation: Any, mode: GenerationMode, *, url: str, headers: dict[str, str], examples: int) -> None:
+    """`examples` cases of `operation`, each sent and checked; raises schemathesis' report of the first failure
     (with the curl command that reproduces it)."""
 
     @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
     @hypothesis.settings(
-        max_examples=EXAMPLES,
+        max_examples=examples,
         deadline=None,
         database=None,
         derandomize=True,
@@ -131,7 +132,8 @@ def fuzz(operation: Any, mode: GenerationMode, *, url: str, headers: dict[str, s
     run()
 
 
-def test_no_server_error_and_every_answer_as_documented(fuzzed_gateway: str) -> None:
+@pytest.mark.parametrize("examples", [EXAMPLES, pytest.param(SOAK_EXAMPLES, marks=pytest.mark.soak)])
+def test_no_server_error_and_every_answer_as_documented(fuzzed_gateway: str, examples: int) -> None:
     url = fuzzed_gateway
     jwt, api_token = credentials(url)
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
@@ -143,7 +145,13 @@ def test_no_server_error_and_every_answer_as_documented(fuzzed_gateway: str) -> 
         credential = jwt if label in PLATFORM_ONLY else api_token
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             try:
-                fuzz(operation, mode, url=url, headers={"authorization": f"Bearer {credential}"})
+                fuzz(
+                    operation,
+                    mode,
+                    url=url,
+                    headers={"authorization": f"Bearer {credential}"},
+                    examples=examples,
+                )
             except hypothesis.errors.Unsatisfiable:
                 pass  # nothing in it to make invalid (no parameters, or unconstrained strings)
             except (
