@@ -82,14 +82,19 @@ class ContextMiddleware:
                     }
                 if access_log is not None:
                     if kind == "websocket.accept":
-                        access_log.websocket(scope, "accepted")
+                        outcome = "accepted"
                     elif kind == "websocket.http.response.start":
-                        access_log.websocket(scope, str(message["status"]))
+                        outcome = str(message["status"])
                     else:
-                        access_log.websocket(scope, "403")  # closed before accepting: the server answers 403
+                        outcome = "403"  # closed before accepting: the server answers 403
+                    access_log.websocket(scope, outcome, request_id=context.request_id)
             await send(message)
 
-        await self.app(scope, receive, send_answering_handshake)
+        token = current_request.set(context)  # the chat's log lines carry its request id
+        try:
+            await self.app(scope, receive, send_answering_handshake)
+        finally:
+            current_request.reset(token)
 
 
 def _count(metrics: Metrics, scope: Scope, context: RequestContext, status: int) -> None:

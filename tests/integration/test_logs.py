@@ -128,6 +128,14 @@ def test_a_client_that_leaves_in_the_middle_of_a_stream_is_one_info_line(
     assert "Traceback" not in content and "ERROR" not in content
 
 
+WEBSOCKET_HANDSHAKE = {
+    "connection": "upgrade",
+    "upgrade": "websocket",
+    "sec-websocket-version": "13",
+    "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
 def test_a_refused_websocket_is_one_info_line(
     tmp_path: Path, fake_openai_server: tuple[FakeOpenAI, LiveServer]
 ) -> None:
@@ -138,13 +146,7 @@ def test_a_refused_websocket_is_one_info_line(
         for credential in ("gw_not-a-token", "not.a.jwt"):
             response = httpx.get(
                 f"{url}{path}",
-                headers={
-                    "connection": "upgrade",
-                    "upgrade": "websocket",
-                    "sec-websocket-version": "13",
-                    "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
-                    "sec-websocket-protocol": f"bearer, {credential}",
-                },
+                headers={**WEBSOCKET_HANDSHAKE, "sec-websocket-protocol": f"bearer, {credential}"},
             )
             assert response.status_code == 401
         content = wait_for(log, lambda content: len(lines_about(content, path)) >= 2)
@@ -206,6 +208,15 @@ def test_json_logs_are_one_object_per_line_with_the_request_id(
     with gateway(tmp_path, fake_openai_server, LOG_FORMAT="json") as (url, log):
         database_url = Settings.from_env({"DATA_DIR": str(tmp_path / "data")}, env_file=None).database_url
         create_a_token_twice(url, log, database_url, "json-fault")
+        refused = httpx.get(
+            f"{url}/v1/agents/agt_0123456789abcdef01234567/chat",
+            headers={
+                **WEBSOCKET_HANDSHAKE,
+                "sec-websocket-protocol": "bearer, gw_not-a-token",
+                "x-request-id": "ws-1",
+            },
+        )
+        assert refused.status_code == 401
         time.sleep(0.3)  # the access line of the turn is written at its end
     records = [json.loads(line) for line in log.read_text().splitlines()]  # every line is one JSON object
 
@@ -217,6 +228,8 @@ def test_json_logs_are_one_object_per_line_with_the_request_id(
     [fault] = [record for record in records if record["level"] == "ERROR"]
     assert fault["request_id"] == "json-fault" and fault["logger"] == "gateway.errors"
     assert "Traceback" in fault["exc_info"] and CANARY not in fault["exc_info"]
+    [handshake] = [r for r in records if r["logger"] == "gateway.access" and r.get("method") == "WebSocket"]
+    assert handshake["request_id"] == "ws-1" and handshake["status"] == "401"
     assert any(record["logger"].startswith("uvicorn") for record in records)  # uvicorn's own lines too
     assert "Application shutdown complete." in {record["message"] for record in records}
 
