@@ -31,6 +31,7 @@ from gateway.auth.throttle import LoginThrottle
 from gateway.auth.tokens import TokenCodec
 from gateway.chains import proxied_routes
 from gateway.db.engine import Database, prepare_data_dir
+from gateway.headers import TrustedProxies
 from gateway.keys import load_server_keys
 from gateway.metrics import Metrics
 from gateway.middleware.auth import AuthMiddleware
@@ -207,6 +208,7 @@ def identity_routes(settings: Settings, services: Services) -> list[BaseRoute]:
         LoginThrottle(services.database),
         secure_cookies=settings.cookie_secure,
         allow_signup=settings.allow_signup,
+        trusted_proxies=TrustedProxies(settings.trusted_proxies),
     )
     tokens = TokenRoutes(services.database, services.codec, services.revocations)
     user = [Middleware(AuthMiddleware, authenticator=services.authenticator)]

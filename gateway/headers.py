@@ -86,6 +86,24 @@ class TrustedProxies:
             decided = self._decided[peer] = self._matches(peer)
         return decided
 
+    def client_address(self, peer: str | None, headers: RawHeaders) -> str | None:
+        """The client's address: the TCP peer, or, when the peer is a trusted proxy, the nearest address of its
+        `X-Forwarded-For` chain that is not itself one (nginx's `real_ip_recursive`): what a proxy in front
+        appended, which the client cannot forge."""
+        if peer is None or not self.trusts(peer):
+            return peer
+        hops = [
+            hop.strip()
+            for name, value in headers
+            if name.lower() == b"x-forwarded-for"
+            for hop in value.decode("latin-1").split(",")
+            if hop.strip()
+        ]
+        for hop in reversed(hops):
+            if not self.trusts(hop):
+                return hop
+        return hops[0] if hops else peer
+
     def _matches(self, peer: str) -> bool:
         try:
             address = ipaddress.ip_address(peer)

@@ -23,6 +23,7 @@ from gateway.errors import (
     PermissionDeniedError,
     UnsupportedMediaTypeError,
 )
+from gateway.headers import TrustedProxies
 from gateway.middleware.auth import HEADER, check_csrf, header, is_own_origin, presented_credential
 from gateway.openapi import (
     ANY_OBJECT,
@@ -52,17 +53,20 @@ class SessionRoutes:
         *,
         secure_cookies: bool,
         allow_signup: bool,
+        trusted_proxies: TrustedProxies | None = None,
     ) -> None:
         self.database = database
         self.service = service
         self.throttle = throttle
         self.secure_cookies = secure_cookies
         self.allow_signup = allow_signup
+        self.trusted_proxies = trusted_proxies or TrustedProxies()
 
     async def login(self, request: Request) -> Response:
         refuse_cross_site(request)
         email, password = _credentials(await json_object(request, require_json_type=True))
-        address = request.client.host if request.client else "-"
+        peer = request.client.host if request.client else None
+        address = self.trusted_proxies.client_address(peer, request.scope["headers"]) or "-"
         reservation = await self.throttle.reserve(email, address)
         issued = await self.service.login(email, password)  # a wrong password leaves the attempt counted
         await self.throttle.release(reservation)

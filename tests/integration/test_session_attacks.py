@@ -343,3 +343,51 @@ def test_a_refresh_keeps_the_sessions_csrf_token_valid(
     )
 
     assert response.status_code == 201, response.text
+
+
+# --- behind a trusted proxy --------------------------------------------------------------------------------------
+
+PROXY = "127.0.0.1"  # the TRUSTED_PROXIES of `proxied_gateway`: every client arrives through it
+
+
+@pytest.fixture(scope="module")
+def proxied_gateway(start_gateway: GatewayFactory) -> Iterator[LiveServer]:
+    with start_gateway(TRUSTED_PROXIES=PROXY) as server:
+        yield server
+
+
+def login_through_proxy(server: LiveServer, client: str, body: dict[str, str], *, peer: str = PROXY) -> int:
+    """A login from `peer` claiming (X-Forwarded-For, as a proxy appends it) to come from `client`."""
+    with bound_client(peer) as http:
+        response = http.post(f"{server.url}{LOGIN}", json=body, headers={"x-forwarded-for": client})
+        return response.status_code
+
+
+def test_behind_a_trusted_proxy_the_throttle_counts_the_client_not_the_proxy(
+    proxied_gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    """Keyed by the proxy's address, the throttle would lock every user behind it at once (and a victim's account
+    from everywhere); keyed by the address the proxy names, only the guesser's pair is locked."""
+    victim = new_user(gateway_env)
+    for attempt in range(ACCOUNT_LIMIT):
+        status = login_through_proxy(
+            proxied_gateway, "203.0.113.7", {**victim, "password": f"guess {attempt}"}
+        )
+        assert status == 401
+
+    assert login_through_proxy(proxied_gateway, "203.0.113.7", victim) == 429
+    assert login_through_proxy(proxied_gateway, "198.51.100.8", victim) == 200
+
+
+def test_a_client_that_is_not_a_trusted_proxy_cannot_choose_its_address(
+    proxied_gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    """A forged X-Forwarded-For from a peer that is not a trusted proxy is ignored: each new forged address does
+    not buy a fresh allowance."""
+    victim = new_user(gateway_env)
+    guesser = fresh_address()
+    for attempt in range(ACCOUNT_LIMIT):
+        body = {**victim, "password": f"guess {attempt}"}
+        assert login_through_proxy(proxied_gateway, f"192.0.2.{attempt}", body, peer=guesser) == 401
+
+    assert login_through_proxy(proxied_gateway, "192.0.2.200", victim, peer=guesser) == 429

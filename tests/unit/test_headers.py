@@ -184,3 +184,14 @@ def test_response_drops_hop_by_hop_cookies_and_the_upstream_own_origin_policies(
         (b"x-upstream-request-id", b"req_1"),
         (b"openai-processing-ms", b"12"),
     ]
+
+
+def test_the_client_address_is_the_peer_unless_the_peer_is_a_trusted_proxy() -> None:
+    proxies = TrustedProxies([ipaddress.ip_network("10.0.0.0/8")])
+    chain = [(b"X-Forwarded-For", b"198.51.100.1, 203.0.113.5"), (b"x-forwarded-for", b"10.0.0.9")]
+
+    assert proxies.client_address("192.0.2.4", chain) == "192.0.2.4"  # not a proxy: its claims are ignored
+    assert proxies.client_address("10.0.0.2", chain) == "203.0.113.5"  # the nearest hop that is not a proxy
+    assert proxies.client_address("10.0.0.2", [(b"x-forwarded-for", b"10.0.0.3, 10.0.0.4")]) == "10.0.0.3"
+    assert proxies.client_address("10.0.0.2", []) == "10.0.0.2"
+    assert proxies.client_address(None, chain) is None
