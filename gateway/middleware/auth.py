@@ -63,9 +63,11 @@ def presented_credential(scope: Scope, *, subprotocol: str | None = None) -> tup
 
 
 def is_own_origin(scope: Scope, origin: str) -> bool:
-    """Whether `origin` (an Origin header) is the gateway's own, as the request reached it."""
+    """Whether `origin` (an Origin header) is the gateway's own: its host, by the scheme the request reached it, or
+    by https, which is what a browser says behind a proxy that ends TLS and forwards plain HTTP (no one but the
+    holder of the host's certificate can serve a page from `https://<host>`)."""
     host = header(scope, b"host")
-    return host is not None and origin == f"{scope.get('scheme', 'http')}://{host}"
+    return host is not None and origin in (f"{scope.get('scheme', 'http')}://{host}", f"https://{host}")
 
 
 def check_csrf(scope: Scope, session_id: str | None, codec: TokenCodec) -> None:
@@ -91,9 +93,8 @@ def check_websocket_origin(scope: Scope) -> None:
     origin = header(scope, b"origin")
     if origin is None:
         return  # not a browser: it cannot have been made to send the cookie
-    host = header(scope, b"host")
-    scheme = "https" if scope.get("scheme") == "wss" else "http"
-    if host is None or origin != f"{scheme}://{host}":
+    page_scheme = "https" if scope.get("scheme") == "wss" else "http"  # the page's, which opened the socket
+    if not is_own_origin({**scope, "scheme": page_scheme}, origin):
         raise PermissionDeniedError("Cross-site WebSocket refused.", code="csrf_failed")
 
 

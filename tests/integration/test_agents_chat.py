@@ -317,12 +317,16 @@ async def test_the_session_cookie_is_a_credential_from_the_gateways_own_origin(
 
     async with connect(url, additional_headers=cookie, origin=Origin(alice.base_url)) as socket:
         frames = await turn_frames(socket, "hi")
+    # The page served over TLS by a proxy in front that forwards plain HTTP (and WebSocket) to the gateway.
+    behind_tls = Origin(alice.base_url.replace("http://", "https://", 1))
+    async with connect(url, additional_headers=cookie, origin=behind_tls) as socket_behind_tls:
+        frames_behind_tls = await turn_frames(socket_behind_tls, "hi")
     with pytest.raises(InvalidStatus) as refused:
         async with connect(url, additional_headers=cookie, origin=Origin("https://evil.example")):
             pass
 
     assert socket.subprotocol is None
-    assert frames[-1]["type"] == "stream_end"
+    assert frames[-1]["type"] == frames_behind_tls[-1]["type"] == "stream_end"
     assert refused.value.response.status_code == 403
 
 

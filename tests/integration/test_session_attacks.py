@@ -283,11 +283,13 @@ def test_refresh_and_logout_from_another_origin_are_403_even_with_the_csrf_heade
     assert me(gateway, session.access_token).status_code == 200
 
 
-@pytest.mark.parametrize("origin", [None, "same"])
+@pytest.mark.parametrize("origin", [None, "same", "https"])
 def test_a_login_from_the_gateways_own_origin_or_without_one_is_allowed(
     gateway: LiveServer, gateway_env: dict[str, str], origin: str | None
 ) -> None:
-    headers = {} if origin is None else {"origin": gateway.url}
+    """ "https": the page served over TLS by a proxy in front, which forwards plain HTTP to the gateway."""
+    own = {"same": gateway.url, "https": gateway.url.replace("http://", "https://", 1)}
+    headers = {} if origin is None else {"origin": own[origin]}
 
     response = httpx.post(f"{gateway.url}{LOGIN}", json=new_user(gateway_env), headers=headers)
 
