@@ -16,12 +16,14 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy import select
 
 from gateway.app import create_app
 from gateway.auth.users import create_user
 from gateway.cli import uvicorn_options
 from gateway.db.engine import Database, prepare_data_dir
 from gateway.db.migrate import upgrade
+from gateway.db.models import UsageEvent
 from gateway.settings import Settings, sqlite_url
 from tests.chroma_server import chroma_server
 from tests.fakes.mistral_ocr import FakeMistral
@@ -198,6 +200,18 @@ def api_token(gateway: LiveServer, access_token: str) -> str:
     assert response.status_code == 201, response.text
     token: str = response.json()["token"]
     return token
+
+
+async def usage_rows(database_url: str, request_ids: set[str]) -> set[str]:
+    """The request ids of `request_ids` that are rows of `usage_events`."""
+    database = Database(database_url)
+    database.open()
+    try:
+        async with database.session() as session:
+            query = select(UsageEvent.request_id).where(UsageEvent.request_id.in_(request_ids))
+            return set((await session.scalars(query)).all())
+    finally:
+        await database.close()
 
 
 async def add_user(database_url: str, *, email: str, password: str, is_admin: bool = False) -> str:

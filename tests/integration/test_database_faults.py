@@ -13,16 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from gateway.auth.tokens import TokenCodec
-from gateway.db.engine import Database
 from gateway.db.migrate import downgrade, head_revision, upgrade
-from gateway.db.models import UsageEvent
 from gateway.keys import load_server_keys
 from gateway.settings import Settings
-from tests.conftest import UPSTREAM_OPENAI_KEY, PostgresServer, add_user
+from tests.conftest import UPSTREAM_OPENAI_KEY, PostgresServer, add_user, usage_rows
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.serving import GATEWAY, LiveServer, clean_env, free_port, serving
 from tests.tcp_proxy import TcpProxy
@@ -183,18 +180,6 @@ def test_a_database_one_revision_behind_is_not_ready_until_migrated_and_keeps_ev
 
 
 BEHIND_REQUESTS = 20
-
-
-async def usage_rows(database_url: str, request_ids: set[str]) -> set[str]:
-    """The request ids of `request_ids` that are rows of usage_events."""
-    database = Database(database_url)
-    database.open()
-    try:
-        async with database.session() as session:
-            query = select(UsageEvent.request_id).where(UsageEvent.request_id.in_(request_ids))
-            return set((await session.scalars(query)).all())
-    finally:
-        await database.close()
 
 
 # --- the database cut or partitioned away ---------------------------------------------------------------------

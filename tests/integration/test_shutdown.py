@@ -17,15 +17,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from gateway.app import JOURNAL_FOLDER
-from gateway.db.engine import Database
 from gateway.db.migrate import upgrade
-from gateway.db.models import UsageEvent
 from gateway.usage.journal import read_rows
-from tests.conftest import UPSTREAM_OPENAI_KEY, PostgresServer
+from tests.conftest import UPSTREAM_OPENAI_KEY, PostgresServer, usage_rows
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.serving import GATEWAY, LiveServer, clean_env, free_port, wait_until_serving
 from tests.tcp_proxy import TcpProxy
@@ -166,7 +163,7 @@ def test_a_signal_under_load_drains_and_exits_0(
         for segment in (tmp_path / "data" / JOURNAL_FOLDER).glob("*.jsonl")
         for row in read_rows(segment)
     }
-    missing = answered - asyncio.run(answered_rows(database_url, answered)) - journaled
+    missing = answered - asyncio.run(usage_rows(database_url, answered)) - journaled
     assert not missing, f"{len(missing)} of {len(answered)} answered requests are neither rows nor journaled"
 
 
@@ -198,17 +195,6 @@ async def signal_under_load_endless(gateway: GatewayProcess, load: Load) -> tupl
 # --- SIGTERM with Postgres partitioned away ---------------------------------------------------------------------
 
 
-async def answered_rows(database_url: str, request_ids: set[str]) -> set[str]:
-    database = Database(database_url)
-    database.open()
-    try:
-        async with database.session() as session:
-            query = select(UsageEvent.request_id).where(UsageEvent.request_id.in_(request_ids))
-            return set((await session.scalars(query)).all())
-    finally:
-        await database.close()
-
-
 def test_sigterm_during_a_partition_exits_in_time_and_loses_no_answered_request(
     tmp_path: Path, postgres_server: PostgresServer, fake_openai_server: tuple[FakeOpenAI, LiveServer]
 ) -> None:
@@ -233,7 +219,7 @@ def test_sigterm_during_a_partition_exits_in_time_and_loses_no_answered_request(
         assert answered
         with gateway_process(tmp_path, env, log_name="restart.log"):  # replays what the journal kept
             deadline = time.monotonic() + 30
-            while (missing := answered - asyncio.run(answered_rows(database_url, answered))) and (
+            while (missing := answered - asyncio.run(usage_rows(database_url, answered))) and (
                 time.monotonic() < deadline
             ):
                 time.sleep(0.5)
