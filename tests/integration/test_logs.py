@@ -18,8 +18,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.db.migrate import upgrade
-from gateway.settings import Settings
-from tests.conftest import add_user
+from gateway.settings import Settings, sqlite_url
+from tests.conftest import PostgresServer, add_user
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.serving import LiveServer, clean_env, serving
 
@@ -188,9 +188,18 @@ def create_a_token_twice(url: str, log: Path, database_url: str, request_id: str
     return wait_for(log, lambda content: "Traceback" in content)
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_a_500_logs_its_traceback_without_the_statement_parameters(
-    tmp_path: Path, fake_openai_server: tuple[FakeOpenAI, LiveServer], database_url: str
+    tmp_path: Path,
+    fake_openai_server: tuple[FakeOpenAI, LiveServer],
+    postgres_server: PostgresServer,
+    backend: str,
 ) -> None:
+    # A database of its own: the test alters its schema, which the worker's shared `postgres_url` must not see
+    # (test_migrations compares that one with the models).
+    database_url = (
+        sqlite_url(tmp_path / "own.db") if backend == "sqlite" else postgres_server.create_database()
+    )
     with gateway(tmp_path, fake_openai_server, DATABASE_URL=database_url) as (url, log):
         content = create_a_token_twice(url, log, database_url, "fault-1")
 
