@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import text
@@ -93,6 +94,16 @@ async def _rows(url: str, statement: str, **params: Any) -> list[dict[str, Any]]
             return [dict(row) for row in result.mappings().all()] if is_query else []
     finally:
         await database.close()
+
+
+async def checkpoint(url: str) -> None:
+    """CHECKPOINT on a connection of its own, without the gateway's statement timeout: on a Postgres shared by
+    parallel test workers, writing every dirty page can take longer than the 5 s a request's query is given."""
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        await connection.execute("CHECKPOINT", timeout=120)
+    finally:
+        await connection.close()
 
 
 def rows(env: dict[str, str], statement: str, **params: Any) -> list[dict[str, Any]]:
@@ -193,7 +204,7 @@ def test_the_database_files_never_hold_a_vault_key_in_clear(
     store_byok(gateway.url, owner, agent)
     if "DATABASE_URL" in gateway_env:
         # Postgres: the table's heap file on disk, after a checkpoint has written every dirty page there.
-        rows(gateway_env, "CHECKPOINT")
+        asyncio.run(checkpoint(database_url(gateway_env)))
         [found] = rows(
             gateway_env,
             "SELECT pg_read_binary_file(pg_relation_filepath('agent_vault_keys')) AS content",
