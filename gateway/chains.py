@@ -17,12 +17,14 @@ from gateway.chroma_proxy import ChromaNotConfigured, ChromaProxy
 from gateway.headers import ForwardingPolicy, TrustedProxies
 from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.chroma import ChromaNamespaceMiddleware
+from gateway.middleware.chroma_errors import ChromaErrorMiddleware
 from gateway.middleware.rewrite import BodyRewriteMiddleware
 from gateway.middleware.usage import UsageMiddleware
 from gateway.openapi import (
     ANY_OBJECT,
     BEARER,
     BOOLEAN,
+    ERRORS,
     INTEGER,
     NUMBER,
     STRING,
@@ -88,10 +90,29 @@ OCR = Operation(
     auth_optional=True,  # unless API_AUTH_REQUIRED
     passthrough=UPSTREAM_ANSWER,
 )
+CHROMA_ERROR = {
+    "type": "object",
+    "description": "Chroma's error format, which its clients map to their exception types by `error`",
+    "required": ["error", "message"],
+    "properties": {
+        "error": {
+            "type": "string",
+            "description": "InvalidArgumentError (400), AuthorizationError (401), AuthError (403), "
+            "NotFoundError (404), RateLimitError (429), InternalError (5xx)",
+        },
+        "message": STRING,
+    },
+}
 CHROMA_PASSTHROUGH = Operation(
     "Chroma's HTTP API (v2), namespaced per user: database names in the path, the `database` query parameter, "
     "and a JSON body's `database` (and a create-database request's `name`) are prefixed; answers stripped",
-    {200: Reply("Chroma's answer", {})},
+    {
+        200: Reply("Chroma's answer", {}),
+        # The gateway's own errors on these routes come in Chroma's format, not the error envelope.
+        **{
+            status: Reply(ERRORS[status], CHROMA_ERROR) for status in (400, 401, 403, 404, 413, 502, 503, 504)
+        },
+    },
     body={
         "type": "object",
         "properties": {"database": STRING, "name": STRING},
@@ -99,7 +120,6 @@ CHROMA_PASSTHROUGH = Operation(
     },
     body_required=False,
     query={"database": STRING},
-    errors=(400, 401, 403, 404, 413, 502, 504),
     security=USER,
     passthrough="Chroma's own status and body, the database names stripped of the namespace",
 )
@@ -180,9 +200,11 @@ def chroma_routes(
     pricing: PriceTable,
     forwarding: ForwardingPolicy,
 ) -> list[Route]:
-    """`/v1/chroma/...`: a user always required, then usage, then the namespacing, then the proxy."""
+    """`/v1/chroma/...`: the gateway's own errors in Chroma's format, a user always required, then usage, then
+    the namespacing, then the proxy."""
     chroma = configured_upstreams(settings).get(CHROMA)
     chain = [
+        Middleware(ChromaErrorMiddleware),
         Middleware(AuthMiddleware, authenticator=authenticator, required=True, scope="chroma"),
         Middleware(UsageMiddleware, recorder=recorder, pricing=pricing, kind="chroma", provider=CHROMA),
         Middleware(

@@ -1,8 +1,8 @@
 """The Chroma routes a user may call, and what each one addresses: an allowlist, not a blocklist.
 
 A request path is split on its raw (still percent-encoded) slashes, each segment decoded once and checked, then
-matched against the table below. Anything not in the table is 404; the routes that reach across users or change
-the server (reset, tenants, the collection-by-CRN route, functions) are 403. Paths that could mean something else
+matched against the tables below: every route of Chroma's v2 API is in ALLOWED or in REFUSED (403, with its
+reason: they reach across users or change the server); anything else is 404. Paths that could mean something else
 to another parser (encoded slashes or backslashes, `.` and `..` segments, empty segments) are 403 before matching.
 """
 
@@ -44,7 +44,10 @@ def _rule(methods: str, pattern: tuple[str, ...] | str, reply: Reply = Reply.PAS
     return Rule(frozenset(methods.split()), parts, reply)
 
 
+# Every route of Chroma's v2 API (`chroma run` of the pinned chromadb, its /openapi.json, and `GET /api/v2`, the
+# async client's heartbeat) is either here or in REFUSED below.
 ALLOWED = (
+    _rule("GET", "api/v2"),
     _rule("GET", "api/v2/heartbeat"),
     _rule("GET", "api/v2/version"),
     _rule("GET", "api/v2/healthcheck"),
@@ -68,15 +71,21 @@ ALLOWED = (
     *(_rule("GET", (*COLLECTION, op)) for op in ("count", "indexing_status", "fork_count")),
     _rule("POST", (*COLLECTION, "fork"), Reply.COLLECTIONS),
 )
-# Known Chroma routes that no user may call through the gateway, whatever the method.
-DENIED = (
-    ("api", "v2", "reset"),
-    ("api", "v2", "tenants"),
-    ("api", "v2", "tenants", "{any}"),  # GET is allowed above; PATCH (update) is not
-    ("api", "v2", "collections", "{any}"),
-    (*COLLECTION, "attached_functions", "{any}", "detach"),
-    (*COLLECTION, "functions", "attach"),
-    (*COLLECTION, "functions", "{any}"),
+# Known Chroma routes that no user may call through the gateway, whatever the method (403), each with its reason.
+REFUSED: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("api", "v2", "reset"), "it empties the whole server, every user's data"),
+    (("api", "v2", "tenants"), "creating tenants is the operator's; users share one tenant"),
+    (("api", "v2", "tenants", "{any}"), "renaming (PATCH) the tenant all users share is the operator's"),
+    (
+        ("api", "v2", "collections", "{any}"),
+        "a collection by CRN names it outside any database: no ownership check",
+    ),
+    (
+        (*COLLECTION, "attached_functions", "{any}", "detach"),
+        "functions run server-side code on Chroma's account",
+    ),
+    ((*COLLECTION, "functions", "attach"), "functions run server-side code on Chroma's account"),
+    ((*COLLECTION, "functions", "{any}"), "functions run server-side code on Chroma's account"),
 )
 UNSAFE_ESCAPES = ("%2f", "%5c", "%00")
 
@@ -144,8 +153,9 @@ def match(method: str, raw_path: bytes) -> ChromaCall:
         if method not in rule.methods:
             continue
         return _call(rule, segments, values)
-    if any(_bind(pattern, segments) is not None for pattern in DENIED):
-        raise PermissionDeniedError("This Chroma route is not available through the gateway.")
+    for pattern, reason in REFUSED:
+        if _bind(pattern, segments) is not None:
+            raise PermissionDeniedError(f"This Chroma route is not available through the gateway: {reason}.")
     if path_known:
         allowed = sorted(
             {m for rule in ALLOWED if _bind(rule.pattern, segments) is not None for m in rule.methods}

@@ -1,0 +1,72 @@
+"""The gateway's own errors on `/v1/chroma/...`, in Chroma's format, so that Chroma's clients raise the right type.
+
+Chroma answers `{"error": "<Name>", "message": "..."}`, and the official client maps the name to its exception
+class (`chromadb.errors.error_types`); the OpenAI envelope the rest of the gateway uses would reach it as a bare
+`Exception`. First in the Chroma chain: whatever the auth, usage, namespacing or proxy steps raise is rendered here
+with its status and headers kept; faults that are not `GatewayError`s go on to the one error path
+(`gateway.errors.ErrorMiddleware`), which logs them.
+"""
+
+from __future__ import annotations
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import GatewayError
+
+# Chroma's error name for each status the gateway answers itself: the names Chroma's server gives for the same
+# cases (a missing collection or database, bad input, a refused credential) and its client knows.
+CHROMA_ERROR_NAMES = {
+    400: "InvalidArgumentError",
+    401: "AuthorizationError",  # chromadb.errors.AuthorizationError (code 401)
+    403: "AuthError",  # chromadb.errors.ChromaAuthError, what Chroma's own auth answers (403 "Forbidden")
+    404: "NotFoundError",
+    429: "RateLimitError",
+}
+DEFAULT_CLIENT_ERROR = "InvalidArgumentError"  # 405, 409, 413, 415: the request as sent cannot be served
+DEFAULT_SERVER_ERROR = "InternalError"
+
+
+def chroma_error_name(status: int) -> str:
+    default = DEFAULT_CLIENT_ERROR if status < 500 else DEFAULT_SERVER_ERROR
+    return CHROMA_ERROR_NAMES.get(status, default)
+
+
+def chroma_error_body(error: GatewayError) -> bytes:
+    return orjson.dumps({"error": chroma_error_name(error.status_code), "message": error.message})
+
+
+class ChromaErrorMiddleware:
+    """Answers a `GatewayError` raised below it, before the response started, in Chroma's format."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_start)
+        except GatewayError as error:
+            if started:
+                raise
+            body = chroma_error_body(error)
+            headers = [
+                (name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in error.headers.items()
+                if name.lower() not in ("content-type", "content-length")
+            ]
+            headers += [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode("ascii")),
+            ]
+            await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
