@@ -101,6 +101,8 @@ CHROMA_ERROR = {
             "NotFoundError (404), RateLimitError (429), InternalError (5xx)",
         },
         "message": STRING,
+        "code": {"type": ["string", "null"], "description": "the gateway's own error code"},
+        "param": {"type": ["string", "null"], "description": "the parameter or field at fault"},
     },
 }
 CHROMA_PASSTHROUGH = Operation(

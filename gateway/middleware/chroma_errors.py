@@ -1,10 +1,10 @@
 """The gateway's own errors on `/v1/chroma/...`, in Chroma's format, so that Chroma's clients raise the right type.
 
 Chroma answers `{"error": "<Name>", "message": "..."}`, and the official client maps the name to its exception
-class (`chromadb.errors.error_types`); the OpenAI envelope the rest of the gateway uses would reach it as a bare
-`Exception`. First in the Chroma chain: whatever the auth, usage, namespacing or proxy steps raise is rendered here
-with its status and headers kept; faults that are not `GatewayError`s go on to the one error path
-(`gateway.errors.ErrorMiddleware`), which logs them.
+class (`chromadb.errors.error_types`; it reads no other key, so the gateway's `code` and `param` ride along); the
+OpenAI envelope the rest of the gateway uses would reach it as a bare `Exception`. First in the Chroma chain:
+whatever the auth, usage, namespacing or proxy steps raise is rendered here with its status and headers kept;
+faults that are not `GatewayError`s go on to the one error path (`gateway.errors.ErrorMiddleware`), which logs them.
 """
 
 from __future__ import annotations
@@ -33,7 +33,16 @@ def chroma_error_name(status: int) -> str:
 
 
 def chroma_error_body(error: GatewayError) -> bytes:
-    return orjson.dumps({"error": chroma_error_name(error.status_code), "message": error.message})
+    """Chroma's two keys, which its client reads, and the gateway's own `code` and `param` beside them, for what
+    reads more than Chroma's client does (which parameter a 400 names, `upstream_timeout` or `upstream_unavailable`)."""
+    return orjson.dumps(
+        {
+            "error": chroma_error_name(error.status_code),
+            "message": error.message,
+            "code": error.code,
+            "param": error.param,
+        }
+    )
 
 
 class ChromaErrorMiddleware:

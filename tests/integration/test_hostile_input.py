@@ -24,9 +24,15 @@ HOSTILE_NUMBERS = ["%C2%B2", "%EF%BC%91", "%D9%A3", "5" * 5000, "0" * 5000, "-1"
 
 
 def assert_refused(response: httpx.Response, status: int, param: str | None = None) -> None:
+    """The gateway's envelope, or, on the Chroma routes, Chroma's error format with the gateway's code and param."""
     assert response.status_code == status, (response.status_code, response.text[:300])
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "code", "param"}
+    body = response.json()
+    if isinstance(body["error"], str):  # Chroma's format (`/v1/chroma/...`)
+        error = body
+        assert set(error) == {"error", "message", "code", "param"}
+    else:
+        error = body["error"]
+        assert set(error) == {"message", "type", "code", "param"}
     if param is not None:
         assert error["param"] == param, error
 

@@ -74,7 +74,12 @@ def test_unknown_and_refused_routes_answer_in_chromas_format(alice: ChromaUser) 
         refused = http.post("/api/v2/reset")
         bad_id = http.get("/api/v2/tenants/default_tenant/databases/default_database/collections/x/count")
     assert unknown.status_code == 404
-    assert unknown.json() == {"error": "NotFoundError", "message": "Unknown Chroma route."}
+    assert unknown.json() == {
+        "error": "NotFoundError",
+        "message": "Unknown Chroma route.",
+        "code": "not_found",
+        "param": None,
+    }
     assert refused.status_code == 403
     assert refused.json()["error"] == "AuthError"
     assert "empties the whole server" in refused.json()["message"]

@@ -97,6 +97,8 @@ def test_another_users_collection_id_is_unknown_on_every_route(
     assert response.json() == {
         "error": "NotFoundError",
         "message": f"Collection [{alice_data.collection_id}] does not exist.",
+        "code": "collection_not_found",
+        "param": None,
     }
     assert_alice_untouched(alice, alice_data)
 
