@@ -41,6 +41,7 @@ from gateway.routes import metrics as metrics_api
 from gateway.routes import sessions as session_api
 from gateway.routes import tokens as token_api
 from gateway.routes import usage as usage_api
+from gateway.routes import users as user_api
 from gateway.routes.agent_assets import AgentAssetRoutes
 from gateway.routes.agents import agent_routes
 from gateway.routes.health import Health
@@ -49,6 +50,7 @@ from gateway.routes.sessions import SessionRoutes
 from gateway.routes.tokens import TokenRoutes
 from gateway.routes.transparency import transparency_routes
 from gateway.routes.usage import UsageRoutes
+from gateway.routes.users import UserRoutes
 from gateway.routing import Gateway
 from gateway.settings import Settings
 from gateway.transparency.log import TransparencyLog
@@ -235,6 +237,13 @@ def identity_routes(settings: Settings, services: Services) -> list[BaseRoute]:
             methods=["DELETE"],
             middleware=platform_user,
             operation=token_api.REVOKE,
+        ),
+        ApiRoute(
+            "/v1/users",
+            UserRoutes(services.database).list,
+            methods=["GET"],
+            middleware=platform_user,
+            operation=user_api.LIST,
         ),
     ]
 

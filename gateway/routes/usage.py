@@ -1,7 +1,10 @@
 """`/v1/usage`, `/v1/usage/daily`, `/v1/usage/rollups`: the usage summaries, for the operator or for one user.
 
 The operator's `USAGE_API_KEY` (Bearer or `x-usage-key`, compared in constant time) sees the whole dataset, as
-does anyone when no key is set. A platform JWT or a `usage:read` API token sees only its own user's usage.
+does an admin's session (platform JWT), and anyone when no key is set. Another platform JWT or a `usage:read` API
+token sees only its own user's usage. Whoever sees the whole dataset may narrow it to one user (`user_id`, for the
+dashboard's user picker); anyone else giving `user_id` is refused (403), so that a user cannot mistake their own
+figures for another's.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from starlette.responses import JSONResponse
 from gateway.auth.authenticator import Authenticator
 from gateway.db.base import iso
 from gateway.db.engine import Database
-from gateway.errors import AuthenticationError, PermissionDeniedError
-from gateway.fields import query_int
+from gateway.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
+from gateway.fields import is_id, query_int
 from gateway.middleware.auth import CHALLENGE, presented_credential
 from gateway.openapi import BEARER, INTEGER, NUMBER, SESSION, STRING, TIME, USAGE_KEY, Operation, Reply, obj
 from gateway.usage import queries
@@ -24,6 +27,7 @@ from gateway.usage import queries
 USAGE_SCOPE = "usage:read"
 MAX_HOURS = 720
 MAX_DAILY_DAYS = 365
+USER_ID_PREFIX = "usr"  # gateway.auth.users
 
 
 class UsageRoutes:
@@ -61,7 +65,23 @@ class UsageRoutes:
         return JSONResponse({"generated_at": iso(now), "rollups": rollups, "windows": rollups})
 
     async def _whose_usage(self, request: Request) -> str | None:
-        """None for the whole dataset (the operator's key, or no key configured); else the caller's user id."""
+        """None for the whole dataset; else the user id whose usage the caller reads: their own, or the one
+        `user_id` narrows the whole dataset to."""
+        narrowed = request.query_params.get("user_id")
+        own = await self._caller_scope(request)
+        if narrowed is None:
+            return own
+        if own is not None:
+            raise PermissionDeniedError(
+                "Only an admin or the operator may read another user's usage.", param="user_id"
+            )
+        if not is_id(narrowed, USER_ID_PREFIX):
+            raise InvalidRequestError("user_id must be a user id (usr_...).", param="user_id")
+        return narrowed
+
+    async def _caller_scope(self, request: Request) -> str | None:
+        """None for the whole dataset (the operator's key, an admin's session, or no key configured); else the
+        caller's user id."""
         usage_key = request.headers.get("x-usage-key")
         credential, _ = presented_credential(request.scope)
         for candidate in (usage_key, credential):
@@ -82,6 +102,8 @@ class UsageRoutes:
             raise PermissionDeniedError(
                 f"This token lacks the {USAGE_SCOPE!r} scope.", code="insufficient_scope"
             )
+        if principal.is_platform_user and principal.is_admin:
+            return None
         return principal.user_id
 
 
@@ -100,6 +122,12 @@ GROUP = {"type": "array", "items": obj(FIGURES)}
 # The operator's key, or a user's credential; or nothing, when no USAGE_API_KEY is set.
 USAGE_CREDENTIALS = (USAGE_KEY, BEARER, SESSION)
 USAGE_ERRORS = (400, 401, 403)
+NARROWED = {
+    "user_id": {
+        "type": "string",
+        "description": "One user's usage (admins, the operator's key, or anyone when no key is set; 403 otherwise)",
+    }
+}
 SUMMARY = Operation(
     "Usage over the last hours (`hours` wins over `days`)",
     {
@@ -120,6 +148,7 @@ SUMMARY = Operation(
     query={
         "hours": {"type": "integer", "minimum": 1, "maximum": MAX_HOURS},
         "days": {"type": "integer", "minimum": 1},
+        **NARROWED,
     },
     errors=USAGE_ERRORS,
     security=USAGE_CREDENTIALS,
@@ -140,7 +169,7 @@ DAILY = Operation(
             ),
         )
     },
-    query={"days": {"type": "integer", "minimum": 1, "maximum": MAX_DAILY_DAYS}},
+    query={"days": {"type": "integer", "minimum": 1, "maximum": MAX_DAILY_DAYS}, **NARROWED},
     errors=USAGE_ERRORS,
     security=USAGE_CREDENTIALS,
     auth_optional=True,
@@ -153,6 +182,7 @@ ROLLUPS = Operation(
             "The windows", obj({"generated_at": TIME, "rollups": WINDOW_TOTALS, "windows": WINDOW_TOTALS})
         )
     },
+    query=NARROWED,
     errors=USAGE_ERRORS,
     security=USAGE_CREDENTIALS,
     auth_optional=True,
