@@ -161,7 +161,7 @@ class UsageHourLatency(Base):
 
 # The other domains keep their tables in their own modules; importing them here puts every table in
 # Base.metadata, which the migrations are checked against.
-from gateway.db import agent_models, asset_models, log_models  # noqa: E402,F401
+from gateway.db import agent_models, asset_models, budget_models, log_models  # noqa: E402,F401
 
 
 class LoginAttempts(Base):
