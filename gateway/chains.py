@@ -8,6 +8,7 @@ reads its own. Adding an upstream is adding a route here, not editing the proxy.
 
 from __future__ import annotations
 
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
@@ -39,6 +40,16 @@ from gateway.settings import Settings
 from gateway.upstreams import CHROMA, MISTRAL, OPENAI, UpstreamClients, configured_upstreams
 from gateway.usage.pricing import PriceTable
 from gateway.usage.recorder import UsageRecorder
+
+
+class AnyPathConvertor(PathConvertor):
+    """Starlette's `path` with newlines too: its `.*` stops at a decoded `%0A`, which sent such a path past the
+    Chroma route to the router's 404 in the OpenAI envelope, where Chroma's client expects its own format."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("anypath", AnyPathConvertor())
 
 UPSTREAM_ANSWER = "The upstream's own status and body, unchanged"
 PROXY_ERRORS = (400, 401, 403, 413, 429, 502, 503, 504)
@@ -222,5 +233,5 @@ def chroma_routes(
     )
     return [
         ApiRoute(path, endpoint, middleware=chain, operation=CHROMA_PASSTHROUGH)
-        for path in ("/v1/chroma", "/v1/chroma/{path:path}")
+        for path in ("/v1/chroma", "/v1/chroma/{path:anypath}")
     ]
