@@ -10,8 +10,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -33,18 +34,42 @@ def clean_env(**variables: str) -> dict[str, str]:
     return {**env, **variables}
 
 
+@dataclass
+class GatewayProcess:
+    """A `gateway serve` process, its URL and its log."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, *, within: float = 30.0) -> float:
+        """Sends `sig`; returns how long the process took to exit (killed, and the test failed, past `within`)."""
+        began = time.monotonic()
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(within)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(
+                f"still running {within} s after {sig.name}:\n{self.log.read_text()}"
+            ) from None
+        return time.monotonic() - began
+
+
 @contextmanager
-def serving(
+def gateway_process(
     cwd: Path,
-    *args: str,
     env: dict[str, str],
+    *args: str,
     log_name: str = "serve.log",
     gateway: Sequence[str] = (GATEWAY,),
-) -> Iterator[str]:
-    """`gateway serve` as a real process in `cwd`; yields its URL once it answers, stops it with SIGTERM.
-
-    `gateway` is the command that runs the `gateway` executable: this venv's by default, or another install's
-    (tests/packaging: the installed wheel's, as an unprivileged user)."""
+    preexec_fn: Callable[[], Any] | None = None,
+) -> Iterator[GatewayProcess]:
+    """`gateway serve` as a real process in `cwd`, once it answers; killed at the end if still running (a test
+    that wants it stopped otherwise stops it itself). `gateway` is the command that runs the `gateway` executable:
+    this venv's by default, or another install's (tests/packaging: the installed wheel's, as an unprivileged user);
+    `preexec_fn` runs in the child before it starts (limits, say)."""
     port = free_port()
     log = cwd / log_name
     with log.open("w") as output:
@@ -54,21 +79,37 @@ def serving(
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
-    url = f"http://127.0.0.1:{port}"
     try:
+        url = f"http://127.0.0.1:{port}"
         wait_until_serving(url, process, log)
-        yield url
+        yield GatewayProcess(process, url, log)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
+        if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def serving(
+    cwd: Path,
+    *args: str,
+    env: dict[str, str],
+    log_name: str = "serve.log",
+    gateway: Sequence[str] = (GATEWAY,),
+) -> Iterator[str]:
+    """`gateway serve` as a real process in `cwd`; yields its URL once it answers, stops it with SIGTERM and
+    checks that it shut down cleanly."""
+    with gateway_process(cwd, env, *args, log_name=log_name, gateway=gateway) as running:
+        try:
+            yield running.url
+        finally:
+            running.stop(signal.SIGTERM, within=15)
+    log = running.log.read_text()
     # uvicorn shuts down gracefully, then re-raises the signal so the exit status tells what stopped it.
-    assert process.returncode in (0, -signal.SIGTERM), log.read_text()
-    assert "Application shutdown complete" in log.read_text()
+    assert running.process.returncode in (0, -signal.SIGTERM), log
+    assert "Application shutdown complete" in log
 
 
 def wait_until_serving(url: str, process: subprocess.Popen[Any], log: Path) -> None:

@@ -8,7 +8,6 @@ import resource
 import select
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +16,12 @@ from typing import Any
 
 import httpx
 
-from tests.serving import GATEWAY, clean_env, free_port, read_all, serving, wait_until_serving
+from tests.serving import (
+    clean_env,
+    gateway_process,
+    read_all,
+    serving,
+)
 
 OPEN_FILES = 1024
 
@@ -25,33 +29,16 @@ OPEN_FILES = 1024
 @contextlib.contextmanager
 def serving_with_open_files(cwd: Path, open_files: int, env: dict[str, str]) -> Iterator[tuple[str, Path]]:
     """`gateway serve` with its open-file limit (soft and hard) at `open_files`, as `ulimit -n` would set it."""
-    port = free_port()
-    log = cwd / "serve.log"
 
     def limit_open_files() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
 
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [GATEWAY, "serve", "--port", str(port)],
-            cwd=cwd,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            preexec_fn=limit_open_files,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(url, process, log)
-        yield url, log
-        assert process.poll() is None, log.read_text()  # nothing crashed
-    finally:
-        process.send_signal(signal.SIGTERM)
+    with gateway_process(cwd, env, preexec_fn=limit_open_files) as gateway:
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            yield gateway.url, gateway.log
+            assert gateway.process.poll() is None, gateway.log.read_text()  # nothing crashed
+        finally:
+            gateway.stop(signal.SIGTERM)
 
 
 def port_of(url: str) -> int:

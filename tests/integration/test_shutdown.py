@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,57 +21,12 @@ from gateway.db.migrate import upgrade
 from gateway.usage.journal import read_rows
 from tests.conftest import UPSTREAM_OPENAI_KEY, PostgresServer, usage_rows
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.serving import GATEWAY, LiveServer, clean_env, free_port, wait_until_serving
+from tests.serving import GatewayProcess, LiveServer, clean_env, gateway_process
 from tests.tcp_proxy import TcpProxy
 
 SHUTDOWN_TIMEOUT = 3.0
 EXIT_BOUND = SHUTDOWN_TIMEOUT + 5.0  # what the process is promised, whatever the database does
 MESSAGES = [{"role": "user", "content": "Say hello"}]
-
-
-@dataclass
-class GatewayProcess:
-    """A `gateway serve` process and its log."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def stop(self, sig: signal.Signals) -> float:
-        """Sends `sig`; returns how long the process took to exit (killed, and the test failed, past 30 s)."""
-        began = time.monotonic()
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"still running 30 s after {sig.name}:\n{self.log.read_text()}") from None
-        return time.monotonic() - began
-
-
-@contextmanager
-def gateway_process(
-    cwd: Path, env: dict[str, str], *args: str, log_name: str = "serve.log"
-) -> Iterator[GatewayProcess]:
-    port = free_port()
-    log = cwd / log_name
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [GATEWAY, "serve", "--port", str(port), *args],
-            cwd=cwd,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_serving(url, process, log)
-        yield GatewayProcess(process, url, log)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def gateway_env(data_dir: Path, fake_openai_url: str, **variables: str) -> dict[str, str]:

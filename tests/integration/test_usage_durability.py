@@ -40,7 +40,13 @@ from gateway.db.models import UsageEvent
 from gateway.settings import Settings
 from tests.conftest import UPSTREAM_OPENAI_KEY, GatewayFactory, PostgresServer
 from tests.fakes.openai_upstream import USAGE, FakeOpenAI
-from tests.serving import GATEWAY, LiveServer, clean_env, free_port, serving, wait_until_serving
+from tests.serving import (
+    GATEWAY,
+    LiveServer,
+    clean_env,
+    gateway_process,
+    serving,
+)
 from tests.tcp_proxy import TcpProxy
 
 # Minutes of load: `-m 'not soak'` leaves them out of a quick run; .ci/run runs them on their own.
@@ -395,26 +401,10 @@ def test_sigterm_mid_load_records_every_answered_request(
     )
     assert migrated.returncode == 0, migrated.stderr
 
-    port = free_port()
-    log = tmp_path / "sigterm.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [GATEWAY, "serve", "--port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_serving(url, process, log)
-        load = ChatLoad(url, concurrency=32, slow_streams=True)
-        terminated_at = asyncio.run(terminate_under(load, process))
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-
+    with gateway_process(tmp_path, env, log_name="sigterm.log") as gateway:
+        load = ChatLoad(gateway.url, concurrency=32, slow_streams=True)
+        terminated_at = asyncio.run(terminate_under(load, gateway.process))
+    process, log = gateway.process, gateway.log
     output_log = log.read_text()
     # uvicorn shuts down gracefully, then re-raises the signal so the exit status tells what stopped it.
     assert process.returncode in (0, -signal.SIGTERM), output_log

@@ -34,7 +34,7 @@ from tests.integration.test_usage_durability import (
     poll,
     recorded_events,
 )
-from tests.serving import GATEWAY, LiveServer, free_port, serving, wait_until_serving
+from tests.serving import LiveServer, gateway_process, serving
 from tests.tcp_proxy import TcpProxy
 
 LOAD_SECONDS = 3.0
@@ -55,25 +55,9 @@ def test_sigkill_under_load_loses_no_answered_request(
     data_dir.mkdir()
     asyncio.run(upgrade(backend_url))
     env = gateway_process_env(data_dir, backend_url, fake_openai_server[1].url)
-    port = free_port()
-    log = tmp_path / "killed.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [GATEWAY, "serve", "--port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_serving(url, process, log)
-        load = ChatLoad(url, concurrency=16)
-        asyncio.run(kill_under(load, process))
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
+    with gateway_process(tmp_path, env, log_name="killed.log") as gateway:
+        load = ChatLoad(gateway.url, concurrency=16)
+        asyncio.run(kill_under(load, gateway.process))
     answered = {answer.request_id for answer in load.answered}
     assert journal_segments(data_dir), "the journal held nothing at the kill: did the load run?"
     print(f"sigkill: {len(answered)} answered, {load.failures} failed")
