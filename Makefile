@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run migrate test lint format bench bench-setup bench-usage bench-log bench-instructions soak clean
+.PHONY: install run migrate test lint format vendor bench bench-setup bench-usage bench-log bench-instructions soak clean
 
 $(BIN)/gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,24 @@ lint: install
 format: install
 	$(BIN)/ruff format gateway tests migrations bench
 	$(BIN)/ruff check --fix gateway tests migrations bench
+
+# The dashboard's chart library and the browser tests' accessibility checker, pinned, from the npm registry: the
+# files are committed (the gateway fetches nothing from outside), `make vendor` is how they were got.
+UPLOT_VERSION := 1.6.32
+AXE_VERSION := 4.14.1
+DASHBOARD_VENDOR := gateway/dashboard/static/vendor
+BROWSER_VENDOR := tests/browser/vendor
+
+vendor:  ## uPlot (the dashboard's charts) and axe-core (the browser tests'), with their licences
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	(cd "$$tmp" && npm pack --silent uplot@$(UPLOT_VERSION) axe-core@$(AXE_VERSION) >/dev/null); \
+	mkdir -p "$$tmp/uplot" "$$tmp/axe" $(DASHBOARD_VENDOR) $(BROWSER_VENDOR); \
+	tar -xzf "$$tmp/uplot-$(UPLOT_VERSION).tgz" -C "$$tmp/uplot"; \
+	tar -xzf "$$tmp/axe-core-$(AXE_VERSION).tgz" -C "$$tmp/axe"; \
+	cp "$$tmp/uplot/package/dist/uPlot.esm.js" "$$tmp/uplot/package/dist/uPlot.min.css" $(DASHBOARD_VENDOR)/; \
+	cp "$$tmp/uplot/package/LICENSE" $(DASHBOARD_VENDOR)/uPlot.LICENSE; \
+	cp "$$tmp/axe/package/axe.min.js" $(BROWSER_VENDOR)/; \
+	cp "$$tmp/axe/package/LICENSE" $(BROWSER_VENDOR)/axe-core.LICENSE
 
 bench: install  ## the gateway against nginx, LiteLLM, a bare proxy and the upstream; see docs/BENCHMARKS.md
 	$(BIN)/python bench/run.py

@@ -30,6 +30,7 @@ from gateway.auth.sessions import SessionService
 from gateway.auth.throttle import LoginThrottle
 from gateway.auth.tokens import TokenCodec
 from gateway.chains import proxied_routes
+from gateway.dashboard import dashboard_routes
 from gateway.db.engine import Database, prepare_data_dir
 from gateway.headers import TrustedProxies
 from gateway.keys import load_server_keys
@@ -296,6 +297,7 @@ def management_routes(settings: Settings, services: Services) -> list[BaseRoute]
         ),
         *assets.routes(services.authenticator),
         *transparency_routes(services.log),
+        *dashboard_routes(),
     ]
 
 
