@@ -199,6 +199,7 @@ def assert_accessible(page: Page) -> None:
 def screenshot(page: Page, name: str) -> None:
     """docs/screenshots/<name>-1440.png and <name>-375.png, the whole page at each width; back to 1440 after."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.evaluate("() => document.getElementById('toasts').replaceChildren()")  # passing messages
     for size in (WIDE, NARROW):
         page.set_viewport_size(size)
         page.wait_for_timeout(300)  # the charts redraw at the new width
