@@ -29,6 +29,7 @@ from gateway.auth.revocations import Revocations
 from gateway.auth.sessions import SessionService
 from gateway.auth.throttle import LoginThrottle
 from gateway.auth.tokens import TokenCodec
+from gateway.budgets.service import Budgets
 from gateway.chains import proxied_routes
 from gateway.dashboard import dashboard_routes
 from gateway.db.engine import Database, prepare_data_dir
@@ -89,6 +90,7 @@ class Services:
     quotas: Quotas
     providers: ProviderRegistry
     metrics: Metrics
+    budgets: Budgets
 
 
 def build_services(settings: Settings) -> Services:
@@ -107,6 +109,8 @@ def build_services(settings: Settings) -> Services:
         )
     cache = PrincipalCache()
     revocations = Revocations(database, cache)
+    metrics = Metrics()
+    budgets = Budgets(database, reservation_seconds=settings.budget_reservation_seconds, metrics=metrics)
     return Services(
         database=database,
         clients=UpstreamClients(
@@ -132,6 +136,7 @@ def build_services(settings: Settings) -> Services:
             cache,
             agent_keys=AgentKeys(),
             auth_cache_seconds=settings.auth_cache_seconds,
+            limits=budgets,
         ),
         revocations=revocations,
         sessions=SessionService(
@@ -148,7 +153,8 @@ def build_services(settings: Settings) -> Services:
         storage=LocalStorage(settings.files_path),
         quotas=Quotas(settings.quota_tiers),
         providers=ProviderRegistry.from_settings(settings),
-        metrics=Metrics(),
+        metrics=metrics,
+        budgets=budgets,
     )
 
 
@@ -176,6 +182,7 @@ def lifespan_of(services: Services) -> Callable[[Starlette], AbstractAsyncContex
             asyncio.create_task(services.authenticator.run_last_used_writer(), name="last-used writer"),
             asyncio.create_task(services.recorder.run(), name="usage recorder"),
             asyncio.create_task(metrics_sampler(services).run(), name="metrics sampler"),
+            asyncio.create_task(services.budgets.run(), name="budgets writer"),
         ]
         try:
             async with services.clients:
@@ -231,6 +238,13 @@ def identity_routes(settings: Settings, services: Services) -> list[BaseRoute]:
             methods=["POST"],
             middleware=platform_user,
             operation=token_api.CREATE,
+        ),
+        ApiRoute(
+            "/v1/api-tokens/{token_id}",
+            tokens.update,
+            methods=["PATCH"],
+            middleware=platform_user,
+            operation=token_api.UPDATE,
         ),
         ApiRoute(
             "/v1/api-tokens/{token_id}",
@@ -311,6 +325,7 @@ def create_app(settings: Settings) -> Gateway:
         services.authenticator,
         recorder=services.recorder,
         pricing=services.pricing,
+        budgets=services.budgets,
     )
     return Gateway(
         routes=management_routes(settings, services),

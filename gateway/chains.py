@@ -1,7 +1,8 @@
 """Each proxied route and its middleware chain, read top to bottom: the one file that shows a request's path.
 
-Every chain runs after the app-wide context middleware: auth (who), usage capture (what it used), the body
-rewrite, then the proxy. Where the usage row carries the request's parameters (chat, OCR), the usage step reads
+Every chain runs after the app-wide context middleware: auth (who), usage capture (what it used), admission
+(the budgets and rate limits: reserved before the call, settled by the usage row after), the body rewrite, then
+the proxy. Where the usage row carries the request's parameters (chat, OCR), the usage step reads
 the JSON body (`max_body_bytes`) and the rewrite below takes it parsed from the context; Chroma's namespacing
 reads its own. Adding an upstream is adding a route here, not editing the proxy.
 """
@@ -13,9 +14,11 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from gateway.auth.authenticator import Authenticator
+from gateway.budgets.service import Budgets
 from gateway.chroma.upstream import ChromaLookups
 from gateway.chroma_proxy import ChromaNotConfigured, ChromaProxy
 from gateway.headers import ForwardingPolicy, TrustedProxies
+from gateway.middleware.admission import AdmissionMiddleware
 from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.chroma import ChromaNamespaceMiddleware
 from gateway.middleware.chroma_errors import ChromaErrorMiddleware
@@ -123,7 +126,8 @@ CHROMA_PASSTHROUGH = Operation(
         200: Reply("Chroma's answer", {}),
         # The gateway's own errors on these routes come in Chroma's format, not the error envelope.
         **{
-            status: Reply(ERRORS[status], CHROMA_ERROR) for status in (400, 401, 403, 404, 413, 502, 503, 504)
+            status: Reply(ERRORS[status], CHROMA_ERROR)
+            for status in (400, 401, 403, 404, 413, 429, 502, 503, 504)
         },
     },
     body={
@@ -145,6 +149,7 @@ def proxied_routes(
     *,
     recorder: UsageRecorder,
     pricing: PriceTable,
+    budgets: Budgets,
 ) -> list[Route]:
     """The proxied routes with their chains."""
     upstreams = configured_upstreams(settings)
@@ -171,6 +176,7 @@ def proxied_routes(
                     provider=OPENAI,
                     max_body_bytes=settings.max_request_bytes,
                 ),
+                admission(settings, budgets, pricing, kind="chat"),
                 Middleware(
                     BodyRewriteMiddleware, rewrite=force_stream_usage, max_bytes=settings.max_request_bytes
                 ),
@@ -191,6 +197,7 @@ def proxied_routes(
                     provider=MISTRAL,
                     max_body_bytes=settings.max_request_bytes,
                 ),
+                admission(settings, budgets, pricing, kind="ocr"),
                 Middleware(
                     BodyRewriteMiddleware,
                     rewrite=OcrDocumentFromUrl(default_model=settings.mistral_ocr_model),
@@ -199,9 +206,27 @@ def proxied_routes(
             ],
         ),
         *chroma_routes(
-            settings, clients, authenticator, recorder=recorder, pricing=pricing, forwarding=to_others
+            settings,
+            clients,
+            authenticator,
+            recorder=recorder,
+            pricing=pricing,
+            budgets=budgets,
+            forwarding=to_others,
         ),
     ]
+
+
+def admission(settings: Settings, budgets: Budgets, pricing: PriceTable, *, kind: str) -> Middleware:
+    """The admission step of a chain of `kind`: budgets and rate limits (none for a principal without limits)."""
+    return Middleware(
+        AdmissionMiddleware,
+        budgets=budgets,
+        pricing=pricing,
+        kind=kind,
+        default_max_tokens=settings.budget_default_max_tokens,
+        deny_unknown_models=settings.budget_unknown_model == "deny",
+    )
 
 
 def chroma_routes(
@@ -211,15 +236,17 @@ def chroma_routes(
     *,
     recorder: UsageRecorder,
     pricing: PriceTable,
+    budgets: Budgets,
     forwarding: ForwardingPolicy,
 ) -> list[Route]:
     """`/v1/chroma/...`: the gateway's own errors in Chroma's format, a user always required, then usage, then
-    the namespacing, then the proxy."""
+    admission (rate limits), then the namespacing, then the proxy."""
     chroma = configured_upstreams(settings).get(CHROMA)
     chain = [
         Middleware(ChromaErrorMiddleware),
         Middleware(AuthMiddleware, authenticator=authenticator, required=True, scope="chroma"),
         Middleware(UsageMiddleware, recorder=recorder, pricing=pricing, kind="chroma", provider=CHROMA),
+        admission(settings, budgets, pricing, kind="chroma"),
         Middleware(
             ChromaNamespaceMiddleware,
             lookups=ChromaLookups(chroma, clients) if chroma else None,

@@ -159,7 +159,14 @@ class Metrics:
             registry=own,
             multiprocess_mode="livesum",
         )
+        self._budget_refusals = Counter(
+            "gateway_budget_refusals",
+            "Requests refused by a budget or rate limit, by the limit's kind.",
+            ["limit"],
+            registry=own,
+        )
         self._request_counts: dict[tuple[str, int], int] = {}
+        self._refusal_counts: dict[str, int] = {}
         self._added_latency: dict[str, LatencyTally] = {}
         self._sampled: dict[Counter, float] = {}  # each sampled counter's source total, as last seen
 
@@ -174,8 +181,15 @@ class Metrics:
                 tally = self._added_latency[route] = LatencyTally(ADDED_LATENCY_BUCKETS)
             tally.observe(added_seconds)
 
+    def refused(self, limit: str) -> None:
+        """A request refused by a limit of kind `limit` (usd_per_period, tokens_per_period, requests_per_minute)."""
+        self._refusal_counts[limit] = self._refusal_counts.get(limit, 0) + 1
+
     def fold(self) -> None:
         """The request path's tallies into prometheus-client's metrics (and, in multiprocess mode, its files)."""
+        refusals, self._refusal_counts = self._refusal_counts, {}
+        for limit, count in refusals.items():
+            self._budget_refusals.labels(limit).inc(count)
         counts, self._request_counts = self._request_counts, {}
         for (route, status), count in counts.items():
             self._requests.labels(route, str(status)).inc(count)

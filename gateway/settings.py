@@ -50,6 +50,8 @@ MIN_KEY_BYTES = 32
 ED25519_SEED_BYTES = 32
 DEFAULT_LOG_ORIGIN = "gateway/transparency"
 DEFAULT_GOVERNANCE_MAX_MESSAGE_CHARS = 16_000
+DEFAULT_BUDGET_MAX_TOKENS = 4096
+DEFAULT_BUDGET_RESERVATION_SECONDS = 900.0  # longer than any stream the read timeout lets run (300 s)
 LOG_FORMATS = ("text", "json")  # uvicorn's text lines, or one JSON object per line (gateway.logs)
 # Further OpenAI-compatible agent providers: PROVIDER_<NAME>_BASE_URL (and _API_KEY, _STREAM_USAGE).
 PROVIDER_VARIABLE = re.compile(r"PROVIDER_([A-Z0-9][A-Z0-9_]{0,38})_BASE_URL")
@@ -154,6 +156,11 @@ class Settings:
     extra_providers: tuple[ProviderSettings, ...] = ()
     governance_max_message_chars: int = DEFAULT_GOVERNANCE_MAX_MESSAGE_CHARS
     governance_blocked_patterns: tuple[str, ...] = ()
+    # Budgets and rate limits (gateway.budgets): unpriced models under a USD limit, the output reserved for a
+    # request that names no max_tokens, and how long a hold lives when its request never settles (a killed gateway).
+    budget_unknown_model: str = "allow"
+    budget_default_max_tokens: int = DEFAULT_BUDGET_MAX_TOKENS
+    budget_reservation_seconds: float = DEFAULT_BUDGET_RESERVATION_SECONDS
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -257,6 +264,13 @@ class Settings:
             max_upload_bytes=reader.positive_int("MAX_UPLOAD_BYTES", default=DEFAULT_MAX_UPLOAD_BYTES),
             files_dir=Path(files_dir) if (files_dir := reader.text("FILES_DIR")) else None,
             quota_tiers=reader.quota_tiers("QUOTA_TIERS"),
+            budget_unknown_model=reader.choice("BUDGET_UNKNOWN_MODEL", ("allow", "deny")),
+            budget_default_max_tokens=reader.positive_int(
+                "BUDGET_DEFAULT_MAX_TOKENS", default=DEFAULT_BUDGET_MAX_TOKENS
+            ),
+            budget_reservation_seconds=reader.seconds(
+                "BUDGET_RESERVATION_SECONDS", default=DEFAULT_BUDGET_RESERVATION_SECONDS
+            ),
         )
 
     @property

@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Protocol
 
@@ -39,7 +40,7 @@ from gateway.db.base import utcnow
 from gateway.db.engine import Database
 from gateway.db.models import ApiToken, RefreshToken, User
 from gateway.errors import AuthenticationError, AuthUnavailableError
-from gateway.principals import API_TOKEN, JWT, SESSION, Principal
+from gateway.principals import API_TOKEN, JWT, SESSION, AppliedLimit, Principal
 
 logger = logging.getLogger("gateway.auth")
 
@@ -71,6 +72,15 @@ class AgentKeyLookup(Protocol):
         ...
 
 
+class LimitLookup(Protocol):
+    """The budgets' limits, as the authenticator needs them: implemented by `gateway.budgets.service.Budgets`,
+    handed in by the app, so that auth imports nothing of budgets."""
+
+    async def limits_of(self, session: AsyncSession, principal: Principal) -> tuple[AppliedLimit, ...]:
+        """The limits that apply to `principal` (its token's, its user's, its agent's)."""
+        ...
+
+
 class Authenticator:
     """Resolves Bearer tokens and session cookies to principals; raises `AuthenticationError` otherwise."""
 
@@ -83,8 +93,10 @@ class Authenticator:
         *,
         agent_keys: AgentKeyLookup,
         auth_cache_seconds: float = DEFAULT_AUTH_CACHE_SECONDS,
+        limits: LimitLookup | None = None,
     ) -> None:
         self.database = database
+        self.limits = limits
         self.codec = codec
         self.verifier = verifier
         self.cache = cache
@@ -205,7 +217,12 @@ class Authenticator:
 
         async def in_session() -> Principal | None:
             async with self.database.session() as session:
-                return await load(session)
+                principal = await load(session)
+                if principal is None or self.limits is None:
+                    return principal
+                # The principal knows its budgets and rate limits from here on: admission asks nothing more.
+                limits = await self.limits.limits_of(session, principal)
+                return replace(principal, limits=limits) if limits else principal
 
         lookup = asyncio.create_task(in_session())
         self._lookups.add(lookup)

@@ -43,13 +43,14 @@ PRIVATE_FOLDER_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 
 
-def create_engine(database_url: str, *, statement_timeouts: bool = True) -> AsyncEngine:
+def create_engine(database_url: str, *, statement_timeouts: bool = True, pre_ping: bool = True) -> AsyncEngine:
     """An engine for `database_url` (already normalised by the settings to an async driver).
 
     On Postgres, a connect fails after `CONNECT_TIMEOUT_SECONDS` and a statement after `STATEMENT_TIMEOUT_SECONDS`
     (a `TimeoutError`, an `OSError`, when the network is silent; SQLAlchemy's `OperationalError` when the server
     cancels it); a connection that timed out is dropped, never handed out again. `statement_timeouts=False` is
-    for the migrations, whose DDL and lock wait may rightly take long; their connect stays bounded.
+    for the migrations, whose DDL and lock wait may rightly take long; their connect stays bounded. `pre_ping=False`
+    spares a checkout its ping (a round trip) where a statement that fails on a dead connection may simply fail.
 
     A failed statement's error names the statement but not its parameters (`hide_parameters`): they are what
     users sent (emails, names, hashes of tokens), and the error's text reaches the log with its traceback."""
@@ -65,7 +66,7 @@ def create_engine(database_url: str, *, statement_timeouts: bool = True) -> Asyn
         engine = create_async_engine(
             url,
             hide_parameters=True,
-            pool_pre_ping=True,
+            pool_pre_ping=pre_ping,
             pool_timeout=POOL_TIMEOUT_SECONDS,
             connect_args={
                 "server_settings": server_settings,

@@ -1,0 +1,343 @@
+"""Admission against budgets and rate limits, and settlement after: the one service the chains and routes use.
+
+**Spend limits** (`usd_per_period`, `tokens_per_period`): a request's worst case is reserved on every limit that
+applies by one UPDATE (the CHECK `spent + reserved <= ceiling` makes it all or nothing, and row locks serialize
+racers, on one instance or many), with a hold that expires after `BUDGET_RESERVATION_SECONDS`. After the call the
+usage capture's row settles it: the hold is released and the actual cost counted. Settlements are written by a
+background task, off the request's path. A gateway killed mid-request leaves its holds to expire: every instance
+sweeps expired holds (and ended periods) every second, and before it refuses anyone.
+
+**Rate limits** (`requests_per_minute`), a sliding window without a write per request: each instance leases
+admissions from the database by one conditional UPDATE (up to a twentieth of the limit, down to one as the window
+fills, never more than are left) and admits locally from the lease. A lease's admissions count from the moment it
+is granted until a minute and `LEASE_SECONDS` later (a lease is used or given back within `LEASE_SECONDS`, so
+each admission counts for at least a minute after its use); what a lease did not use within `LEASE_SECONDS` is
+given back. So the window never admits more than the limit, across instances, and under it only about one
+request in `limit / 20` writes. One instance leases once at a time per limit; the requests that arrive meanwhile
+wait for that lease rather than take their own.
+
+A principal without limits costs nothing here; one with spend limits, one database round trip (on Postgres one
+statement on an autocommit connection, without the pool's ping); rate limits, one more per lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from gateway.budgets import store
+from gateway.budgets.limits import (
+    REQUESTS,
+    SPEND_KINDS,
+    USD,
+    WINDOW_SECONDS,
+    Period,
+    owner,
+    shown,
+)
+from gateway.db.engine import Database, create_engine
+from gateway.errors import QuotaExceededError
+from gateway.ids import new_id
+from gateway.metrics import Metrics
+from gateway.principals import API_TOKEN, AppliedLimit, Principal
+
+logger = logging.getLogger("gateway.budgets")
+
+LEASE_SECONDS = 1.0  # a lease's admissions are used, or given back, within this
+SWEEP_SECONDS = 1.0
+# A refusal sweeps first (an expired hold or an ended period must refuse no one), unless a sweep ended this
+# recently: a flood of refusals costs one sweep a quarter second, not one each.
+REFUSAL_SWEEP_SECONDS = 0.25
+LEASE_FRACTION = 20  # a lease takes at most this fraction of the limit...
+LEASE_SHRINK = 8  # ...and of what is left of it, so that leases shrink to one as the window fills
+MAX_LEASE = 500
+MAX_QUEUED_SETTLEMENTS = 100_000
+DRAIN_SECONDS = 2.0
+HOLD_ID_PREFIX = "hold"
+OWNER_NAMES = {"token": "API token", "user": "user", "agent": "agent"}
+
+
+@dataclass(slots=True)
+class Lease:
+    """Admissions of one rate limit this instance may give without asking the database."""
+
+    hold: str
+    limit_id: str
+    left: int
+    taken_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What a request reserved: its hold and the spend limits it holds on."""
+
+    hold: str
+    limits: tuple[AppliedLimit, ...]
+
+
+class Budgets:
+    """Admits requests against their principal's limits and settles them; sweeps and gives back in the
+    background (`run`)."""
+
+    def __init__(
+        self, database: Database, *, reservation_seconds: float, metrics: Metrics | None = None
+    ) -> None:
+        self.database = database
+        self.reservation_seconds = reservation_seconds
+        self.metrics = metrics
+        self._leases: dict[str, Lease] = {}
+        self._leasing: dict[str, asyncio.Future[None]] = {}
+        self._left: dict[str, int] = {}  # what each rate limit had left after this instance's last lease
+        self._returns: list[Lease] = []
+        self._settlements: deque[tuple[Admission, int, int]] = deque()
+        self._wakeup = asyncio.Event()
+        self._sweep_lock = asyncio.Lock()
+        self._swept_at = -math.inf
+        self._engine: AsyncEngine | None = None
+
+    async def limits_of(self, session: AsyncSession, principal: Principal) -> tuple[AppliedLimit, ...]:
+        """The limits that apply to `principal`: its user's, its API token's, its agent's (the authenticator's
+        `LimitLookup`, asked once when a credential is proven)."""
+        owners = [owner("user", principal.user_id)]
+        if principal.kind == API_TOKEN and principal.token_id:
+            owners.append(owner("token", principal.token_id))
+        if principal.agent_id:
+            owners.append(owner("agent", principal.agent_id))
+        return await store.applied_limits(session, owners)
+
+    async def admit(
+        self, limits: Sequence[AppliedLimit], *, usd: int, tokens: int, spend: bool = True
+    ) -> Admission | None:
+        """Admit a request whose worst case is `usd` nano-USD and `tokens` tokens (`spend=False`: rate limits
+        only). Returns what to settle, None when nothing was reserved. Raises 429 `rate_limited` or
+        `budget_exceeded` (nothing held) when a limit does not fit."""
+        consumed = [await self._admit_rate(limit) for limit in limits if limit.kind == REQUESTS]
+        spending = tuple(limit for limit in limits if limit.kind in SPEND_KINDS) if spend else ()
+        if not spending:
+            return None
+        hold = new_id(HOLD_ID_PREFIX)
+        try:
+            await self._reserve_or_refuse(hold, spending, usd=usd, tokens=tokens)
+        except QuotaExceededError:
+            for lease in consumed:  # a refused request does not count against the rate
+                if self._leases.get(lease.limit_id) is lease:
+                    lease.left += 1
+            raise
+        return Admission(hold, spending)
+
+    def settle(self, admission: Admission, *, usd: int, tokens: int) -> None:
+        """The request is over and used `usd` nano-USD and `tokens` tokens: written by the background task."""
+        if len(self._settlements) >= MAX_QUEUED_SETTLEMENTS:
+            logger.error("budgets: settlements queue full; a hold is left to expire")
+            return
+        self._settlements.append((admission, usd, tokens))
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Settle, give back stale leases and sweep until cancelled; then settle what is queued, within bounds."""
+        last_sweep = -math.inf
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), LEASE_SECONDS / 2)
+                self._wakeup.clear()
+                try:
+                    await self._write_settlements()
+                    await self._give_back_stale()
+                    if time.monotonic() - last_sweep >= SWEEP_SECONDS:
+                        last_sweep = time.monotonic()
+                        await self.sweep()
+                except Exception:
+                    logger.exception("budgets: the background writer failed; it carries on")
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._drain()), DRAIN_SECONDS)
+            if self._engine is not None:
+                await self._engine.dispose()
+
+    async def sweep(self) -> None:
+        """Release expired holds, reset ended periods, take old days off rolling windows."""
+        async with self._sweep_lock:
+            began = time.monotonic()
+            async with self.database.session() as session, session.begin():
+                await store.sweep(session, now=time.time())
+            self._swept_at = began
+
+    async def _sweep_before_refusing(self) -> None:
+        async with self._sweep_lock:
+            if time.monotonic() - self._swept_at < REFUSAL_SWEEP_SECONDS:
+                return
+        await self.sweep()
+
+    async def _drain(self) -> None:
+        for lease in self._leases.values():
+            self._returns.append(lease)
+        self._leases.clear()
+        await self._give_back_stale()
+        await self._write_settlements()
+
+    async def _reserve_or_refuse(
+        self, hold: str, limits: tuple[AppliedLimit, ...], *, usd: int, tokens: int
+    ) -> None:
+        for attempt in range(3):
+            try:
+                await self._reserve(hold, limits, usd=usd, tokens=tokens)
+                return
+            except IntegrityError:
+                if attempt == 0:
+                    await self._sweep_before_refusing()
+                    continue
+            refusal = await self._spend_refusal(limits, usd=usd, tokens=tokens)
+            if refusal is not None:
+                raise refusal
+        raise self._refused(
+            limits[0].kind, "budget_exceeded", "A budget limit is spent; try again later.", retry_after=1
+        )
+
+    async def _reserve(self, hold: str, limits: tuple[AppliedLimit, ...], *, usd: int, tokens: int) -> None:
+        expires_at = time.time() + self.reservation_seconds
+        values = {"hold": hold, "limits": limits, "usd": usd, "tokens": tokens, "expires_at": expires_at}
+        if self.database.is_postgres:
+            async with self._autocommit().connect() as connection:
+                await store.reserve(connection, postgres=True, **values)  # type: ignore[arg-type]
+            return
+        async with self.database.session() as session, session.begin():
+            await store.reserve(session, postgres=False, **values)  # type: ignore[arg-type]
+
+    async def _spend_refusal(
+        self, limits: tuple[AppliedLimit, ...], *, usd: int, tokens: int
+    ) -> QuotaExceededError | None:
+        """The refusal naming the limit that does not fit now; None when every one does (a race: try again)."""
+        async with self.database.session() as session:
+            states = await store.states_by_id(session, [limit.id for limit in limits])
+        now = time.time()
+        for state in sorted(states, key=lambda state: (state.kind != USD, state.owner)):
+            need = usd if state.kind == USD else tokens
+            if state.spent + state.reserved + need <= state.cap:
+                continue
+            resets_at = state.resets_at or now
+            period = Period(state.period, state.rolling_days).describe()
+            left = max(state.cap - state.spent - state.reserved, 0)
+            return self._refused(
+                state.kind,
+                "budget_exceeded",
+                f"The {OWNER_NAMES.get(state.owner.partition(':')[0], 'owner')}'s {state.kind} limit "
+                f"({shown(state.kind, state.cap)} per {period}) has {shown(state.kind, left)} left, less than "
+                f"this request's worst case ({shown(state.kind, need)}); it resets at {_iso(resets_at)}.",
+                retry_after=resets_at - now,
+            )
+        return None
+
+    async def _admit_rate(self, limit: AppliedLimit) -> Lease:
+        """One admission of a rate limit, from this instance's lease, or from a new lease."""
+        swept = False
+        while True:
+            lease = self._leases.get(limit.id)
+            if lease is not None and lease.left > 0 and time.monotonic() - lease.taken_at < LEASE_SECONDS:
+                lease.left -= 1
+                return lease
+            pending = self._leasing.get(limit.id)
+            if pending is not None:
+                await pending
+                continue
+            self._leasing[limit.id] = asyncio.get_running_loop().create_future()
+            try:
+                hold = new_id(HOLD_ID_PREFIX)
+                grant = await self._lease(hold, limit)
+            finally:
+                self._leasing.pop(limit.id).set_result(None)
+            if grant.granted == 0:
+                if not swept:
+                    swept = True
+                    await self._sweep_before_refusing()  # admissions older than the window refuse no one
+                    continue
+                raise await self._rate_refusal(limit)
+            if lease is not None and lease.left > 0:
+                self._returns.append(lease)
+            self._left[limit.id] = grant.left
+            lease = self._leases[limit.id] = Lease(hold, limit.id, grant.granted - 1)
+            return lease
+
+    async def _lease(self, hold: str, limit: AppliedLimit) -> store.Grant:
+        known_left = self._left.get(limit.id, limit.cap)
+        wanted = max(1, min(MAX_LEASE, limit.cap // LEASE_FRACTION, known_left // LEASE_SHRINK))
+        values = {
+            "hold": hold,
+            "limit_id": limit.id,
+            "wanted": wanted,
+            "expires_at": time.time() + WINDOW_SECONDS + LEASE_SECONDS,
+        }
+        if self.database.is_postgres:
+            async with self._autocommit().connect() as connection:
+                return await store.lease(connection, postgres=True, **values)  # type: ignore[arg-type]
+        async with self.database.session() as session, session.begin():
+            return await store.lease(session, postgres=False, **values)  # type: ignore[arg-type]
+
+    async def _rate_refusal(self, limit: AppliedLimit) -> QuotaExceededError:
+        async with self.database.session() as session:
+            oldest = (await store.oldest_holds(session, [limit.id])).get(limit.id)
+        now = time.time()
+        retry_at = oldest if oldest is not None else now + 1
+        return self._refused(
+            REQUESTS,
+            "rate_limited",
+            f"The {OWNER_NAMES.get(limit.owner.partition(':')[0], 'owner')}'s requests_per_minute limit "
+            f"({limit.cap}) is reached; the window frees an admission at {_iso(retry_at)}.",
+            retry_after=retry_at - now,
+        )
+
+    def _refused(self, kind: str, code: str, message: str, *, retry_after: float) -> QuotaExceededError:
+        if self.metrics is not None:
+            self.metrics.refused(kind)
+        return QuotaExceededError(
+            message, code=code, param=kind, headers={"Retry-After": str(max(1, math.ceil(retry_after)))}
+        )
+
+    async def _give_back_stale(self) -> None:
+        now = time.monotonic()
+        for limit_id, lease in list(self._leases.items()):
+            if now - lease.taken_at >= LEASE_SECONDS:
+                del self._leases[limit_id]
+                if lease.left > 0:
+                    self._returns.append(lease)
+        returns, self._returns = self._returns, []
+        for lease in returns:
+            async with self.database.session() as session, session.begin():
+                await store.give_back(session, hold=lease.hold, limit_id=lease.limit_id, unused=lease.left)
+
+    async def _write_settlements(self) -> None:
+        while self._settlements:
+            admission, usd, tokens = self._settlements[0]
+            spends = [(limit, usd if limit.kind == USD else tokens) for limit in admission.limits]
+            async with self.database.session() as session, session.begin():
+                await store.settle(
+                    session,
+                    postgres=self.database.is_postgres,
+                    hold=admission.hold,
+                    spends=spends,
+                    now=time.time(),
+                )
+            self._settlements.popleft()
+
+    def _autocommit(self) -> AsyncEngine:
+        """Postgres connections of the budgets' own: autocommit (a statement is its transaction: no BEGIN and
+        COMMIT round trips) and no ping on checkout (the pool's pre-ping is a round trip of its own)."""
+        if self._engine is None:
+            self._engine = create_engine(self.database.url, pre_ping=False).execution_options(
+                isolation_level="AUTOCOMMIT"
+            )
+        return self._engine
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
