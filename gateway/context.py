@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,9 @@ class RequestContext:
     # The time spent waiting for upstreams' response headers, once the request has gone upstream: the rest of its
     # time to the response is the gateway's own (gateway.metrics).
     upstream_seconds: float | None = None
+    # Told the request's usage row once the usage step has made it (gateway.middleware.admission settles its
+    # budget reservation by it): the row's type lives above this floor, hence Any.
+    on_usage: Callable[[Any], None] | None = None
 
     @staticmethod
     def of(scope: Scope) -> RequestContext | None:

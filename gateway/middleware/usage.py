@@ -110,7 +110,11 @@ class UsageMiddleware:
 
     def _record(self, scope: Scope, outcome: Outcome, observer: ResponseObserver | None) -> None:
         observed = observer.result() if observer is not None else ObservedUsage()
-        self.recorder.record(self._row(scope, outcome, observed))
+        row = self._row(scope, outcome, observed)
+        self.recorder.record(row)
+        context = RequestContext.of(scope)
+        if context is not None and context.on_usage is not None:
+            context.on_usage(row)  # the budget's settlement (gateway.middleware.admission)
 
     def _row(self, scope: Scope, outcome: Outcome, observed: ObservedUsage) -> UsageRecord:
         context = RequestContext.of(scope)
