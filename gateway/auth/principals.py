@@ -122,6 +122,13 @@ class PrincipalCache:
             del self._known[key]
             self.refuse(key)
 
+    def forget(self, matches: Callable[[Principal], bool]) -> None:
+        """Drop every principal `matches` selects, without refusing it: its next use looks it up again (its
+        limits changed); lookups already under way will not cache theirs."""
+        self.generation += 1
+        for key in [key for key, (_, principal) in self._known.items() if matches(principal)]:
+            del self._known[key]
+
     def clear(self) -> None:
         self.generation += 1
         self._known.clear()

@@ -48,6 +48,9 @@ CATCH_UP_HORIZON_SECONDS = EVENT_RETENTION_SECONDS / 2
 # What a revocation names: a user (disabled), an API token or agent key (by id), a login session (logout,
 # refresh reuse), or an agent (deleted: every key of it).
 USER, TOKEN, SESSION, AGENT = "user", "token", "session", "agent"
+# Not a revocation but carried the same way: the budget limits of a user, token or agent changed
+# (`limits:token:<id>`); their cached principals are dropped, not refused, and looked up again with the new limits.
+LIMITS = "limits"
 
 FEED_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, SQLAlchemyError)
 LATEST = "SELECT coalesce(max(id), 0) FROM revocation_events"
@@ -95,7 +98,11 @@ class Revocations:
         return target
 
     def apply(self, target: str) -> None:
-        """Evict every cached principal the revocation names."""
+        """Evict every cached principal the revocation names (forget, for a change of limits)."""
+        kind, value = revoked_target(target)
+        if kind == LIMITS:
+            self.cache.forget(lambda principal: matches(value, principal))
+            return
         self.cache.evict(lambda principal: matches(target, principal))
 
     def feed_lag_seconds(self) -> float:

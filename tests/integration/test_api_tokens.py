@@ -25,7 +25,17 @@ from tests.serving import LiveServer
 CHAT_BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
 OCR_BODY = {"url": "https://example.com/scan.pdf"}
 TOKEN_SHAPE = re.compile(r"gw_[A-Za-z0-9_-]{43,}")
-RECORD_FIELDS = {"id", "name", "prefix", "scopes", "created_at", "last_used_at", "expires_at", "revoked_at"}
+RECORD_FIELDS = {
+    "id",
+    "name",
+    "prefix",
+    "scopes",
+    "created_at",
+    "last_used_at",
+    "expires_at",
+    "revoked_at",
+    "limits",  # each budget or rate limit with its counters (tests/integration/test_budgets.py)
+}
 LAST_USED_WAIT_SECONDS = 15.0  # the gateway flushes last use every 10 s
 
 
