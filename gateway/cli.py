@@ -176,6 +176,16 @@ def users(args: argparse.Namespace, settings: Settings) -> int:
                 )
             elif args.users_command == "disable":
                 message = asyncio.run(operator.disable(settings.database_url, email=args.email))
+            elif args.users_command == "limits":
+                message = asyncio.run(
+                    operator.limits(
+                        settings.database_url,
+                        email=args.email,
+                        agent_id=args.agent,
+                        changes=_limit_changes(args),
+                        clear=args.clear,
+                    )
+                )
             else:
                 message = asyncio.run(operator.listing(settings.database_url))
     except operator.OperatorError as exc:
@@ -226,6 +236,38 @@ def _vault_key(text: str) -> bytes:
     return key
 
 
+def _limit(kind: type[int] | type[float]) -> Any:
+    """A limit's value on the command line: a number, or `none` to remove the limit."""
+
+    def parse(text: str) -> object:
+        if text.strip().lower() == "none":
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number or none, got {text!r}") from None
+
+    return parse
+
+
+_UNSET = object()
+
+
+def _limit_changes(args: argparse.Namespace) -> dict[str, object]:
+    """The `users limits` options given, as the API's `limits` object."""
+    given = {
+        "usd_per_period": args.usd,
+        "tokens_per_period": args.tokens,
+        "requests_per_minute": args.requests_per_minute,
+    }
+    changes = {key: value for key, value in given.items() if value is not _UNSET}
+    if args.period is not None:
+        changes["period"] = args.period
+    if args.rolling_days is not None:
+        changes["rolling_days"] = args.rolling_days
+    return changes
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -263,6 +305,25 @@ def _parser() -> argparse.ArgumentParser:
         "disable", help="disable a user: every credential stops working"
     )
     disable_parser.add_argument("--email", required=True)
+    limits_parser = users_commands.add_parser(
+        "limits",
+        help="show or set a user's (or their agent's) budgets and rate limits",
+        description="Without a limit option, shows the limits with their counters. Each option sets one kind "
+        "(`none` removes it); running instances apply the change within a second.",
+    )
+    limits_parser.add_argument("--email", required=True)
+    limits_parser.add_argument("--agent", help="an agent of the user's: set its limits instead")
+    limits_parser.add_argument("--usd", type=_limit(float), default=_UNSET, help="USD per period, or none")
+    limits_parser.add_argument(
+        "--tokens", type=_limit(int), default=_UNSET, help="tokens per period, or none"
+    )
+    limits_parser.add_argument(
+        "--requests-per-minute", type=_limit(int), default=_UNSET, help="requests per minute, or none"
+    )
+    period = limits_parser.add_mutually_exclusive_group()
+    period.add_argument("--period", choices=("day", "month"), help="the spend limits' period (default month)")
+    period.add_argument("--rolling-days", type=_positive, help="a rolling window of this many days instead")
+    limits_parser.add_argument("--clear", action="store_true", help="remove every limit")
     users_parser.set_defaults(run=users)
 
     vault_parser = commands.add_parser("vault", help="manage the BYOK vault's master key")
