@@ -4,7 +4,8 @@
 - `slow-stream`: five deltas 0.3 s apart, marking `last_chunk_sent` just before the last;
 - `endless-stream`: a delta every 0.1 s until the client goes, marking `disconnected`;
 - `never-answer`: no response headers at all until the client goes, marking `disconnected`;
-- `rate-limited`: the upstream's own 429 error, with its own headers.
+- `rate-limited`: the upstream's own 429 error, with its own headers;
+- `usage-then-endless`: the usage chunk first (when asked for), then a delta every 0.1 s until the client goes.
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ class FakeOpenAI:
 
     async def stream(self, model: str, *, include_usage: bool) -> AsyncIterator[bytes]:
         try:
-            if model == "endless-stream":
+            if model == "usage-then-endless" and include_usage:
+                yield chunk(model, None, usage=USAGE)
+            if model in ("endless-stream", "usage-then-endless"):
                 while True:
                     yield chunk(model, "tick")
                     await asyncio.sleep(0.1)
