@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import time
 import uuid
@@ -23,7 +24,7 @@ import pytest
 
 from gateway.settings import Settings
 from tests.conftest import GatewayFactory, add_user
-from tests.serving import GATEWAY, LiveServer, clean_env, free_port
+from tests.serving import GATEWAY, LiveServer, clean_env, free_port, gateway_process
 
 PRICE = {"input": 1.0, "output": 2.0}  # USD per million tokens: 1,000 and 2,000 nano-USD a token
 PRICED_MODELS = ("gpt-4o-mini", "slow-stream", "endless-stream", "usage-then-endless", "never-answer")
@@ -256,6 +257,35 @@ def test_an_upstream_failure_releases_its_reservation(
     assert limits["usd_per_period"]["spent"] == 0
     assert limits["tokens_per_period"]["spent"] == 0
     assert limits["usd_per_period"]["remaining"] == pytest.approx(CAP_FOR_FIVE_USD)
+
+
+def test_a_gateway_killed_mid_request_holds_nothing_past_the_reservations_expiry(
+    priced: LiveServer, gateway_env: dict[str, str], price_file: Path, database_url: str, tmp_path: Path
+) -> None:
+    _, access = sign_in(priced, database_url)
+    token = new_token(priced, access, {"usd_per_period": CAP_FOR_FIVE_USD})
+    env = clean_env(**gateway_env, PRICING_FILE=str(price_file), BUDGET_RESERVATION_SECONDS="3")
+    body = chat_body("usage-then-endless", stream=True)
+    with (
+        gateway_process(tmp_path, env) as doomed,
+        httpx.Client(timeout=10) as client,
+        client.stream(
+            "POST", f"{doomed.url}/v1/chat/completions", json=body, headers=bearer(token["token"])
+        ) as response,
+    ):
+        assert response.status_code == 200
+        chunks = response.iter_bytes()
+        while b"tick" not in next(chunks):
+            pass
+        held = record_of(priced, access, token["id"])["limits"]["usd_per_period"]
+        assert held["reserved"] == pytest.approx(WORST_USD)
+        doomed.process.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        doomed.process.wait(10)
+    # Nobody settles it: the hold expires 3 s after it was taken, and the sweep (every second) releases it.
+    usd = settled(priced, access, token["id"], within=3 + 2.5)["usd_per_period"]
+    assert time.monotonic() - killed_at >= 2.5  # held until its expiry, 3 s after it was taken
+    assert (usd["spent"], usd["remaining"]) == (0, pytest.approx(CAP_FOR_FIVE_USD))
 
 
 def test_limits_are_shown_and_bad_ones_refused_naming_the_field(
