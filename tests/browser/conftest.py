@@ -196,13 +196,14 @@ def assert_accessible(page: Page) -> None:
     assert not bad, bad
 
 
-def screenshot(page: Page, name: str) -> None:
-    """docs/screenshots/<name>-1440.png and <name>-375.png, the whole page at each width; back to 1440 after."""
+def screenshot(page: Page, name: str, *, full_page: bool = True) -> None:
+    """docs/screenshots/<name>-1440.png and <name>-375.png, the whole page at each width (or what a screen of that
+    size shows, for a dialog over the page); back to 1440 after."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.evaluate("() => document.getElementById('toasts').replaceChildren()")  # passing messages
     for size in (WIDE, NARROW):
         page.set_viewport_size(size)
         page.wait_for_timeout(300)  # the charts redraw at the new width
-        page.screenshot(path=SCREENSHOTS / f"{name}-{size['width']}.png", full_page=True)
+        page.screenshot(path=SCREENSHOTS / f"{name}-{size['width']}.png", full_page=full_page)
     page.set_viewport_size(WIDE)
     page.wait_for_timeout(300)

@@ -52,3 +52,36 @@ def test_sign_in_shows_the_user_and_sign_out_asks_again(page: Page, people: Peop
     # Signed out for the gateway too: a reload asks again.
     page.reload()
     expect(page.get_by_role("dialog", name="Sign in")).to_be_visible()
+
+
+def focused(page: Page) -> str:
+    text: str = page.evaluate("() => document.activeElement.textContent.trim() || document.activeElement.id")
+    return text
+
+
+def test_the_keyboard_alone_signs_in_and_moves_around_with_the_focus_shown(
+    page: Page, people: People
+) -> None:
+    open_dashboard(page)
+    expect(page.get_by_label("Email")).to_be_focused()
+    page.keyboard.type(people.dana.email)
+    page.keyboard.press("Tab")
+    page.keyboard.type(people.dana.login["password"])
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+
+    page.locator("body").focus()
+    page.keyboard.press("Tab")
+    assert focused(page) == "Skip to the content"
+    expect(page.get_by_role("link", name="Skip to the content")).to_be_in_viewport()
+    page.keyboard.press("Tab")
+    assert focused(page) == "Usage"
+    page.keyboard.press("Tab")
+    assert focused(page) == "API tokens"
+    outline = page.evaluate("() => getComputedStyle(document.activeElement).outlineStyle")
+    assert outline == "solid"
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", level=1)).to_have_text("API tokens")
+    expect(page.locator("#view")).to_be_focused()  # the view itself, so that a screen reader starts there
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Name")).to_be_focused()

@@ -62,7 +62,8 @@ async function route({ focus = true } = {}) {
     cleanup = typeof result === "function" ? result : null;
     const heading = view.querySelector("h1");
     document.title = heading ? `${heading.textContent} · ${TITLE}` : TITLE;
-    if (focus) view.focus({ preventScroll: false });
+    // Into the new view, unless the reader has already moved into it while it loaded.
+    if (focus && !view.contains(document.activeElement)) view.focus();
   } catch (error) {
     if (serial !== rendering) return;
     const message = document.createElement("p");

@@ -86,7 +86,21 @@ export async function render(root, params, ctx) {
 
   async function loadAll() {
     describeScope();
-    await Promise.all([loadSummary(), loadDaily(), loadRollups()]);
+    if (!(await session())) return;
+    await Promise.all([loadSummary(), loadDaily({ checked: true }), loadRollups()]);
+  }
+
+  /** The session checked (renewed, or signed in again) before the usage routes are asked: when the gateway has
+   * no USAGE_API_KEY they answer a request without a session too, with every user's usage, which is not what
+   * this page would mean to show once the access cookie has expired. */
+  async function session() {
+    try {
+      await ctx.api("/api/v1/auth/me", { signal: aborts.signal });
+      return true;
+    } catch (error) {
+      if (error.name !== "AbortError") ctx.toast(`Usage could not be read: ${error.message}`, "error");
+      return false;
+    }
   }
 
   async function loadSummary() {
@@ -104,8 +118,9 @@ export async function render(root, params, ctx) {
     );
   }
 
-  async function loadDaily() {
+  async function loadDaily({ checked = false } = {}) {
     const days = chosen.days;
+    if (!checked && !(await session())) return;
     const body = await get(`/v1/usage/daily${query({ days })}`);
     if (!body || days !== chosen.days) return;
     drawChart(body.daily);
