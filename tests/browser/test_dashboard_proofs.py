@@ -1,33 +1,32 @@
 """Proofs checked in the browser: verify.js against the gateway's own Python log code, byte for byte, and tampering.
 
-The module is loaded in Debian's chromium from a page on loopback (Web Crypto needs a secure context), fed proofs
-and notes made by gateway.transparency, and must agree with it on every root and signature; any byte changed must
-fail at the step it touches.
+verify.js, as the gateway serves it, is loaded in Debian's chromium on loopback (Web Crypto needs a secure context),
+fed proofs and notes made by gateway.transparency, and must agree with it on every root and signature; any byte
+changed must fail at the step it touches. Then the proof view on a real leaf of the gateway's log: verified, and
+failing where a proof altered on its way to the page (Playwright's routing) stops holding.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterator
-from pathlib import Path
+import json
 from typing import Any
 
+import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
-from starlette.applications import Starlette
-from starlette.responses import HTMLResponse
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from playwright.sync_api import Page, Route, expect
+from websockets.sync.client import connect
+from websockets.typing import Subprotocol
 
 from gateway.transparency.checkpoint import Checkpoint
 from gateway.transparency.hashing import EMPTY_ROOT, leaf_hash, node_hash
 from gateway.transparency.log import hash_text
 from gateway.transparency.proof import inclusion_ranges, split_point
 from gateway.transparency.signer import NoteSigner
+from tests.browser.conftest import People, assert_accessible, screenshot, sign_in
 from tests.serving import LiveServer
 
-STATIC = Path(__file__).parents[2] / "gateway" / "dashboard" / "static"
 ORIGIN = "example.test/log"
 SEED = bytes(range(32))
 
@@ -67,32 +66,12 @@ def public_key(signer: NoteSigner) -> dict[str, str]:
     }
 
 
-async def blank(request: Any) -> HTMLResponse:
-    return HTMLResponse("<!doctype html><html lang=en><title>verify.js</title><main></main></html>")
-
-
-@pytest.fixture(scope="module")
-def static_server() -> Iterator[LiveServer]:
-    app = Starlette(routes=[Route("/", blank), Mount("/dashboard/static", StaticFiles(directory=STATIC))])
-    with LiveServer(app) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium")
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
-def module_page(chromium: Browser, static_server: LiveServer) -> Iterator[Page]:
-    page = chromium.new_page()
-    page.goto(static_server.url + "/")
+def module_page(page: Page) -> Page:
+    """A page of the gateway's dashboard origin with verify.js, as the gateway serves it, loaded as `V`."""
+    page.goto("/dashboard")
     page.evaluate("async () => { window.V = await import('/dashboard/static/verify.js'); }")
-    yield page
-    page.close()
+    return page
 
 
 def verify(page: Page, answer: dict[str, Any], key: dict[str, str], wanted: str) -> dict[str, Any]:
@@ -257,3 +236,124 @@ def test_each_tampering_fails_where_it_touches(module_page: Page) -> None:
     # A key whose published id does not match its origin and bytes is refused before any signature is read.
     result = verify(module_page, answer, {**key, "key_id": "00000000"}, wanted)
     assert failing(result) == ["key", "signature"]
+
+
+# ----- the proof view, on a leaf of the gateway's own log -----
+
+
+@pytest.fixture(scope="session")
+def chat_leaves(dashboard_gateway: LiveServer, people: People) -> dict[str, str]:
+    """The leaf hashes of one chat turn of Dana's (her message's verdict, the reply), through the API and the
+    WebSocket, on an agent whose provider is the fake OpenAI upstream."""
+    login = httpx.post(f"{dashboard_gateway.url}/api/v1/auth/login", json=people.dana.login)
+    token = login.json()["access_token"]
+    auth = {"authorization": f"Bearer {token}"}
+    agent = httpx.post(
+        f"{dashboard_gateway.url}/v1/agents",
+        json={"agent_name": "Notary", "model": "gpt-4o-mini", "model_provider": "openai"},
+        headers=auth,
+    ).json()
+    httpx.post(f"{dashboard_gateway.url}/v1/agents/{agent['id']}/start", headers=auth).raise_for_status()
+    url = dashboard_gateway.url.replace("http://", "ws://", 1) + f"/v1/agents/{agent['id']}/chat"
+    frames: list[dict[str, Any]] = []
+    with connect(url, subprotocols=[Subprotocol("bearer"), Subprotocol(token)]) as socket:
+        socket.send(json.dumps({"type": "message", "content": "Please notarise this."}))
+        while not frames or frames[-1]["type"] not in ("stream_end", "error"):
+            frames.append(json.loads(socket.recv(timeout=10)))
+    assert frames[-1]["type"] == "stream_end", frames
+    return {"verdict": frames[0]["leaf_hash"], "reply": frames[-1]["leaf_hash"]}
+
+
+def proof_steps(page: Page) -> dict[str, str]:
+    """Each step on the page: its id and its mark (Passed, Failed or Not run, with its symbol)."""
+    marks: dict[str, str] = page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll("[data-step]")].map(
+            (li) => [li.dataset.step, li.querySelector(".proof-mark").textContent]))"""
+    )
+    return marks
+
+
+def test_the_proof_view_verifies_a_real_leaf_in_the_browser(
+    page: Page, people: People, chat_leaves: dict[str, str], dashboard_gateway: LiveServer
+) -> None:
+    leaf = chat_leaves["reply"]
+    served = httpx.get(f"{dashboard_gateway.url}/verify/proof/{leaf}").json()
+
+    sign_in(page, people.dana.login, f"#/proof/{leaf}")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Proof of inclusion")
+    verdict = page.get_by_role("status").filter(has_text="Verified")
+    expect(verdict).to_contain_text("✓ Verified")
+    expect(verdict).to_contain_text(f"leaf {served['leaf_index']} of a tree of {served['tree_size']} leaves")
+    steps = proof_steps(page)
+    path = [f"path-{i}" for i in range(len(served["audit_path"]))]
+    assert list(steps) == ["leaf", "key", *path, "root", "signature", "tree"]
+    assert set(steps.values()) == {"✓ Passed"}
+    root = page.locator("[data-step=root]")
+    expect(root).to_contain_text(served["root_hash"], use_inner_text=True)
+    last = page.locator(f"[data-step={path[-1]}]") if path else root
+    expect(last).to_contain_text(served["root_hash"])  # the path's last step lands on the signed root
+    expect(page.locator("[data-step=signature]")).to_contain_text(served["checkpoint"].split("\n\n")[0])
+    assert_accessible(page)
+    screenshot(page, "proof-verified")
+
+    # The page's verdict is its own: the gateway's `verified` is turned false on the way and changes nothing.
+    def unverified(route: Route) -> None:
+        response = route.fetch()
+        route.fulfill(response=response, json={**response.json(), "verified": False})
+
+    page.route("**/verify/proof/**", unverified)
+    page.reload()
+    expect(page.locator("[data-step=root]")).to_contain_text("✓ Passed")
+    expect(verdict).to_contain_text("✓ Verified")
+    expect(page.get_by_text("The gateway's own answer said verified: false (not used here).")).to_be_visible()
+
+
+def altered(body: dict[str, Any], field: str) -> dict[str, Any]:
+    """The gateway's answer with one hex digit of an audit-path hash, or one byte of the signature, changed."""
+    if field == "audit_path":
+        first = body["audit_path"][0]
+        digit = "0" if first[-1] != "0" else "1"
+        return {**body, "audit_path": [first[:-1] + digit, *body["audit_path"][1:]]}
+    return {**body, "checkpoint": signature_changed(body["checkpoint"])}
+
+
+@pytest.mark.parametrize(
+    ("field", "failing_step"),
+    [("audit_path", "root"), ("checkpoint", "signature")],
+)
+def test_a_tampered_proof_fails_at_the_step_it_breaks(
+    page: Page,
+    people: People,
+    chat_leaves: dict[str, str],
+    field: str,
+    failing_step: str,
+) -> None:
+    leaf = chat_leaves["verdict"]
+
+    def tamper(route: Route) -> None:
+        response = route.fetch()
+        route.fulfill(response=response, json=altered(response.json(), field))
+
+    page.route("**/verify/proof/**", tamper)
+    sign_in(page, people.dana.login, f"#/proof/{leaf}")
+    verdict = page.get_by_role("status").filter(has_text="Verified")
+    expect(verdict).to_contain_text("✗ Not verified")
+    title = page.locator(f"[data-step={failing_step}] strong")
+    expect(verdict).to_contain_text(f"Fails at “{title.inner_text()}”")
+    steps = proof_steps(page)
+    assert {step for step, mark in steps.items() if mark != "✓ Passed"} == {failing_step}, steps
+    assert steps[failing_step] == "✗ Failed"
+    assert_accessible(page)
+    if field == "audit_path":
+        screenshot(page, "proof-failing")
+
+
+def test_an_unknown_or_malformed_hash_is_said_so(page: Page, people: People) -> None:
+    sign_in(page, people.dana.login, f"#/proof/sha256:{'ab' * 32}")
+    expect(page.get_by_role("status").filter(has_text="Verified")).to_contain_text(
+        "The log has no leaf with this hash."
+    )
+    page.goto("/dashboard#/proof/sha256:not-a-hash")
+    expect(page.get_by_role("status").filter(has_text="Verified")).to_contain_text(
+        "Not a leaf hash: expected sha256: and 64 hex digits."
+    )
