@@ -62,6 +62,8 @@ LEASE_FRACTION = 20  # a lease takes at most this fraction of the limit...
 LEASE_SHRINK = 8  # ...and of what is left of it, so that leases shrink to one as the window fills
 MAX_LEASE = 500
 MAX_QUEUED_SETTLEMENTS = 100_000
+SETTLE_BATCH = 500
+ERROR_EVERY_SECONDS = 60.0
 DRAIN_SECONDS = 2.0
 HOLD_ID_PREFIX = "hold"
 OWNER_NAMES = {"token": "API token", "user": "user", "agent": "agent"}
@@ -145,7 +147,7 @@ class Budgets:
 
     async def run(self) -> None:
         """Settle, give back stale leases and sweep until cancelled; then settle what is queued, within bounds."""
-        last_sweep = -math.inf
+        last_sweep = last_error = -math.inf
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -157,8 +159,13 @@ class Budgets:
                     if time.monotonic() - last_sweep >= SWEEP_SECONDS:
                         last_sweep = time.monotonic()
                         await self.sweep()
-                except Exception:
-                    logger.exception("budgets: the background writer failed; it carries on")
+                except Exception as exc:
+                    # The database away: the same failure every half second; one line a minute says it.
+                    if time.monotonic() - last_error >= ERROR_EVERY_SECONDS:
+                        last_error = time.monotonic()
+                        logger.error(
+                            "budgets: writing failed (%s: %s); it carries on", type(exc).__name__, exc
+                        )
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._drain()), DRAIN_SECONDS)
@@ -316,18 +323,22 @@ class Budgets:
                 await store.give_back(session, hold=lease.hold, limit_id=lease.limit_id, unused=lease.left)
 
     async def _write_settlements(self) -> None:
+        """Every settlement queued, in batches of `SETTLE_BATCH`, each batch in one transaction."""
         while self._settlements:
-            admission, usd, tokens = self._settlements[0]
-            spends = [(limit, usd if limit.kind == USD else tokens) for limit in admission.limits]
+            batch = [self._settlements[index] for index in range(min(SETTLE_BATCH, len(self._settlements)))]
+            settlements = [
+                (
+                    admission.hold,
+                    [(limit, usd if limit.kind == USD else tokens) for limit in admission.limits],
+                )
+                for admission, usd, tokens in batch
+            ]
             async with self.database.session() as session, session.begin():
                 await store.settle(
-                    session,
-                    postgres=self.database.is_postgres,
-                    hold=admission.hold,
-                    spends=spends,
-                    now=time.time(),
+                    session, postgres=self.database.is_postgres, settlements=settlements, now=time.time()
                 )
-            self._settlements.popleft()
+            for _ in batch:
+                self._settlements.popleft()
 
     def _autocommit(self) -> AsyncEngine:
         """Postgres connections of the budgets' own: autocommit (a statement is its transaction: no BEGIN and

@@ -290,22 +290,30 @@ async def settle(
     session: AsyncSession,
     *,
     postgres: bool,
-    hold: str,
-    spends: Sequence[tuple[AppliedLimit, int]],
+    settlements: Sequence[tuple[str, Sequence[tuple[AppliedLimit, int]]]],
     now: float,
 ) -> None:
-    """Release `hold` and count what each limit's request actually used (within the caller's transaction). A hold
-    the sweep already released (expired) releases nothing again; the spend counts all the same."""
+    """Release each hold of `settlements` and count what its request actually used on each of its limits, all
+    in the caller's transaction (one UPDATE per limit, whatever the number of requests: the limit's row is
+    locked once per batch). A hold the sweep already released (expired) releases nothing again; the spend
+    counts all the same."""
     released = await session.execute(
-        delete(BudgetHold).where(BudgetHold.hold == hold).returning(BudgetHold.limit_id, BudgetHold.amount)
+        delete(BudgetHold)
+        .where(BudgetHold.hold.in_([hold for hold, _ in settlements]))
+        .returning(BudgetHold.hold, BudgetHold.limit_id, BudgetHold.amount)
     )
-    held = dict(released.all())
-    for limit, actual in sorted(spends, key=lambda spend: spend[0].id):
-        was_held = held.get(limit.id, 0)
+    held = {(hold, limit_id): amount for hold, limit_id, amount in released}
+    totals: dict[str, tuple[AppliedLimit, int, int]] = {}
+    for hold, spends in settlements:
+        for limit, actual in spends:
+            _, spent, was_held = totals.get(limit.id, (limit, 0, 0))
+            totals[limit.id] = (limit, spent + actual, was_held + held.get((hold, limit.id), 0))
+    for limit_id in sorted(totals):
+        limit, actual, was_held = totals[limit_id]
         after = BudgetLimit.spent + BudgetLimit.reserved + actual - was_held
         await session.execute(
             update(BudgetLimit)
-            .where(BudgetLimit.id == limit.id)
+            .where(BudgetLimit.id == limit_id)
             .values(
                 spent=BudgetLimit.spent + actual,
                 reserved=BudgetLimit.reserved - was_held,
@@ -316,7 +324,7 @@ async def settle(
         )
         if limit.period == ROLLING and actual:
             insert_of = postgresql.insert if postgres else sqlite.insert
-            statement = insert_of(BudgetDay).values(limit_id=limit.id, day=day_of(now), amount=actual)
+            statement = insert_of(BudgetDay).values(limit_id=limit_id, day=day_of(now), amount=actual)
             await session.execute(
                 statement.on_conflict_do_update(
                     index_elements=[BudgetDay.limit_id, BudgetDay.day],
