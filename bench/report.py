@@ -137,7 +137,7 @@ def _ratio(value: float, base: float) -> str:
     return f"{ratio:.2f}x" if ratio < 100 else f"{ratio:,.0f}x"
 
 
-LABELS = {"gateway-2w": "gateway, 2 workers"}
+LABELS = {"gateway-2w": "gateway, 2 workers", "gateway-limited": "gateway, limited token"}
 
 
 def label(target: str) -> str:

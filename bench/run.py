@@ -54,6 +54,7 @@ from targets import (
     BenchDatabase,
     Target,
     ensure_litellm,
+    limited_gateway,
     prepare_gateway,
     start_gateway,
     start_litellm,
@@ -65,7 +66,7 @@ from wrk import run_wrk, wrk_binary
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-ORDER = ("direct", "nginx", "litellm", "passthrough", "gateway", "gateway-2w")
+ORDER = ("direct", "nginx", "litellm", "passthrough", "gateway", "gateway-limited", "gateway-2w")
 TWO_WORKER_SCENARIOS = ("throughput", "streams")
 PACKAGES = (
     "starlette",
@@ -352,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for name, workers in (("gateway", 1), ("gateway-2w", 2)):
                     if name in args.only:
                         targets[name] = start_gateway(children, proxy_cpu, setup, name=name, workers=workers)
+                if "gateway-limited" in args.only and "gateway" in targets:
+                    # The one-worker gateway again, with a token under budgets and a rate limit: admission's cost.
+                    targets["gateway-limited"] = limited_gateway(children, setup, targets["gateway"])
             load = LoadGenerator(
                 children.start(
                     "loadgen", [sys.executable, str(BENCH / "loadgen.py")], cpu=load_cpu, pipes=True

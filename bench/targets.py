@@ -253,6 +253,12 @@ class GatewaySetup:
     env: dict[str, str]
     password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     token: str = field(default="", repr=False)
+    limited_token: str = field(default="", repr=False)
+
+
+# The limited token's limits: every kind, none ever reached, so that what `gateway-limited` measures is admission's
+# cost (a reservation per request, its settlement, a lease of admissions now and then), not refusals.
+BENCH_LIMITS = {"usd_per_period": 1_000_000, "tokens_per_period": 10**12, "requests_per_minute": 1_000_000}
 
 
 def prepare_gateway(database: BenchDatabase, upstream: str, workdir: Path) -> GatewaySetup:
@@ -297,8 +303,23 @@ def start_gateway(
     return target
 
 
-def _api_token(children: Children, name: str, base: str, *, password: str) -> str:
-    """Log in as the bench user and create an API token with the `chat` scope, as a user would."""
+def limited_gateway(children: Children, setup: GatewaySetup, gateway: Target) -> Target:
+    """The same gateway process as `gateway`, called with a token that has budgets and a rate limit."""
+    if not setup.limited_token:
+        base = gateway.url.removesuffix(CHAT_PATH)
+        setup.limited_token = _api_token(
+            children, gateway.name, base, password=setup.password, limits=BENCH_LIMITS
+        )
+    headers = {"authorization": f"Bearer {setup.limited_token}"}
+    target = Target("gateway-limited", gateway.url, gateway.pid, headers=headers)
+    wait_for_chat(children, target)
+    return target
+
+
+def _api_token(
+    children: Children, name: str, base: str, *, password: str, limits: dict[str, int] | None = None
+) -> str:
+    """Log in as the bench user and create an API token with the `chat` scope (and `limits`), as a user would."""
     login: dict[str, object] = {}
 
     def logged_in() -> str | None:
@@ -318,7 +339,7 @@ def _api_token(children: Children, name: str, base: str, *, password: str) -> st
     wait_until(children, name, logged_in)
     status, body = http_post(
         base + "/v1/api-tokens",
-        orjson.dumps({"name": "bench", "scopes": ["chat"]}),
+        orjson.dumps({"name": "bench", "scopes": ["chat"], **({"limits": limits} if limits else {})}),
         {"authorization": f"Bearer {login['access_token']}"},
     )
     if status != 201:
