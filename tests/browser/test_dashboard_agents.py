@@ -46,7 +46,9 @@ def dashboard_gateway(start_gateway: GatewayFactory, chat_provider: FakeChatProv
     with (
         LiveServer(chat_provider.app) as upstream,
         start_gateway(
-            WORKERS_AI_BASE_URL=f"{upstream.url}/ai/v1", WORKERS_AI_API_KEY="platform-key"
+            WORKERS_AI_BASE_URL=f"{upstream.url}/ai/v1",
+            WORKERS_AI_API_KEY="platform-key",
+            GOVERNANCE_BLOCKED_PATTERNS=json.dumps([r"(?i)project\s+nightingale"]),
         ) as server,
     ):
         yield server
@@ -76,13 +78,14 @@ def without_toasts(page: Page) -> None:
     page.evaluate("document.getElementById('toasts').replaceChildren()")
 
 
-def create_agent(page: Page, name: str, model: str) -> None:
+def create_agent(page: Page, name: str, model: str, mode: str = "transparent") -> None:
     form = page.get_by_role("form", name="New agent")
     form.get_by_label("Name").fill(name)
     form.get_by_label("Model").fill(model)
     form.get_by_label("Provider").fill("workers-ai")
-    form.get_by_label("Governance mode").select_option("transparent")
+    form.get_by_label("Governance mode").select_option(mode)
     form.get_by_role("button", name="Create agent").click()
+    expect(page.get_by_role("link", name=name)).to_be_focused()  # on the new agent, for the keyboard
 
 
 def test_create_start_chat_streamed_and_its_proof_verified(
@@ -237,3 +240,30 @@ def test_vault_files_and_quota(page: Page, person: Person, dashboard_gateway: Li
     expect(vault).to_contain_text("No keys stored")
     assert api(dashboard_gateway, person, f"/v1/agents/{agent_id}/vault").json()["data"] == []
     assert json.dumps(page.evaluate("window.progressSeen")).count("Failed") == 0
+
+
+def test_an_enforcing_agent_blocks_a_denied_message_and_says_so(
+    page: Page, person: Person, provider: FakeChatProvider
+) -> None:
+    sign_in(page, person.login, "#/agents")
+    create_agent(page, "Warden", "echo", mode="enforcing")
+    # Keyboard only: the focused link opens the agent, Tab reaches its Start button.
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Warden")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="← All agents")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="Start Warden")).to_be_focused()
+    page.keyboard.press("Enter")
+    chat = page.get_by_role("region", name="Chat")
+    expect(chat.get_by_role("status")).to_have_text("Connected.")
+    chat.get_by_label("Message").fill("Tell me about Project Nightingale")
+    chat.get_by_label("Message").press("Enter")
+    mine = chat.locator(".chat-user").last
+    expect(mine).to_contain_text("Governance: deny (enforcing)")
+    expect(mine).to_contain_text("blocked: not sent to the model")
+    expect(mine.get_by_role("link", name="Proof")).to_be_visible()
+    expect(chat.get_by_label("Message")).to_be_enabled()
+    expect(chat.locator(".chat-assistant")).to_have_count(0)
+    assert provider.recorder.requests == []  # the model was never called
+    assert_accessible(page)

@@ -241,9 +241,9 @@ def test_each_tampering_fails_where_it_touches(module_page: Page) -> None:
 # ----- the proof view, on a leaf of the gateway's own log -----
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chat_leaves(dashboard_gateway: LiveServer, people: People) -> dict[str, str]:
-    """The leaf hashes of one chat turn of Dana's (her message's verdict, the reply), through the API and the
+    """Leaf hashes of Dana's chat (her first message's verdict, the second reply), through the API and the
     WebSocket, on an agent whose provider is the fake OpenAI upstream."""
     login = httpx.post(f"{dashboard_gateway.url}/api/v1/auth/login", json=people.dana.login)
     token = login.json()["access_token"]
@@ -255,13 +255,16 @@ def chat_leaves(dashboard_gateway: LiveServer, people: People) -> dict[str, str]
     ).json()
     httpx.post(f"{dashboard_gateway.url}/v1/agents/{agent['id']}/start", headers=auth).raise_for_status()
     url = dashboard_gateway.url.replace("http://", "ws://", 1) + f"/v1/agents/{agent['id']}/chat"
-    frames: list[dict[str, Any]] = []
+    turns = []
     with connect(url, subprotocols=[Subprotocol("bearer"), Subprotocol(token)]) as socket:
-        socket.send(json.dumps({"type": "message", "content": "Please notarise this."}))
-        while not frames or frames[-1]["type"] not in ("stream_end", "error"):
-            frames.append(json.loads(socket.recv(timeout=10)))
-    assert frames[-1]["type"] == "stream_end", frames
-    return {"verdict": frames[0]["leaf_hash"], "reply": frames[-1]["leaf_hash"]}
+        for content in ("Please notarise this.", "And this.", "And this too."):  # a log of several levels
+            socket.send(json.dumps({"type": "message", "content": content}))
+            frames: list[dict[str, Any]] = []
+            while not frames or frames[-1]["type"] not in ("stream_end", "error"):
+                frames.append(json.loads(socket.recv(timeout=10)))
+            assert frames[-1]["type"] == "stream_end", frames
+            turns.append(frames)
+    return {"verdict": turns[0][0]["leaf_hash"], "reply": turns[1][-1]["leaf_hash"]}
 
 
 def proof_steps(page: Page) -> dict[str, str]:

@@ -82,14 +82,16 @@ export function chatPanel(agent, ctx, { onTurn } = {}) {
       const user = pending.shift() ?? message("user", "");
       user.item.dataset.messageId = frame.message_id;
       const findings = (frame.findings ?? []).map((f) => f.message ?? f.rule);
+      const blocked = frame.decision === "deny" && frame.mode === "enforcing";
       describe(user.meta, [
         verdictText(frame.decision, frame.mode),
         findings.length ? `findings: ${findings.join("; ")}` : null,
+        blocked ? "blocked: not sent to the model" : null,
         proofLink(frame.leaf_hash),
       ]);
-      if (frame.decision === "deny" && frame.mode === "enforcing") {
-        user.item.classList.add("chat-denied");
+      if (blocked) {
         setEnabled(true);
+        input.focus();
       }
     } else if (frame.type === "stream_start") {
       const reply = message("assistant", "");
