@@ -1,9 +1,10 @@
 """The dashboard in a real browser: Debian's chromium driven by Playwright (no browser download), against a gateway
 served on loopback with users and usage rows seeded so that every figure the page shows is known beforehand.
 
-- `dashboard_gateway`: a gateway of the session (on SQLite and on Postgres, as `gateway_env` goes) that reads
-  a usage dataset of its own, so other tests' traffic never shows in its figures.
-- `people`: an admin and two users of it, with `seeded` usage rows (their timestamps relative to now).
+- `dashboard_gateway`: a gateway for each test module (on SQLite and on Postgres, as `gateway_env` goes) that
+  reads a usage dataset of its own, so that no other module's traffic (an agent's chat, say) shows in its figures.
+- `people`: an admin and two users of it, with usage rows seeded when the module starts (their timestamps relative
+  to then: a module's tests finish well within the 5 minutes that keep the newest in the 10-minute rollup).
 - `page`: a fresh browser context at 1440 x 900; the test fails on any uncaught error or CSP violation in it.
 - `sign_in(page, login)`, `assert_accessible(page)` (axe-core: no serious or critical violation) and
   `screenshot(page, name)` (docs/screenshots/<name>-1440.png and -375.png).
@@ -79,12 +80,12 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dashboard_dataset() -> str:
     return f"dashboard_{uuid.uuid4().hex}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dashboard_gateway(start_gateway: GatewayFactory, dashboard_dataset: str) -> Iterator[LiveServer]:
     with start_gateway(ANALYTICS_DATASET=dashboard_dataset) as server:
         yield server
@@ -96,7 +97,7 @@ def seeded_rows(
     return [row(dataset, user_id=user_id, at=now - spec.pop("ago"), **spec) for spec in specs]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def people(dashboard_gateway: LiveServer, gateway_env: dict[str, str], dashboard_dataset: str) -> People:
     """Three fresh users and their usage (`dana_usage`, `erin_usage`). Seeded in a thread of its own: Playwright's
     sync API keeps an event loop running in the tests' thread, where `asyncio.run` cannot start another."""
