@@ -267,3 +267,21 @@ def test_an_enforcing_agent_blocks_a_denied_message_and_says_so(
     expect(chat.locator(".chat-assistant")).to_have_count(0)
     assert provider.recorder.requests == []  # the model was never called
     assert_accessible(page)
+
+
+def test_a_reply_cut_short_by_the_provider_is_marked_interrupted(page: Page, person: Person) -> None:
+    sign_in(page, person.login, "#/agents")
+    create_agent(page, "Flaky", "fails-midway")
+    row = page.get_by_role("row").filter(has_text="Flaky")
+    row.get_by_role("button", name="Start Flaky").click()
+    row.get_by_role("link", name="Flaky").click()
+    chat = page.get_by_role("region", name="Chat")
+    expect(chat.get_by_role("status")).to_have_text("Connected.")
+    chat.get_by_label("Message").fill("Hello")
+    chat.get_by_label("Message").press("Enter")
+    reply = chat.locator(".chat-assistant").last
+    expect(reply.locator(".chat-text")).to_have_text("Echo")
+    expect(reply.locator(".chat-meta")).to_have_text("Interrupted")
+    expect(chat.get_by_role("alert")).to_contain_text("Error (")
+    expect(chat.get_by_label("Message")).to_be_enabled()
+    assert_accessible(page)

@@ -77,6 +77,16 @@ export function chatPanel(agent, ctx, { onTurn } = {}) {
     item.setAttribute("role", "alert");
   }
 
+  /** The turn in flight ends unfinished (an error frame, or the socket closed). */
+  function interrupt() {
+    for (const reply of replies.values()) {
+      reply.item.removeAttribute("aria-busy");
+      describe(reply.meta, ["Interrupted"]);
+    }
+    replies.clear();
+    pending.splice(0).forEach((user) => describe(user.meta, ["No answer"]));
+  }
+
   function onFrame(frame) {
     if (frame.type === "governance") {
       const user = pending.shift() ?? message("user", "");
@@ -117,13 +127,7 @@ export function chatPanel(agent, ctx, { onTurn } = {}) {
       input.focus();
       onTurn?.();
     } else if (frame.type === "error") {
-      const reply = frame.message_id ? replies.get(frame.message_id) : null;
-      if (reply) {
-        reply.item.removeAttribute("aria-busy");
-        describe(reply.meta, ["Interrupted"]);
-        replies.delete(frame.message_id);
-      }
-      pending.splice(0).forEach((user) => describe(user.meta, ["Not sent"]));
+      interrupt();
       error(`Error (${frame.code}): ${frame.message}`);
       setEnabled(true);
     }
@@ -172,6 +176,7 @@ export function chatPanel(agent, ctx, { onTurn } = {}) {
       socket = null;
       setEnabled(false);
       if (closed) return;
+      interrupt();
       if (event.code === NOT_RUNNING) setStatus("The agent is not running: start it to chat.");
       else setStatus("Disconnected.");
       const again = h("button", { type: "button", onclick: () => (again.remove(), connect()) }, "Reconnect");
