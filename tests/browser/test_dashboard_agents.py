@@ -157,6 +157,8 @@ def test_create_start_chat_streamed_and_its_proof_verified(
     expect(log.locator(".chat-assistant .chat-text")).to_have_text(["Echo: Hello there"])
     page.get_by_role("button", name="Stop Scribe").click()
     expect(page.locator(".agent-facts")).to_contain_text("Stopped")
+    expect(page.locator("#toasts")).to_contain_text("Scribe stopped. Checkpoint ckpt_")
+    expect(page.locator("#toasts")).to_contain_text(": 2 messages, log size")
     expect(chat.get_by_label("Message")).to_be_disabled()
     stopped = api(dashboard_gateway, person, f"/v1/agents/{agents[0]['id']}").json()
     assert stopped["state"] == "stopped"

@@ -38,7 +38,8 @@ function toggleButton(agent, ctx, done) {
         button.disabled = true;
         try {
           const next = await ctx.api(`/v1/agents/${agent.id}/${running ? "stop" : "start"}`, { method: "POST" });
-          ctx.toast?.(`${next.agent_name} ${next.state === "running" ? "started" : "stopped"}.`);
+          const checkpoint = next.checkpoint ? ` Checkpoint ${next.checkpoint.id}: ${next.checkpoint.message_count} messages, log size ${next.checkpoint.tree_size}.` : "";
+          ctx.toast?.(`${next.agent_name} ${next.state === "running" ? "started" : "stopped"}.${checkpoint}`);
           done(next);
         } catch (error) {
           ctx.toast?.(`Cannot ${running ? "stop" : "start"} the agent: ${error.message}`, "error");
