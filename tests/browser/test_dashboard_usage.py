@@ -108,6 +108,8 @@ def test_a_user_sees_their_own_figures_drawn_from_the_seeded_rows(page: Page, pe
     assert figure(page, "tokens") == "4,500"
     page.get_by_text("90 days", exact=True).click()
     assert_chart(page, people.dana.rows, 90)
+    page.get_by_text("The chart's figures, day by day").click()  # closed again
+    screenshot(page, "usage-90-days")
 
 
 def test_an_admin_sees_the_whole_gateway_and_narrows_it_to_one_user(page: Page, people: People) -> None:

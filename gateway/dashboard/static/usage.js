@@ -358,7 +358,7 @@ function chartOptions(width, days) {
         stroke: COST_COLOUR,
         width: 2,
         dash: [6, 4],
-        points: { show: true, size: 6, fill: COST_COLOUR },
+        points: { show: true, size: days > 40 ? 3 : 6, fill: COST_COLOUR },
         value: (u, v) => (v === null || v === undefined ? "—" : usd(v)),
       },
     ],
