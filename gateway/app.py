@@ -286,6 +286,8 @@ def management_routes(settings: Settings, services: Services) -> list[BaseRoute]
         services.log,
         services.vault,
         services.quotas,
+        budgets=services.budgets,
+        default_max_tokens=settings.budget_default_max_tokens,
     )
     assets = AgentAssetRoutes(
         services.database,

@@ -21,6 +21,8 @@ from gateway.agents.providers import ProviderRegistry
 from gateway.agents.quotas import Quotas, check_chat_quota, lock_agent
 from gateway.agents.service import ASSISTANT, USER, conversation
 from gateway.agents.vault import Vault, VaultError, byok_key
+from gateway.budgets.estimate import worst_case
+from gateway.budgets.service import Admission, Budgets
 from gateway.context import RequestContext
 from gateway.db.agent_models import RUNNING, Agent, AgentMessage
 from gateway.db.base import utcnow
@@ -70,6 +72,10 @@ class ChatServices:
     log: TransparencyLog
     vault: Vault | None
     quotas: Quotas | None
+    # Budgets and rate limits (gateway.budgets): the caller's, and the agent's own, reserved before the model is
+    # called and settled by the turn's usage row; the output a turn reserves, which names no max_tokens.
+    budgets: Budgets | None = None
+    default_max_tokens: int = 4096
 
 
 @dataclass(slots=True)
@@ -81,6 +87,7 @@ class _Seen:
     completion: StreamedCompletion | None = None
     lease: datetime | None = None  # until when this turn holds its agent
     recorded: bool = False
+    admission: Admission | None = None  # what the turn reserved against its budgets
 
 
 @dataclass(slots=True)
@@ -192,7 +199,11 @@ class Turn:
     def _record(self, seen: _Seen) -> None:
         if seen.agent is not None and not seen.recorded:
             seen.recorded = True
-            self.services.recorder.record(self._usage_record(seen))
+            row = self._usage_record(seen)
+            self.services.recorder.record(row)
+            if seen.admission is not None and self.services.budgets is not None:
+                cost = row.input_cost_usd + row.output_cost_usd + row.ocr_cost_usd
+                self.services.budgets.settle(seen.admission, cost_usd=cost, tokens=row.total_tokens)
 
     async def _release(self, seen: _Seen) -> None:
         lease, seen.lease = seen.lease, None
@@ -222,6 +233,11 @@ class Turn:
             )
         async with services.database.session() as session:
             history = await conversation(session, agent, limit=CONTEXT_MESSAGES)
+            limits = (
+                await services.budgets.limits_of(session, self.principal, agent_id=agent.id)
+                if services.budgets is not None
+                else ()
+            )
             try:
                 key = (
                     await byok_key(session, agent.id, provider.name, services.vault)
@@ -238,13 +254,21 @@ class Turn:
                 raise ProviderError(
                     "vault_error", "The agent's stored key cannot be used.", status=500
                 ) from None
+        messages = [{"role": message.role, "content": message.content} for message in history]
+        if (
+            limits and services.budgets is not None
+        ):  # QuotaExceededError: an error frame, the model not called
+            price = services.pricing.price_of(agent.model)
+            prices = None if price is None else (price.input_per_million, price.output_per_million)
+            usd, tokens = worst_case(messages, services.default_max_tokens, prices)
+            seen.admission = await services.budgets.admit(limits, usd=usd, tokens=tokens)
         reply_id = new_id("msg")
         parts: list[str] = []
         async with stream_completion(
             services.clients[provider.name],
             provider,
             model=agent.model,
-            messages=[{"role": message.role, "content": message.content} for message in history],
+            messages=messages,
             byok_key=key,
             request_id=self.request_id,
         ) as completion:

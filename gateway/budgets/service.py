@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from gateway.budgets import store
 from gateway.budgets.limits import (
+    NANO,
     REQUESTS,
     SPEND_KINDS,
     USD,
@@ -107,14 +108,17 @@ class Budgets:
         self._swept_at = -math.inf
         self._engine: AsyncEngine | None = None
 
-    async def limits_of(self, session: AsyncSession, principal: Principal) -> tuple[AppliedLimit, ...]:
-        """The limits that apply to `principal`: its user's, its API token's, its agent's (the authenticator's
-        `LimitLookup`, asked once when a credential is proven)."""
+    async def limits_of(
+        self, session: AsyncSession, principal: Principal, *, agent_id: str | None = None
+    ) -> tuple[AppliedLimit, ...]:
+        """The limits that apply to `principal`: its user's, its API token's, its agent's, or `agent_id`'s (an
+        agent's chat turn, whoever calls it). The authenticator's `LimitLookup`, asked when a credential is
+        proven; an agent's turn asks it each turn."""
         owners = [owner("user", principal.user_id)]
         if principal.kind == API_TOKEN and principal.token_id:
             owners.append(owner("token", principal.token_id))
-        if principal.agent_id:
-            owners.append(owner("agent", principal.agent_id))
+        if agent_id or principal.agent_id:
+            owners.append(owner("agent", agent_id or principal.agent_id or ""))
         return await store.applied_limits(session, owners)
 
     async def admit(
@@ -137,12 +141,13 @@ class Budgets:
             raise
         return Admission(hold, spending)
 
-    def settle(self, admission: Admission, *, usd: int, tokens: int) -> None:
-        """The request is over and used `usd` nano-USD and `tokens` tokens: written by the background task."""
+    def settle(self, admission: Admission, *, cost_usd: float, tokens: int) -> None:
+        """The request is over: it cost `cost_usd` (its usage row's, rounded there to 1e-9) and used `tokens`.
+        Written by the background task."""
         if len(self._settlements) >= MAX_QUEUED_SETTLEMENTS:
             logger.error("budgets: settlements queue full; a hold is left to expire")
             return
-        self._settlements.append((admission, usd, tokens))
+        self._settlements.append((admission, round(cost_usd * NANO), tokens))
         self._wakeup.set()
 
     async def run(self) -> None:

@@ -5,30 +5,29 @@ It runs below the usage step, which has read the JSON body (`RequestContext.requ
 request's row whatever happens (a refusal here included); the row, once made, settles the reservation
 (`RequestContext.on_usage`): a whole answer, a stream the client cut (the tokens seen), an upstream failure (none).
 
-The worst case of a chat request: the prompt's estimated tokens (the UTF-8 bytes of the messages' text, which no
-tokenizer's count exceeds, plus a few per message) at the model's input price, and `max_completion_tokens` (or
-`max_tokens`, or `BUDGET_DEFAULT_MAX_TOKENS`) at its output price. OCR reserves one page's price, its pages
-being unknown before; Chroma costs nothing and only meets rate limits. A model without a price is admitted at
-no cost, or refused when `BUDGET_UNKNOWN_MODEL=deny`, under a USD limit.
+The worst case of a chat request (`gateway.budgets.estimate`): the prompt's tokens bounded from above at the
+model's input price, and `max_completion_tokens` (or `max_tokens`, or `BUDGET_DEFAULT_MAX_TOKENS`) at its output
+price. OCR reserves one page's price, its pages being unknown before; Chroma costs nothing and only meets rate
+limits. A model without a price is admitted at no cost, or refused when `BUDGET_UNKNOWN_MODEL=deny`, under a USD
+limit.
 """
 
 from __future__ import annotations
 
 import math
-from decimal import Decimal
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.budgets.estimate import max_tokens, worst_case
 from gateway.budgets.limits import NANO, USD
 from gateway.budgets.service import Admission, Budgets
 from gateway.context import RequestContext
 from gateway.errors import PermissionDeniedError
+from gateway.principals import AppliedLimit
 from gateway.usage.pricing import PriceTable
 from gateway.usage.recorder import UsageRecord
-
-PER_MESSAGE_TOKENS = 4  # a chat format's framing of each message (role, separators)
-_NANO_PER_TOKEN = Decimal(NANO) / Decimal(1_000_000)  # prices are per million tokens
 
 
 class AdmissionMiddleware:
@@ -67,49 +66,20 @@ class AdmissionMiddleware:
 
     def _settle(self, admission: Admission, row: UsageRecord) -> None:
         cost = row.input_cost_usd + row.output_cost_usd + row.ocr_cost_usd
-        self.budgets.settle(admission, usd=round(cost * NANO), tokens=row.total_tokens)
+        self.budgets.settle(admission, cost_usd=cost, tokens=row.total_tokens)
 
-    def _worst_case(self, request: dict[str, Any], limits: Any) -> tuple[int, int]:
-        """The most the request may cost: nano-USD and tokens, each at least 1 (a spent budget refuses)."""
+    def _worst_case(self, request: dict[str, Any], limits: Sequence[AppliedLimit]) -> tuple[int, int]:
+        """The most the request may cost: nano-USD and tokens."""
         if self.kind == "ocr":
             return max(1, math.ceil(self.pricing.ocr_price_per_page * NANO)), 1
-        prompt = _prompt_tokens(request.get("messages"))
-        output = _max_tokens(request) or self.default_max_tokens
         model = request.get("model")
         price = self.pricing.price_of(model if isinstance(model, str) else None)
-        if price is None:
-            if self.deny_unknown_models and any(limit.kind == USD for limit in limits):
-                raise PermissionDeniedError(
-                    "This model has no price, and a USD limit applies: BUDGET_UNKNOWN_MODEL=deny refuses it.",
-                    code="model_not_priced",
-                    param="model",
-                )
-            return 1, prompt + output
-        usd = (prompt * price.input_per_million + output * price.output_per_million) * _NANO_PER_TOKEN
-        return max(1, math.ceil(usd)), prompt + output
-
-
-def _max_tokens(request: dict[str, Any]) -> int | None:
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = request.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
-def _prompt_tokens(messages: object) -> int:
-    """An upper bound of the prompt's tokens: its text's UTF-8 bytes (a token is never less than a byte of the
-    text it encodes), plus each message's framing."""
-    if not isinstance(messages, list):
-        return PER_MESSAGE_TOKENS
-    return sum(_text_bytes(message) + PER_MESSAGE_TOKENS for message in messages)
-
-
-def _text_bytes(value: object) -> int:
-    if isinstance(value, str):
-        return len(value.encode("utf-8", "surrogatepass"))
-    if isinstance(value, dict):
-        return sum(_text_bytes(item) for item in value.values())
-    if isinstance(value, list):
-        return sum(_text_bytes(item) for item in value)
-    return 0
+        if price is None and self.deny_unknown_models and any(limit.kind == USD for limit in limits):
+            raise PermissionDeniedError(
+                "This model has no price, and a USD limit applies: BUDGET_UNKNOWN_MODEL=deny refuses it.",
+                code="model_not_priced",
+                param="model",
+            )
+        prices = None if price is None else (price.input_per_million, price.output_per_million)
+        output = max_tokens(request) or self.default_max_tokens
+        return worst_case(request.get("messages"), output, prices)
