@@ -28,11 +28,12 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from gateway.budgets import store
@@ -53,6 +54,7 @@ from gateway.metrics import Metrics
 from gateway.principals import API_TOKEN, AppliedLimit, Principal
 
 logger = logging.getLogger("gateway.budgets")
+T = TypeVar("T")
 
 LEASE_SECONDS = 1.0  # a lease's admissions are used, or given back, within this
 SWEEP_SECONDS = 1.0
@@ -218,13 +220,9 @@ class Budgets:
 
     async def _reserve(self, hold: str, limits: tuple[AppliedLimit, ...], *, usd: int, tokens: int) -> None:
         expires_at = time.time() + self.reservation_seconds
-        values = {"hold": hold, "limits": limits, "usd": usd, "tokens": tokens, "expires_at": expires_at}
-        if self.database.is_postgres:
-            async with self._autocommit().connect() as connection:
-                await store.reserve(connection, postgres=True, **values)  # type: ignore[arg-type]
-            return
-        async with self.database.session() as session, session.begin():
-            await store.reserve(session, postgres=False, **values)  # type: ignore[arg-type]
+        await self._write(
+            store.reserve, hold=hold, limits=limits, usd=usd, tokens=tokens, expires_at=expires_at
+        )
 
     async def _spend_refusal(
         self, limits: tuple[AppliedLimit, ...], *, usd: int, tokens: int
@@ -283,17 +281,10 @@ class Budgets:
     async def _lease(self, hold: str, limit: AppliedLimit) -> store.Grant:
         known_left = self._left.get(limit.id, limit.cap)
         wanted = max(1, min(MAX_LEASE, limit.cap // LEASE_FRACTION, known_left // LEASE_SHRINK))
-        values = {
-            "hold": hold,
-            "limit_id": limit.id,
-            "wanted": wanted,
-            "expires_at": time.time() + WINDOW_SECONDS + LEASE_SECONDS,
-        }
-        if self.database.is_postgres:
-            async with self._autocommit().connect() as connection:
-                return await store.lease(connection, postgres=True, **values)  # type: ignore[arg-type]
-        async with self.database.session() as session, session.begin():
-            return await store.lease(session, postgres=False, **values)  # type: ignore[arg-type]
+        expires_at = time.time() + WINDOW_SECONDS + LEASE_SECONDS
+        return await self._write(
+            store.lease, hold=hold, limit_id=limit.id, wanted=wanted, expires_at=expires_at
+        )
 
     async def _rate_refusal(self, limit: AppliedLimit) -> QuotaExceededError:
         async with self.database.session() as session:
@@ -338,12 +329,25 @@ class Budgets:
                 )
                 for admission, usd, tokens in batch
             ]
-            async with self.database.session() as session, session.begin():
-                await store.settle(
-                    session, postgres=self.database.is_postgres, settlements=settlements, now=time.time()
-                )
+            await self._write(store.settle, settlements=settlements, now=time.time())
             for _ in batch:
                 self._settlements.popleft()
+
+    async def _write(self, statement: Callable[..., Awaitable[T]], **values: Any) -> T:
+        """`statement` of `gateway.budgets.store` run as it should be: on Postgres on an autocommit connection
+        (its one statement is its transaction), on SQLite in a transaction of the shared database."""
+        if self.database.is_postgres:
+            try:
+                async with self._autocommit().connect() as connection:
+                    return await statement(connection, postgres=True, **values)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+            # A pooled connection found dead (no ping on checkout): the pool drops it; once more on a fresh one.
+            async with self._autocommit().connect() as connection:
+                return await statement(connection, postgres=True, **values)
+        async with self.database.session() as session, session.begin():
+            return await statement(session, postgres=False, **values)
 
     def _autocommit(self) -> AsyncEngine:
         """Postgres connections of the budgets' own: autocommit (a statement is its transaction: no BEGIN and

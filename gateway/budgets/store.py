@@ -27,7 +27,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from gateway.budgets.limits import (
@@ -47,7 +47,14 @@ from gateway.principals import AppliedLimit
 LIMIT_ID_PREFIX = "lim"
 
 # asyncpg needs each parameter's type; the statements' text does not say it.
-TYPES = {"usd": BigInteger, "tokens": BigInteger, "k": BigInteger, "now": Float, "expires_at": Float}
+TYPES = {
+    "usd": BigInteger,
+    "tokens": BigInteger,
+    "k": BigInteger,
+    "now": Float,
+    "expires_at": Float,
+    "day": BigInteger,
+}
 
 
 def typed(statement: str) -> TextClause:
@@ -91,6 +98,33 @@ LEASE_POSTGRES = typed(
     """
 )
 LEASE_SQLITE = typed(LEASE_UPDATE)
+# Settle a batch in one statement: release its holds, count each limit's actual spend (`:ids` and `:actuals`,
+# side by side), raise a ceiling a request overran, and add rolling windows' spend to today's row.
+SETTLE_POSTGRES = typed(
+    """
+    WITH released AS (
+        DELETE FROM budget_holds WHERE hold = ANY(CAST(:holds AS varchar[])) RETURNING limit_id, amount
+    ), held AS (
+        SELECT limit_id, sum(amount) AS amount FROM released GROUP BY limit_id
+    ), spend AS (
+        SELECT s.limit_id, s.actual, coalesce(h.amount, 0) AS held
+        FROM unnest(CAST(:ids AS varchar[]), CAST(:actuals AS bigint[])) AS s(limit_id, actual)
+        LEFT JOIN held AS h ON h.limit_id = s.limit_id
+    ), locked AS (
+        SELECT b.id FROM budget_limits AS b JOIN spend ON spend.limit_id = b.id ORDER BY b.id FOR UPDATE OF b
+    ), settled AS (
+        UPDATE budget_limits AS b
+        SET spent = b.spent + spend.actual, reserved = b.reserved - spend.held,
+            ceiling = GREATEST(b.ceiling, b.spent + b.reserved + spend.actual - spend.held), updated_at = :now
+        FROM spend JOIN locked ON locked.id = spend.limit_id
+        WHERE b.id = spend.limit_id
+        RETURNING b.id, b.period, spend.actual
+    )
+    INSERT INTO budget_days (limit_id, day, amount)
+    SELECT id, :day, actual FROM settled WHERE period = 'rolling' AND actual > 0
+    ON CONFLICT (limit_id, day) DO UPDATE SET amount = budget_days.amount + excluded.amount
+    """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,45 +321,56 @@ async def give_back(session: AsyncSession, *, hold: str, limit_id: str, unused: 
 
 
 async def settle(
-    session: AsyncSession,
+    connection: AsyncConnection | AsyncSession,
     *,
     postgres: bool,
     settlements: Sequence[tuple[str, Sequence[tuple[AppliedLimit, int]]]],
     now: float,
 ) -> None:
     """Release each hold of `settlements` and count what its request actually used on each of its limits, all
-    in the caller's transaction (one UPDATE per limit, whatever the number of requests: the limit's row is
-    locked once per batch). A hold the sweep already released (expired) releases nothing again; the spend
-    counts all the same."""
-    released = await session.execute(
-        delete(BudgetHold)
-        .where(BudgetHold.hold.in_([hold for hold, _ in settlements]))
-        .returning(BudgetHold.hold, BudgetHold.limit_id, BudgetHold.amount)
-    )
-    held = {(hold, limit_id): amount for hold, limit_id, amount in released}
-    totals: dict[str, tuple[AppliedLimit, int, int]] = {}
-    for hold, spends in settlements:
+    at once: one statement on Postgres; on SQLite, within the caller's transaction, one UPDATE per limit. A hold
+    the sweep already released (expired) releases nothing again; the spend counts all the same."""
+    holds = [hold for hold, _ in settlements]
+    actuals: dict[str, tuple[AppliedLimit, int]] = {}
+    for _, spends in settlements:
         for limit, actual in spends:
-            _, spent, was_held = totals.get(limit.id, (limit, 0, 0))
-            totals[limit.id] = (limit, spent + actual, was_held + held.get((hold, limit.id), 0))
-    for limit_id in sorted(totals):
-        limit, actual, was_held = totals[limit_id]
-        after = BudgetLimit.spent + BudgetLimit.reserved + actual - was_held
-        await session.execute(
+            actuals[limit.id] = (limit, actuals.get(limit.id, (limit, 0))[1] + actual)
+    if postgres:
+        ids = sorted(actuals)
+        await connection.execute(
+            SETTLE_POSTGRES,
+            {
+                "holds": holds,
+                "ids": ids,
+                "actuals": [actuals[limit_id][1] for limit_id in ids],
+                "now": now,
+                "day": day_of(now),
+            },
+        )
+        return
+    released = await connection.execute(
+        delete(BudgetHold).where(BudgetHold.hold.in_(holds)).returning(BudgetHold.limit_id, BudgetHold.amount)
+    )
+    held: dict[str, int] = defaultdict(int)
+    for limit_id, amount in released:
+        held[limit_id] += amount
+    for limit_id in sorted(actuals):
+        limit, actual = actuals[limit_id]
+        after = BudgetLimit.spent + BudgetLimit.reserved + actual - held[limit_id]
+        await connection.execute(
             update(BudgetLimit)
             .where(BudgetLimit.id == limit_id)
             .values(
                 spent=BudgetLimit.spent + actual,
-                reserved=BudgetLimit.reserved - was_held,
+                reserved=BudgetLimit.reserved - held[limit_id],
                 # A request that cost more than it reserved (an upstream past max_tokens) is counted in full.
                 ceiling=case((after > BudgetLimit.ceiling, after), else_=BudgetLimit.ceiling),
                 updated_at=now,
             )
         )
         if limit.period == ROLLING and actual:
-            insert_of = postgresql.insert if postgres else sqlite.insert
-            statement = insert_of(BudgetDay).values(limit_id=limit_id, day=day_of(now), amount=actual)
-            await session.execute(
+            statement = sqlite.insert(BudgetDay).values(limit_id=limit_id, day=day_of(now), amount=actual)
+            await connection.execute(
                 statement.on_conflict_do_update(
                     index_elements=[BudgetDay.limit_id, BudgetDay.day],
                     set_={"amount": BudgetDay.amount + statement.excluded.amount},
