@@ -4,7 +4,6 @@ usage, and a turn that does not fit refused with an error frame, the model not c
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -12,7 +11,8 @@ import pytest
 from tests.conftest import GatewayFactory
 from tests.fakes.chat_provider import USAGE, FakeChatProvider
 from tests.integration.agents_support import User, new_user, turn_frames
-from tests.serving import GATEWAY, LiveServer, clean_env
+from tests.integration.test_budgets import run_cli
+from tests.serving import LiveServer
 
 OUTPUT_TOKENS = 100  # BUDGET_DEFAULT_MAX_TOKENS: a turn names no max_tokens
 # The first turn reserves 113 tokens ("user" and "hello": 9 bytes, 4 for the framing, 100 for the output) and
@@ -40,22 +40,13 @@ def chat_gateway(
         yield server
 
 
-def gateway_cli(gateway_env: dict[str, str], *args: str) -> str:
-    settings = {key: value for key, value in gateway_env.items() if key in ("DATA_DIR", "DATABASE_URL")}
-    done = subprocess.run(
-        [GATEWAY, *args], env=clean_env(**settings), capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
 def test_an_agents_turns_are_held_to_its_budget(
     chat_gateway: LiveServer, provider: tuple[FakeChatProvider, LiveServer], gateway_env: dict[str, str]
 ) -> None:
     provider[0].reset()
     user: User = new_user(gateway_env, chat_gateway.url)
     agent = user.running_agent()
-    shown = gateway_cli(
+    shown = run_cli(
         gateway_env, "users", "limits", "--email", user.email, "--agent", agent["id"], "--tokens", str(CAP)
     )
     assert f"limits of agent:{agent['id']}" in shown
@@ -75,7 +66,7 @@ def test_an_agents_turns_are_held_to_its_budget(
     assert len(provider[0].recorder.requests) == 1  # the second turn never reached the model
     row = next(
         line.split("\t")
-        for line in gateway_cli(gateway_env, "users", "limits", "--email", user.email, "--agent", agent["id"])
+        for line in run_cli(gateway_env, "users", "limits", "--email", user.email, "--agent", agent["id"])
         .strip()
         .splitlines()
         if line.startswith("tokens_per_period")
