@@ -11,8 +11,6 @@ from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import People, assert_accessible, screenshot, sign_in
 
-SEVEN_DAYS = timedelta(days=7)
-
 
 def daily(rows: list[dict[str, Any]], days: int) -> dict[str, tuple[int, float]]:
     """(tokens, cost) per UTC day of the last `days` days, as /v1/usage/daily buckets the rows."""
@@ -37,26 +35,38 @@ def chart_data(page: Page) -> dict[str, tuple[int, float]]:
 
 
 def assert_chart(page: Page, rows: list[dict[str, Any]], days: int) -> None:
+    """The chart drawn from `rows`, once it has been drawn again (after a change of range or of user)."""
     expected = daily(rows, days)
-    page.wait_for_function(f"() => document.getElementById('usage-chart').uplot?.data[0].length === {days}")
+    tokens = [tokens for tokens, _ in expected.values()]
+    page.wait_for_function(
+        """tokens => {
+            const data = document.getElementById('usage-chart').uplot?.data;
+            return data && data[1].length === tokens.length && data[1].every((t, i) => t === tokens[i]);
+        }""",
+        arg=tokens,
+    )
     drawn = chart_data(page)
     assert drawn.keys() == expected.keys()
-    for day, (tokens, cost) in expected.items():
-        assert drawn[day][0] == tokens, day
+    for day, (day_tokens, cost) in expected.items():
+        assert drawn[day][0] == day_tokens, day
         assert abs(drawn[day][1] - cost) < 1e-9, day
 
 
-def figure(page: Page, key: str) -> str:
-    return page.locator(f"#view [data-figure='{key}'] .tile-value").inner_text()
+def expect_figure(page: Page, key: str, text: str) -> None:
+    expect(page.locator(f"#view [data-figure='{key}'] .tile-value")).to_have_text(text)
 
 
-def rollup(page: Page, window: str) -> str:
+def expect_rollup(page: Page, window: str, text: str) -> None:
+    """`text` is the tile's value and its note: `1,500 tokens | 1 request · $0.0005`."""
+    value, note = text.split(" | ")
     tile = page.locator(f"#view [data-window='{window}']")
-    return f"{tile.locator('.tile-value').inner_text()} | {tile.locator('.tile-note').inner_text()}"
+    expect(tile.locator(".tile-value")).to_have_text(value)
+    expect(tile.locator(".tile-note")).to_have_text(note)
 
 
-def table_rows(page: Page, title: str) -> list[list[str]]:
+def table_rows(page: Page, title: str, count: int) -> list[list[str]]:
     table = page.get_by_role("region", name=title).locator("tbody tr")
+    expect(table).to_have_count(count)
     return [[cell.strip() for cell in row.locator("td").all_inner_texts()] for row in table.all()]
 
 
@@ -66,28 +76,28 @@ def test_a_user_sees_their_own_figures_drawn_from_the_seeded_rows(page: Page, pe
     expect(page.locator("#usage-scope")).to_have_text("Your own usage.")
     expect(page.get_by_label("Whose usage")).to_have_count(0)
 
-    assert figure(page, "requests") == "4"
-    assert figure(page, "errors") == "1"
+    expect_figure(page, "requests", "4")
+    expect_figure(page, "errors", "1")
     expect(page.locator("#view [data-figure='errors'] .tile-note")).to_have_text("of 4 requests (25%)")
-    assert figure(page, "tokens") == "4,500"
+    expect_figure(page, "tokens", "4,500")
     expect(page.locator("#view [data-figure='tokens'] .tile-note")).to_have_text("3,000 in · 1,500 out")
-    assert figure(page, "cost") == "$0.0245"
-    assert figure(page, "ocr-pages") == "12"
-    assert figure(page, "ocr-cost") == "$0.012"
-    assert figure(page, "latency") == "10 ms"
+    expect_figure(page, "cost", "$0.0245")
+    expect_figure(page, "ocr-pages", "12")
+    expect_figure(page, "ocr-cost", "$0.012")
+    expect_figure(page, "latency", "10 ms")
 
-    assert rollup(page, "10m") == "1,500 tokens | 1 request · $0.0005"
-    assert rollup(page, "1h") == "1,500 tokens | 1 request · $0.0005"
-    assert rollup(page, "6h") == "4,500 tokens | 2 requests · $0.0125"
-    assert rollup(page, "24h") == "4,500 tokens | 2 requests · $0.0125"
-    assert rollup(page, "7d") == "4,500 tokens | 4 requests · $0.0245"
+    expect_rollup(page, "10m", "1,500 tokens | 1 request · $0.0005")
+    expect_rollup(page, "1h", "1,500 tokens | 1 request · $0.0005")
+    expect_rollup(page, "6h", "4,500 tokens | 2 requests · $0.0125")
+    expect_rollup(page, "24h", "4,500 tokens | 2 requests · $0.0125")
+    expect_rollup(page, "7d", "4,500 tokens | 4 requests · $0.0245")
 
-    assert table_rows(page, "Top models") == [  # by requests, then by name
+    assert table_rows(page, "Top models", 3) == [  # by requests, then by name
         ["gpt-4o-mini", "2", "1", "1,500", "$0.0005"],
         ["gpt-4.1", "1", "0", "3,000", "$0.012"],
         ["mistral-ocr-latest", "1", "0", "0", "$0.012"],
     ]
-    assert table_rows(page, "Top paths") == [
+    assert table_rows(page, "Top paths", 2) == [
         ["/v1/chat/completions", "3", "1", "4,500", "$0.0125"],
         ["/v1/ocr", "1", "0", "0", "$0.012"],
     ]
@@ -105,7 +115,7 @@ def test_a_user_sees_their_own_figures_drawn_from_the_seeded_rows(page: Page, pe
     # 30 days: the chat of 20 days ago is drawn too; the 7-day figures above do not move.
     page.get_by_text("30 days", exact=True).click()
     assert_chart(page, people.dana.rows, 30)
-    assert figure(page, "tokens") == "4,500"
+    expect_figure(page, "tokens", "4,500")
     page.get_by_text("90 days", exact=True).click()
     assert_chart(page, people.dana.rows, 90)
     page.get_by_text("The chart's figures, day by day").click()  # closed again
@@ -115,9 +125,9 @@ def test_a_user_sees_their_own_figures_drawn_from_the_seeded_rows(page: Page, pe
 def test_an_admin_sees_the_whole_gateway_and_narrows_it_to_one_user(page: Page, people: People) -> None:
     sign_in(page, people.admin.login)
     expect(page.locator("#usage-scope")).to_have_text("The whole gateway: every user's usage.")
-    assert figure(page, "requests") == "6"
-    assert figure(page, "tokens") == "9,300"
-    assert figure(page, "cost") == "$0.042"
+    expect_figure(page, "requests", "6")
+    expect_figure(page, "tokens", "9,300")
+    expect_figure(page, "cost", "$0.042")
     assert_chart(page, people.rows, 7)
     assert_accessible(page)
     screenshot(page, "usage-admin")
@@ -126,9 +136,9 @@ def test_an_admin_sees_the_whole_gateway_and_narrows_it_to_one_user(page: Page, 
     picker.select_option(label=people.erin.email)
     expect(page.locator("#usage-scope")).to_have_text(f"One user's usage: {people.erin.email}.")
     expect(page.locator("#view [data-figure='requests'] .tile-value")).to_have_text("2")
-    assert figure(page, "tokens") == "4,800"
-    assert figure(page, "cost") == "$0.0175"
-    assert rollup(page, "1h") == "4,000 tokens | 1 request · $0.0175"
+    expect_figure(page, "tokens", "4,800")
+    expect_figure(page, "cost", "$0.0175")
+    expect_rollup(page, "1h", "4,000 tokens | 1 request · $0.0175")
     assert_chart(page, people.erin.rows, 7)
 
     picker.select_option(label=people.dana.email)
