@@ -23,7 +23,7 @@ from gateway.budgets.store import set_limits
 from gateway.budgets.views import limit_views
 from gateway.db.agent_models import Agent
 from gateway.db.engine import Database
-from gateway.errors import InvalidRequestError
+from gateway.errors import ConflictError, InvalidRequestError
 
 
 class OperatorError(Exception):
@@ -122,7 +122,10 @@ async def limits(
                     except InvalidRequestError as exc:
                         raise OperatorError(exc.message) from None
                 if parsed is not None:
-                    await set_limits(session, who, parsed, now=time.time())
+                    try:
+                        await set_limits(session, who, parsed, now=time.time())
+                    except ConflictError as exc:
+                        raise OperatorError(exc.message) from None
                     await Revocations(database, PrincipalCache()).announce(session, LIMITS, who)
             views = (await limit_views(session, [who])).get(who, {})
     finally:

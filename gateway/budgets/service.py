@@ -129,12 +129,15 @@ class Budgets:
         """Admit a request whose worst case is `usd` nano-USD and `tokens` tokens (`spend=False`: rate limits
         only). Returns what to settle, None when nothing was reserved. Raises 429 `rate_limited` or
         `budget_exceeded` (nothing held) when a limit does not fit."""
-        consumed = [await self._admit_rate(limit) for limit in limits if limit.kind == REQUESTS]
         spending = tuple(limit for limit in limits if limit.kind in SPEND_KINDS) if spend else ()
-        if not spending:
-            return None
-        hold = new_id(HOLD_ID_PREFIX)
+        consumed: list[Lease] = []
         try:
+            for limit in limits:
+                if limit.kind == REQUESTS:
+                    consumed.append(await self._admit_rate(limit))
+            if not spending:
+                return None
+            hold = new_id(HOLD_ID_PREFIX)
             await self._reserve_or_refuse(hold, spending, usd=usd, tokens=tokens)
         except QuotaExceededError:
             for lease in consumed:  # a refused request does not count against the rate
@@ -271,7 +274,10 @@ class Budgets:
                     swept = True
                     await self._sweep_before_refusing()  # admissions older than the window refuse no one
                     continue
-                raise await self._rate_refusal(limit)
+                refusal = await self._rate_refusal(limit)
+                if refusal is None:  # the limit was removed a moment ago: nothing to count against
+                    return Lease("", limit.id, 0)
+                raise refusal
             if lease is not None and lease.left > 0:
                 self._returns.append(lease)
             self._left[limit.id] = grant.left
@@ -286,8 +292,11 @@ class Budgets:
             store.lease, hold=hold, limit_id=limit.id, wanted=wanted, expires_at=expires_at
         )
 
-    async def _rate_refusal(self, limit: AppliedLimit) -> QuotaExceededError:
+    async def _rate_refusal(self, limit: AppliedLimit) -> QuotaExceededError | None:
+        """The refusal of a rate limit with no admission left; None when the limit no longer exists."""
         async with self.database.session() as session:
+            if not await store.states_by_id(session, [limit.id]):
+                return None
             oldest = (await store.oldest_holds(session, [limit.id])).get(limit.id)
         now = time.time()
         retry_at = oldest if oldest is not None else now + 1

@@ -28,6 +28,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from gateway.budgets.limits import (
@@ -41,6 +42,7 @@ from gateway.budgets.limits import (
     day_of,
 )
 from gateway.db.budget_models import BudgetDay, BudgetHold, BudgetLimit
+from gateway.errors import ConflictError
 from gateway.ids import new_id
 from gateway.principals import AppliedLimit
 
@@ -232,7 +234,10 @@ async def set_limits(session: AsyncSession, owner: str, changes: LimitChanges, *
             if row.kind != REQUESTS and (row.period, row.rolling_days) != (period.name, period.rolling_days):
                 row.period, row.rolling_days, row.resets_at = _period_columns(row.kind, period, now)
                 row.updated_at = now
-    await session.flush()
+    try:
+        await session.flush()
+    except IntegrityError:  # the same owner's limit made by another request at the same moment
+        raise ConflictError("The limits were being changed at the same moment; try again.") from None
 
 
 def _period_columns(kind: str, period: Period, now: float) -> tuple[str, int | None, float | None]:

@@ -200,14 +200,14 @@ CREATE = Operation(
             "limits": LIMITS_BODY,
         },
     ),
-    errors=(400, 401, 403, 413, 415),
+    errors=(400, 401, 403, 409, 413, 415),
     security=USER,
 )
 UPDATE = Operation(
     "Change an API token's budgets and rate limits, honoured everywhere within a second (platform JWT only)",
     {200: Reply("The token record with its limits", TOKEN_RECORD)},
     body=obj({"limits": LIMITS_BODY}),
-    errors=(400, 401, 403, 404, 413, 415),
+    errors=(400, 401, 403, 404, 409, 413, 415),
     security=USER,
 )
 REVOKE = Operation(
