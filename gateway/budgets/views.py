@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.budgets import store
-from gateway.budgets.limits import REQUESTS, ROLLING, shown
+from gateway.budgets.limits import REQUESTS, ROLLING, owner, shown
+from gateway.db.models import ApiToken
 
 LimitViews = dict[str, dict[str, Any]]  # kind -> view
 
@@ -68,3 +70,28 @@ def _iso(moment: float | None) -> str | None:
     if moment is None:
         return None
     return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
+
+
+USAGE_LIMITS_VIEW = {
+    "type": "object",
+    "description": "The user's budgets and rate limits with their counters, and each of their API tokens' (absent "
+    "when the usage read is the whole gateway's)",
+    "properties": {
+        "user": LIMITS_VIEW,
+        "tokens": {"type": "object", "description": "by token id", "additionalProperties": LIMITS_VIEW},
+    },
+}
+
+
+async def user_limit_views(session: AsyncSession, user_id: str) -> dict[str, Any]:
+    """`{"user": {kind: view}, "tokens": {token id: {kind: view}}}`: a user's own limits and their tokens' (those
+    that have any), in three queries."""
+    token_ids = (await session.scalars(select(ApiToken.id).where(ApiToken.user_id == user_id))).all()
+    user = owner("user", user_id)
+    views = await limit_views(session, [user, *(owner("token", token_id) for token_id in token_ids)])
+    tokens = {
+        token_id: views[owner("token", token_id)]
+        for token_id in token_ids
+        if owner("token", token_id) in views
+    }
+    return {"user": views.get(user, {}), "tokens": tokens}
