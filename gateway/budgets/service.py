@@ -182,23 +182,22 @@ class Budgets:
             if self._engine is not None:
                 await self._engine.dispose()
 
-    async def sweep(self) -> None:
-        """Release expired holds, reset ended periods, take old days off rolling windows."""
+    async def sweep(self, *, unless_within: float = 0.0) -> None:
+        """Release expired holds, reset ended periods, take old days off rolling windows; not again when a sweep
+        began less than `unless_within` seconds ago (the sweeps a flood of refusals asks for are one)."""
         async with self._sweep_lock:
             began = time.monotonic()
+            if began - self._swept_at < unless_within:
+                return
             async with self.database.session() as session, session.begin():
                 await store.sweep(session, now=time.time())
             self._swept_at = began
 
     async def _sweep_before_refusing(self) -> None:
-        async with self._sweep_lock:
-            if time.monotonic() - self._swept_at < REFUSAL_SWEEP_SECONDS:
-                return
-        await self.sweep()
+        await self.sweep(unless_within=REFUSAL_SWEEP_SECONDS)
 
     async def _drain(self) -> None:
-        for lease in self._leases.values():
-            self._returns.append(lease)
+        self._returns += [lease for lease in self._leases.values() if lease.left > 0]
         self._leases.clear()
         await self._give_back_stale()
         await self._write_settlements()
