@@ -84,3 +84,27 @@ def test_a_revocation_cancelled_keeps_the_token(page: Page, people: People) -> N
     page.set_viewport_size({"width": 375, "height": 812})
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 375
     assert_accessible(page)
+
+
+def test_a_tokens_limits_are_shown(page: Page, people: People, dashboard_gateway: LiveServer) -> None:
+    login = httpx.post(f"{dashboard_gateway.url}/api/v1/auth/login", json=people.admin.login)
+    assert login.status_code == 200, login.text
+    created = httpx.post(
+        f"{dashboard_gateway.url}/v1/api-tokens",
+        json={
+            "name": "capped",
+            "limits": {
+                "usd_per_period": 5,
+                "tokens_per_period": 20000,
+                "period": "day",
+                "requests_per_minute": 100,
+            },
+        },
+        headers={"authorization": f"Bearer {login.json()['access_token']}"},
+    )
+    assert created.status_code == 201, created.text
+
+    sign_in(page, people.admin.login, "#/tokens")
+    listed = page.get_by_role("region", name="Your tokens").locator("tr", has_text="capped")
+    limits = listed.get_by_role("listitem")
+    expect(limits).to_have_text(["$0.00 of $5.00 today", "0 of 20,000 tokens today", "100 requests a minute"])

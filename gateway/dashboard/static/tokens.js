@@ -225,10 +225,12 @@ function tokenTable(tokens, revoke) {
 }
 
 const PERIODS = { day: "today", month: "this month" };
+const LIMIT_ORDER = ["usd_per_period", "tokens_per_period", "requests_per_minute"];
 
 /** `usd_per_period`, `tokens_per_period`, `requests_per_minute` (gateway/budgets), each as spent of limit. */
 function limitsText(limits) {
-  const entries = Object.entries(limits ?? {});
+  const order = (kind) => (LIMIT_ORDER.includes(kind) ? LIMIT_ORDER.indexOf(kind) : LIMIT_ORDER.length);
+  const entries = Object.entries(limits ?? {}).sort(([a], [b]) => order(a) - order(b));
   if (!entries.length) return "None";
   return h(
     "ul",
