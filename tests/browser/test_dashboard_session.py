@@ -70,3 +70,29 @@ def test_someone_else_signing_in_over_the_page_gets_their_own_view(page: Page, p
     expect(page.get_by_text(people.erin.email)).to_be_visible()
     page.get_by_role("link", name="Usage").click()
     expect(page.locator(TOKENS)).to_have_text("4,800")
+
+
+def test_requests_that_meet_an_expired_session_together_share_one_refresh(page: Page, people: People) -> None:
+    """A refresh token is single use, and a reused one ends its whole family: two renewals at once would sign
+    the user out. The page's API calls that get a 401 together wait for one."""
+    sign_in(page, people.dana.login, "#/tokens")
+    expect(page.get_by_role("heading", level=1)).to_have_text("API tokens")
+    refreshes: list[int] = []
+    page.on(
+        "response", lambda r: refreshes.append(r.status) if r.url.endswith("/api/v1/auth/refresh") else None
+    )
+    page.context.clear_cookies(name="gw_session")
+
+    emails = page.evaluate(
+        """async () => {
+            const { api } = await import('/dashboard/static/api.js');
+            const calls = [
+                api('/api/v1/auth/me'), api('/v1/api-tokens'), api('/api/v1/auth/me'), api('/v1/users').catch(e => e),
+            ];
+            const [first, tokens, second, users] = await Promise.all(calls);
+            return [first.user.email, Array.isArray(tokens.data), second.user.email, users.status, users.code];
+        }"""
+    )
+    assert emails == [people.dana.email, True, people.dana.email, 403, "admin_only"]
+    assert refreshes == [200]
+    expect(page.get_by_role("dialog", name="Sign in")).to_be_hidden()
