@@ -43,7 +43,9 @@ PRIVATE_FOLDER_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 
 
-def create_engine(database_url: str, *, statement_timeouts: bool = True, pre_ping: bool = True) -> AsyncEngine:
+def create_engine(
+    database_url: str, *, statement_timeouts: bool = True, pre_ping: bool = True
+) -> AsyncEngine:
     """An engine for `database_url` (already normalised by the settings to an async driver).
 
     On Postgres, a connect fails after `CONNECT_TIMEOUT_SECONDS` and a statement after `STATEMENT_TIMEOUT_SECONDS`
