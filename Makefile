@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run migrate test lint format vendor bench bench-setup bench-usage bench-log bench-instructions soak clean
+.PHONY: install run migrate test lint format vendor bench bench-setup bench-usage bench-log bench-instructions soak chroma-conformance clean
 
 $(BIN)/gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,9 @@ bench-instructions: install  ## instructions per chat completion under callgrind
 
 soak: install  ## ten minutes of mixed load through a database outage and a SIGTERM (SOAK_SECONDS to change)
 	$(BIN)/python bench/soak.py
+
+chroma-conformance: install  ## Chroma's own client tests against Chroma and through the gateway; docs/CHROMA_CONFORMANCE.md
+	$(BIN)/python bench/chroma_conformance.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
