@@ -21,7 +21,10 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from gateway.db.engine import Database
+from gateway.db.models import UsageEvent
 from gateway.settings import Settings
 from tests.conftest import GatewayFactory, add_user
 from tests.serving import GATEWAY, LiveServer, clean_env, free_port, gateway_process
@@ -103,6 +106,28 @@ def settled(
         time.sleep(0.1)
 
 
+async def recorded(database_url: str, token_id: str, *, rows: int) -> tuple[list[int], float]:
+    """The statuses of the token's usage rows, and their total cost, once there are `rows` of them."""
+    database = Database(database_url)
+    database.open()
+    try:
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while True:
+            async with database.session() as session:
+                found = (
+                    await session.execute(
+                        select(
+                            UsageEvent.status, UsageEvent.input_cost_usd + UsageEvent.output_cost_usd
+                        ).where(UsageEvent.token_id == token_id)
+                    )
+                ).all()
+            if len(found) >= rows or time.monotonic() > deadline:
+                return [status for status, _ in found], sum(cost for _, cost in found)
+            await asyncio.sleep(0.2)
+    finally:
+        await database.close()
+
+
 def chat_body(model: str = "gpt-4o-mini", *, stream: bool = False) -> dict[str, Any]:
     return {"model": model, "messages": ASK, "max_tokens": MAX_TOKENS, "stream": stream}
 
@@ -178,6 +203,11 @@ def test_fifty_concurrent_requests_against_a_cap_that_fits_five(
     usd = settled(priced, access, token["id"])["usd_per_period"]
     assert usd["spent"] == pytest.approx(5 * ACTUAL_USD)
     assert usd["spent"] <= CAP_FOR_FIVE_USD
+    # The usage capture recorded the same: fifty rows, five of them billed (streams the client left: 499), together
+    # within the cap.
+    statuses, cost = asyncio.run(recorded(database_url, token["id"], rows=50))
+    assert sorted(statuses) == [429] * 45 + [499] * 5
+    assert cost == pytest.approx(usd["spent"])
     assert usd["remaining"] == pytest.approx(CAP_FOR_FIVE_USD - 5 * ACTUAL_USD)
     assert usd["period"] == "day" and usd["resets_at"].endswith("T00:00:00Z")
 
