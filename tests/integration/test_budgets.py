@@ -318,6 +318,21 @@ def test_a_gateway_killed_mid_request_holds_nothing_past_the_reservations_expiry
     assert (usd["spent"], usd["remaining"]) == (0, pytest.approx(CAP_FOR_FIVE_USD))
 
 
+def test_ocr_reserves_a_page_and_settles_to_the_pages_processed(
+    priced: LiveServer, database_url: str
+) -> None:
+    _, access = sign_in(priced, database_url)
+    token = new_token(priced, access, {"usd_per_period": 0.0025})  # two and a half pages at 0.001 USD
+
+    def ocr() -> httpx.Response:
+        body = {"url": "https://example.com/scan.pdf"}
+        return httpx.post(f"{priced.url}/v1/ocr", json=body, headers=bearer(token["token"]), timeout=10)
+
+    assert ocr().status_code == 200  # one page reserved; the fake processed two
+    assert settled(priced, access, token["id"])["usd_per_period"]["spent"] == pytest.approx(0.002)
+    assert_refused(ocr(), "budget_exceeded", "usd_per_period")  # 0.002 spent: less than a page left
+
+
 def test_limits_are_shown_and_bad_ones_refused_naming_the_field(
     priced: LiveServer, database_url: str
 ) -> None:
