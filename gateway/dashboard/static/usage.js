@@ -379,7 +379,7 @@ function chartOptions(width, days) {
         scale: "usd",
         side: 1,
         label: compact ? null : "Estimated cost (USD)",
-        size: compact ? 52 : 78,
+        size: compact ? 62 : 78,
         grid: { show: false },
         values: (u, ticks) => ticks.map((v) => `$${trim(v)}`),
       },
