@@ -1,11 +1,14 @@
-"""A `limits` object as the API and the CLI take it, and when each period resets (issue 22)."""
+"""A `limits` object as the API and the CLI take it, when each period resets, and a request's worst case
+(issue 22)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 
+from gateway.budgets.estimate import max_tokens, prompt_tokens, worst_case
 from gateway.budgets.limits import DAY_SECONDS, NANO, Period, day_of, parse_limits
 from gateway.errors import InvalidRequestError
 
@@ -73,3 +76,23 @@ def test_days_are_counted_in_utc() -> None:
     assert day_of(at("1970-01-02T00:00:00")) == 1
     assert day_of(at("2026-12-07T23:59:59")) == day_of(at("2026-12-07T00:00:00"))
     assert day_of(at("2026-12-08T00:00:00")) * DAY_SECONDS == at("2026-12-08T00:00:00")
+
+
+def test_the_worst_case_bounds_the_prompt_by_its_bytes_and_prices_it_exactly() -> None:
+    messages = [
+        {"role": "user", "content": "héllo"},
+        {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+    ]
+    # "user" 4 + "héllo" 6 bytes + 4; "assistant" 9 + "text" 4 + "ok" 2 + 4: 33 prompt tokens at most.
+    assert prompt_tokens(messages) == 33
+    # 33 at 0.15 USD and 100 at 0.6 USD per million: 4,950 + 60,000 nano-USD.
+    assert worst_case(messages, 100, (Decimal("0.15"), Decimal("0.6"))) == (64_950, 133)
+    assert worst_case(messages, 100, None) == (1, 133)  # unpriced: admitted at no cost
+    assert worst_case([], 1, (Decimal(0), Decimal(0))) == (1, 1)  # never nothing: a spent budget refuses
+
+
+def test_max_tokens_are_read_as_the_apis_name_them() -> None:
+    assert max_tokens({"max_completion_tokens": 50, "max_tokens": 10}) == 50
+    assert max_tokens({"max_tokens": 10}) == 10
+    assert max_tokens({"max_tokens": True}) is None
+    assert max_tokens({"max_tokens": 0, "max_completion_tokens": "9"}) is None
