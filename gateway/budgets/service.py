@@ -12,9 +12,10 @@ admissions from the database by one conditional UPDATE (up to a twentieth of the
 fills, never more than are left) and admits locally from the lease. A lease's admissions count from the moment it
 is granted until a minute and `LEASE_SECONDS` later (a lease is used or given back within `LEASE_SECONDS`, so
 each admission counts for at least a minute after its use); what a lease did not use within `LEASE_SECONDS` is
-given back. So the window never admits more than the limit, across instances, and under it only about one
-request in `limit / 20` writes. One instance leases once at a time per limit; the requests that arrive meanwhile
-wait for that lease rather than take their own.
+given back. So the window never admits more than the limit, across instances; well under it, an instance writes
+once per lease (a twentieth of the limit) and once a second at most to give back what it did not use, however
+many requests it admits. One instance leases once at a time per limit; the requests that arrive meanwhile wait
+for that lease rather than take their own.
 
 A principal without limits costs nothing here; one with spend limits, one database round trip (on Postgres one
 statement on an autocommit connection, without the pool's ping); rate limits, one more per lease.
