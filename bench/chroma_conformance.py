@@ -2,7 +2,7 @@
 
 The tests are the `chromadb/test/` tree of the installed `chromadb` (the version the suite pins): test_api.py,
 api/, property/, configurations/ and test_multithreaded.py, on Chroma's own `integration` fixtures (the sync and
-async HTTP clients, configured from the environment). Two runs, each on a fresh `chroma run`:
+async HTTP clients, configured from the environment). Two runs side by side, each on a fresh `chroma run` of its own:
 - direct: the clients at Chroma itself;
 - gateway: the clients at `<gateway>/v1/chroma` with a `chroma`-scoped API token of one user (a `gateway serve`
   on SQLite in a temporary DATA_DIR, the user made by `gateway users create`, the token by the API).
@@ -26,12 +26,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import chromadb
 import httpx
+from chroma_conformance_plugin import SKIPPED
 from processes import Children, free_port, wait_until
 from run import gateway_source, stop_on_signals
 from targets import INHERITED, gateway_command
@@ -188,6 +190,10 @@ def report(direct: Outcome, gateway: Outcome, source: str) -> str:
         "|---|---|---|---|---|",
         rows,
         "",
+        "## Skipped in both runs, on purpose",
+        "",
+        *(f"- `{tests}`: {reason}" for tests, reason in SKIPPED.items()),
+        "",
         f"## Failing only through the gateway: {len(only)}",
         "",
         *(f"- `{test}`: {gateway.failed[test]}" for test in only),
@@ -223,34 +229,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--only", choices=("direct", "gateway"), help="one run, and no report written")
     parser.add_argument("-k", dest="keyword", help="pytest's -k: only the tests it selects")
+    parser.add_argument(
+        "--report", type=Path, default=REPORT, help=f"where the report goes (default {REPORT})"
+    )
     args = parser.parse_args(argv)
     extra = ["-k", args.keyword] if args.keyword else []
     workdir = Path(tempfile.mkdtemp(prefix="chroma-conformance-"))
-    outcomes: dict[str, Outcome] = {}
+    runs = [name for name in ("direct", "gateway") if args.only in (None, name)]
+    children = Children(workdir, None)
     with stop_on_signals():
-        if args.only in (None, "direct"):
-            children = Children(workdir, None)
-            try:
-                url = start_chroma(children, "chroma-direct", workdir)
-                outcomes["direct"] = run_suite("direct", url, {}, workdir, extra)
-            finally:
-                children.close()
-        if args.only in (None, "gateway"):
-            children = Children(workdir, None)
-            try:
-                url = start_chroma(children, "chroma-gateway", workdir)
-                gateway, token = start_gateway(children, url, workdir)
-                headers = {"Authorization": f"Bearer {token}"}
-                outcomes["gateway"] = run_suite("gateway", f"{gateway}/v1/chroma", headers, workdir, extra)
-            finally:
-                children.close()
+        try:
+            # Both servers first, then both runs side by side (each on a Chroma of its own): the same load on both.
+            targets = (
+                {"direct": (start_chroma(children, "chroma-direct", workdir), {})} if "direct" in runs else {}
+            )
+            if "gateway" in runs:
+                gateway, token = start_gateway(
+                    children, start_chroma(children, "chroma-gateway", workdir), workdir
+                )
+                targets["gateway"] = (f"{gateway}/v1/chroma", {"Authorization": f"Bearer {token}"})
+            with ThreadPoolExecutor(len(runs)) as pool:
+                futures = {
+                    name: pool.submit(run_suite, name, host, headers, workdir, extra)
+                    for name, (host, headers) in targets.items()
+                }
+                outcomes = {name: future.result() for name, future in futures.items()}
+        finally:
+            children.close()
     print(f"conformance: work directory {workdir}", file=sys.stderr)
     if args.only is not None:
         return 1 if outcomes[args.only].failed else 0
     direct, gateway = outcomes["direct"], outcomes["gateway"]
-    REPORT.write_text(report(direct, gateway, gateway_source()))
+    args.report.write_text(report(direct, gateway, gateway_source()))
     only = set(gateway.failed) - set(direct.failed)
-    print(f"conformance: {len(only)} failing only through the gateway; report in {REPORT}", file=sys.stderr)
+    print(
+        f"conformance: {len(only)} failing only through the gateway; report in {args.report}", file=sys.stderr
+    )
     return 1 if only else 0
 
 

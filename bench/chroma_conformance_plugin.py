@@ -35,6 +35,7 @@ SKIPPED: dict[str, str] = {
     ),
     # Tests of something other than the HTTP API: they start servers or clients of their own (in-process, SSL,
     # auth, a persistent directory restarted), never the server under test, so they cannot tell the runs apart.
+    "property/test_add_mcmr.py": "multi-region: two clients of its own at localhost:8000 and :8001, no server there",
     "property/test_persist.py": "restarts an in-process persistent server of its own, not the one under test",
     "property/test_restart_persist.py": "restarts an in-process persistent server of its own",
     "property/test_cross_version_persist.py": "installs older chromadb releases from PyPI into a venv",
@@ -48,12 +49,10 @@ def _ignore_rename(node: Node, nodeid: str) -> None:
     pass
 
 
-# Chroma's conftest appends `[single-region]` to every test id through `item._nodeid`, which pytest 9 no longer has
-# (AttributeError while collecting): read, it is the id; written, ignored (the ids stay pytest's own).
-Node._nodeid = property(lambda node: node.nodeid, _ignore_rename)  # type: ignore[attr-defined]
-
-
 def pytest_configure(config: pytest.Config) -> None:
+    # Chroma's conftest appends `[single-region]` to every test id through `item._nodeid`, which pytest 9 no
+    # longer has (AttributeError while collecting): read, it is the id; written, ignored (pytest's ids stay).
+    Node._nodeid = property(lambda node: node.nodeid, _ignore_rename)  # type: ignore[attr-defined]
     HEADERS.update(json.loads(os.environ.get("CHROMA_SERVER_HEADERS") or "{}"))
     _patch_reset()
     _cap_state_machines()
@@ -81,6 +80,12 @@ def _capped(settings: hypothesis.settings | None) -> hypothesis.settings:
         stateful_step_count=min(parent.stateful_step_count, STATEFUL_STEPS),
         database=None,
         verbosity=hypothesis.Verbosity.normal,
+        # Health checks judge the strategies (too much filtered, too slow to generate), not the server: in a run
+        # whose point is the server, one would fail a test at random in either run.
+        suppress_health_check=list(hypothesis.HealthCheck),
+        # No shrinking (what Chroma's CI_REPRODUCE_ONLY mode does too): a failure is reported as found, at once;
+        # shrinking a stateful test's failure against a server can take longer than the whole run.
+        phases=(hypothesis.Phase.explicit, hypothesis.Phase.reuse, hypothesis.Phase.generate),
     )
 
 
