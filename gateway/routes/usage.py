@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway.auth.authenticator import Authenticator
+from gateway.budgets.views import USAGE_LIMITS_VIEW, user_limit_views
 from gateway.db.base import iso
 from gateway.db.engine import Database
 from gateway.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
@@ -45,6 +46,8 @@ class UsageRoutes:
         now = datetime.now(UTC)
         async with self.database.session() as session:
             body = await queries.summary(session, dataset=self.dataset, hours=hours, now=now, user_id=user_id)
+            if user_id is not None:  # one user's usage: their budgets and rate limits too (issue 22)
+                body["limits"] = await user_limit_views(session, user_id)
         return JSONResponse({"window": {"hours": hours, "generated_at": iso(now)}, **body})
 
     async def daily(self, request: Request) -> JSONResponse:
@@ -141,7 +144,8 @@ SUMMARY = Operation(
                     "top_paths": GROUP,
                     "by_type": GROUP,
                     "by_provider": GROUP,
-                }
+                },
+                {"limits": USAGE_LIMITS_VIEW},
             ),
         )
     },
