@@ -57,7 +57,8 @@ def price_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def priced(start_gateway: GatewayFactory, price_file: Path) -> Iterator[LiveServer]:
-    with start_gateway(PRICING_FILE=str(price_file)) as server:
+    # With a usage key set, a user's own session reads their own usage (and limits) at /v1/usage.
+    with start_gateway(PRICING_FILE=str(price_file), USAGE_API_KEY="usage-operator-key") as server:
         yield server
 
 
@@ -457,6 +458,32 @@ def test_unknown_models_are_admitted_or_refused_as_configured(
         )
         assert response.status_code == 200, response.text
         assert settled(lenient, access, token["id"])["usd_per_period"]["spent"] == 0
+
+
+def test_usage_shows_the_users_limits_and_their_tokens(
+    priced: LiveServer, gateway_env: dict[str, str], database_url: str
+) -> None:
+    email, access = sign_in(priced, database_url)
+    token = new_token(priced, access, {"tokens_per_period": 1000})
+    run_cli(gateway_env, "users", "limits", "--email", email, "--usd", "2", "--period", "day")
+    assert within_a_second(priced, token["token"], 200).status_code == 200  # the user's limit known by then
+
+    def usage_limits() -> dict[str, Any]:
+        response = httpx.get(f"{priced.url}/v1/usage", headers=bearer(access))
+        assert response.status_code == 200, response.text
+        limits: dict[str, Any] = response.json()["limits"]
+        return limits
+
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while (limits := usage_limits())["user"]["usd_per_period"]["spent"] == 0:
+        assert time.monotonic() < deadline, limits
+        time.sleep(0.1)
+    user_usd = limits["user"]["usd_per_period"]
+    assert (user_usd["limit"], user_usd["period"]) == (2, "day")
+    assert user_usd["spent"] == pytest.approx(ACTUAL_USD)
+    assert user_usd["remaining"] == pytest.approx(2 - ACTUAL_USD)
+    assert limits["tokens"] == {token["id"]: record_of(priced, access, token["id"])["limits"]}
+    assert limits["tokens"][token["id"]]["tokens_per_period"]["spent"] == ACTUAL_TOKENS
 
 
 def test_refusals_are_counted_by_limit_kind(priced: LiveServer, database_url: str) -> None:
