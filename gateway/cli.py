@@ -38,6 +38,9 @@ APP_FACTORY = "gateway.app:create_app_from_env"
 logger = logging.getLogger("gateway.cli")
 
 
+WORKER_HEALTHCHECK_SECONDS = 30
+
+
 def uvicorn_options(settings: Settings | None = None) -> dict[str, Any]:
     """How the gateway is served, wherever it is served from (the CLI, the tests, the benchmark); the edge's
     limits and log format from `settings`, their defaults without."""
@@ -116,6 +119,10 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
+        # How long the supervisor of `--workers N` waits for a worker's answer to its health check before it
+        # kills and restarts it: uvicorn's 5 s is less than a worker may take to start on a busy host (seen: a
+        # worker killed in its imports, again and again, under a load average of 10 on two cores).
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
         **uvicorn_options(settings),
     )  # its logging is configured from here on
     if settings.usage_api_key is None and not _is_loopback(args.host):

