@@ -15,7 +15,9 @@ each admission counts for at least a minute after its use); what a lease did not
 given back. So the window never admits more than the limit, across instances; well under it, an instance writes
 once per lease (a twentieth of the limit) and once a second at most to give back what it did not use, however
 many requests it admits. One instance leases once at a time per limit; the requests that arrive meanwhile wait
-for that lease rather than take their own.
+for that lease rather than take their own. A request that finds no admission left is refused only once none is
+held unused: its instance gives its own stale lease back first, and it waits out (once) the leases of any instance
+that may still give some back, so the window admits no fewer than the limit either.
 
 A principal without limits costs nothing here; one with spend limits, one database round trip (on Postgres one
 statement on an autocommit connection, without the pool's ping); rate limits, one more per lease.
@@ -58,6 +60,10 @@ logger = logging.getLogger("gateway.budgets")
 T = TypeVar("T")
 
 LEASE_SECONDS = 1.0  # a lease's admissions are used, or given back, within this
+# How late after `LEASE_SECONDS` another instance's give-back may still come (its writer's round, a busy machine):
+# a rate refusal waits this long past the youngest lease that may hold admissions, then asks once more.
+GIVE_BACK_GRACE = 1.0
+MIN_WAKEUP_SECONDS = 0.05  # the writer's shortest sleep (a database away must not make it spin)
 SWEEP_SECONDS = 1.0
 # A refusal sweeps first (an expired hold or an ended period must refuse no one), unless a sweep ended this
 # recently: a flood of refusals costs one sweep a quarter second, not one each.
@@ -108,6 +114,7 @@ class Budgets:
         self._settlements: deque[tuple[Admission, int, int]] = deque()
         self._wakeup = asyncio.Event()
         self._sweep_lock = asyncio.Lock()
+        self._give_back_lock = asyncio.Lock()
         self._swept_at = -math.inf
         self._engine: AsyncEngine | None = None
 
@@ -162,7 +169,7 @@ class Budgets:
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), LEASE_SECONDS / 2)
+                    await asyncio.wait_for(self._wakeup.wait(), self._until_stale())
                 self._wakeup.clear()
                 try:
                     await self._write_settlements()
@@ -252,8 +259,13 @@ class Budgets:
         return None
 
     async def _admit_rate(self, limit: AppliedLimit) -> Lease:
-        """One admission of a rate limit, from this instance's lease, or from a new lease."""
-        swept = False
+        """One admission of a rate limit, from this instance's lease, or from a new lease.
+
+        None left is not yet a refusal: the window may be full only of admissions leased and not used. This
+        instance's own (a lease gone stale with some left) are given back at once, and the expired swept; then,
+        once, it waits until every instance's leases that may still give some back have done so (or must have),
+        and asks again."""
+        settled = waited = False
         while True:
             lease = self._leases.get(limit.id)
             if lease is not None and lease.left > 0 and time.monotonic() - lease.taken_at < LEASE_SECONDS:
@@ -270,16 +282,23 @@ class Budgets:
             finally:
                 self._leasing.pop(limit.id).set_result(None)
             if grant.granted == 0:
-                if not swept:
-                    swept = True
+                if not settled:
+                    settled = True
+                    await self._give_back_stale()
                     await self._sweep_before_refusing()  # admissions older than the window refuse no one
                     continue
+                if not waited:
+                    waited = True
+                    if (wait := await self._until_leases_close(limit)) > 0:
+                        await asyncio.sleep(wait)
+                        settled = False
+                        continue
                 refusal = await self._rate_refusal(limit)
                 if refusal is None:  # the limit was removed a moment ago: nothing to count against
                     return Lease("", limit.id, 0)
                 raise refusal
-            if lease is not None and lease.left > 0:
-                self._returns.append(lease)
+            if lease is not None and lease.left > 0 and self._leases.get(limit.id) is lease:
+                self._returns.append(lease)  # not if the writer took it already: given back once
             self._left[limit.id] = grant.left
             lease = self._leases[limit.id] = Lease(hold, limit.id, grant.granted - 1)
             return lease
@@ -291,6 +310,16 @@ class Budgets:
         return await self._write(
             store.lease, hold=hold, limit_id=limit.id, wanted=wanted, expires_at=expires_at
         )
+
+    async def _until_leases_close(self, limit: AppliedLimit) -> float:
+        """Seconds until the youngest lease of `limit` that may hold unused admissions (any instance's) has used
+        them or given them back; 0 when none may."""
+        async with self.database.session() as session:
+            newest = await store.newest_open_lease(session, limit.id)
+        if newest is None:
+            return 0.0
+        leased_at = newest - WINDOW_SECONDS - LEASE_SECONDS
+        return max(0.0, leased_at + LEASE_SECONDS + GIVE_BACK_GRACE - time.time())
 
     async def _rate_refusal(self, limit: AppliedLimit) -> QuotaExceededError | None:
         """The refusal of a rate limit with no admission left; None when the limit no longer exists."""
@@ -315,17 +344,28 @@ class Budgets:
             message, code=code, param=kind, headers={"Retry-After": str(max(1, math.ceil(retry_after)))}
         )
 
+    def _until_stale(self) -> float:
+        """How long the writer may sleep: half a lease's time, less when a lease goes stale sooner (its unused
+        admissions are given back as soon as they may not be used)."""
+        oldest = min((lease.taken_at for lease in self._leases.values()), default=math.inf)
+        return min(LEASE_SECONDS / 2, max(MIN_WAKEUP_SECONDS, oldest + LEASE_SECONDS - time.monotonic()))
+
     async def _give_back_stale(self) -> None:
-        now = time.monotonic()
-        for limit_id, lease in list(self._leases.items()):
-            if now - lease.taken_at >= LEASE_SECONDS:
-                del self._leases[limit_id]
-                if lease.left > 0:
-                    self._returns.append(lease)
-        returns, self._returns = self._returns, []
-        for lease in returns:
-            async with self.database.session() as session, session.begin():
-                await store.give_back(session, hold=lease.hold, limit_id=lease.limit_id, unused=lease.left)
+        """Give back the unused admissions of stale leases and of leases replaced. Locked, so that a caller
+        returns only once the writer's give-backs in flight are written too."""
+        async with self._give_back_lock:
+            now = time.monotonic()
+            for limit_id, lease in list(self._leases.items()):
+                if now - lease.taken_at >= LEASE_SECONDS:
+                    del self._leases[limit_id]
+                    if lease.left > 0:
+                        self._returns.append(lease)
+            returns, self._returns = self._returns, []
+            for lease in returns:
+                async with self.database.session() as session, session.begin():
+                    await store.give_back(
+                        session, hold=lease.hold, limit_id=lease.limit_id, unused=lease.left
+                    )
 
     async def _write_settlements(self) -> None:
         """Every settlement queued, in batches of `SETTLE_BATCH`, each batch in one transaction."""

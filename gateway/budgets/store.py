@@ -199,6 +199,14 @@ async def oldest_holds(session: AsyncSession, ids: Sequence[str]) -> dict[str, f
     return {limit_id: expires_at for limit_id, expires_at in rows}
 
 
+async def newest_open_lease(session: AsyncSession, limit_id: str) -> float | None:
+    """The latest expiry among a rate limit's holds of more than one admission: the youngest lease that may still
+    have admissions to give back (a lease of one is used by the request that took it)."""
+    return await session.scalar(
+        select(func.max(BudgetHold.expires_at)).where(BudgetHold.limit_id == limit_id, BudgetHold.amount > 1)
+    )
+
+
 async def set_limits(session: AsyncSession, owner: str, changes: LimitChanges, *, now: float) -> None:
     """Apply `changes` to `owner`'s limits (within the caller's transaction): a cap set, a kind removed, the spend
     limits' period changed. Counters stay as they are; a new or re-periodised limit resets at its period's end."""
