@@ -80,15 +80,18 @@ def gateway_process(
             stdout=output,
             stderr=subprocess.STDOUT,
             preexec_fn=preexec_fn,
+            start_new_session=True,  # its own process group: the workers of `--workers N` with it
         )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_serving(url, process, log)
         yield GatewayProcess(process, url, log)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        # The whole group: killing only the supervisor of `--workers N` (a test failed midway) left its workers
+        # serving, orphaned, for the rest of the run.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 @contextmanager
