@@ -46,7 +46,11 @@ class Target:
     version: str = ""
 
 
-def wait_for_chat(children: Children, target: Target, *, timeout: float = 90.0) -> None:
+def wait_for_chat(
+    children: Children, target: Target, *, timeout: float = 90.0, process: str | None = None
+) -> None:
+    """Until `target` answers a chat completion; `process` is the child serving it, when not named as it."""
+
     def answered() -> str | None:
         try:
             status, body = http_post(target.url, PROBE_BODY, target.headers, timeout=2.0)
@@ -54,7 +58,7 @@ def wait_for_chat(children: Children, target: Target, *, timeout: float = 90.0) 
             return type(exc).__name__
         return None if status == 200 and b'"usage"' in body else f"HTTP {status}: {body[:200]!r}"
 
-    wait_until(children, target.name, answered, timeout=timeout)
+    wait_until(children, process or target.name, answered, timeout=timeout)
 
 
 def start_upstream(children: Children, cpu: int | None) -> Target:
@@ -312,7 +316,7 @@ def limited_gateway(children: Children, setup: GatewaySetup, gateway: Target) ->
         )
     headers = {"authorization": f"Bearer {setup.limited_token}"}
     target = Target("gateway-limited", gateway.url, gateway.pid, headers=headers)
-    wait_for_chat(children, target)
+    wait_for_chat(children, target, process=gateway.name)
     return target
 
 
