@@ -171,12 +171,17 @@ class Budgets:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), self._until_stale())
                 self._wakeup.clear()
+                sweep = time.monotonic() - last_sweep >= SWEEP_SECONDS
+                if sweep:
+                    last_sweep = time.monotonic()
+                # Shielded: the app stopping (a cancel) lets the round's statements finish, within DRAIN_SECONDS,
+                # rather than abandon one mid-call (on SQLite, aiosqlite's thread then answered a closed loop).
+                written = asyncio.ensure_future(self._round(sweep=sweep))
                 try:
-                    await self._write_settlements()
-                    await self._give_back_stale()
-                    if time.monotonic() - last_sweep >= SWEEP_SECONDS:
-                        last_sweep = time.monotonic()
-                        await self.sweep()
+                    await asyncio.shield(written)
+                except asyncio.CancelledError:
+                    await asyncio.wait({written}, timeout=DRAIN_SECONDS)
+                    raise
                 except Exception as exc:
                     # The database away: the same failure every half second; one line a minute says it.
                     if time.monotonic() - last_error >= ERROR_EVERY_SECONDS:
@@ -189,6 +194,12 @@ class Budgets:
                 await asyncio.wait_for(asyncio.shield(self._drain()), DRAIN_SECONDS)
             if self._engine is not None:
                 await self._engine.dispose()
+
+    async def _round(self, *, sweep: bool) -> None:
+        await self._write_settlements()
+        await self._give_back_stale()
+        if sweep:
+            await self.sweep()
 
     async def sweep(self, *, unless_within: float = 0.0) -> None:
         """Release expired holds, reset ended periods, take old days off rolling windows; not again when a sweep
