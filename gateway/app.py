@@ -30,7 +30,8 @@ from gateway.auth.sessions import SessionService
 from gateway.auth.throttle import LoginThrottle
 from gateway.auth.tokens import TokenCodec
 from gateway.budgets.service import Budgets
-from gateway.chains import proxied_routes
+from gateway.chains import CHROMA_PREFIX, proxied_routes
+from gateway.chroma.errors import chroma_error_body
 from gateway.dashboard import dashboard_routes
 from gateway.db.engine import Database, prepare_data_dir
 from gateway.headers import TrustedProxies
@@ -334,6 +335,9 @@ def create_app(settings: Settings) -> Gateway:
         proxied=proxied,  # the router's dispatch tries these first: they carry nearly all the traffic
         access_log=AccessLog(log_format=settings.log_format) if settings.access_log else None,
         metrics=services.metrics,
+        error_formats={
+            CHROMA_PREFIX: chroma_error_body
+        },  # Chroma's clients map its format to their exceptions
         lifespan=lifespan_of(services),
     )
 

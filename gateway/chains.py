@@ -9,7 +9,6 @@ reads its own. Adding an upstream is adding a route here, not editing the proxy.
 
 from __future__ import annotations
 
-from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
@@ -21,7 +20,6 @@ from gateway.headers import ForwardingPolicy, TrustedProxies
 from gateway.middleware.admission import AdmissionMiddleware
 from gateway.middleware.auth import AuthMiddleware
 from gateway.middleware.chroma import ChromaNamespaceMiddleware
-from gateway.middleware.chroma_errors import ChromaErrorMiddleware
 from gateway.middleware.rewrite import BodyRewriteMiddleware
 from gateway.middleware.usage import UsageMiddleware
 from gateway.openapi import (
@@ -44,16 +42,7 @@ from gateway.upstreams import CHROMA, MISTRAL, OPENAI, UpstreamClients, configur
 from gateway.usage.pricing import PriceTable
 from gateway.usage.recorder import UsageRecorder
 
-
-class AnyPathConvertor(PathConvertor):
-    """Starlette's `path` with newlines too: its `.*` stops at a decoded `%0A`, which sent such a path past the
-    Chroma route to the router's 404 in the OpenAI envelope, where Chroma's client expects its own format."""
-
-    regex = "(?s:.*)"
-
-
-register_url_convertor("anypath", AnyPathConvertor())
-
+CHROMA_PREFIX = "/v1/chroma"
 UPSTREAM_ANSWER = "The upstream's own status and body, unchanged"
 PROXY_ERRORS = (400, 401, 403, 413, 429, 502, 503, 504)
 CHAT = Operation(
@@ -239,11 +228,11 @@ def chroma_routes(
     budgets: Budgets,
     forwarding: ForwardingPolicy,
 ) -> list[Route]:
-    """`/v1/chroma/...`: the gateway's own errors in Chroma's format, a user always required, then usage, then
-    admission (rate limits), then the namespacing, then the proxy."""
+    """`/v1/chroma/...`: a user always required, then usage, then admission (rate limits), then the namespacing,
+    then the proxy. The gateway's own errors here are in Chroma's format (the app gives the error path
+    `gateway.chroma.errors` for this prefix)."""
     chroma = configured_upstreams(settings).get(CHROMA)
     chain = [
-        Middleware(ChromaErrorMiddleware),
         Middleware(AuthMiddleware, authenticator=authenticator, required=True, scope="chroma"),
         Middleware(UsageMiddleware, recorder=recorder, pricing=pricing, kind="chroma", provider=CHROMA),
         admission(settings, budgets, pricing, kind="chroma"),
@@ -260,5 +249,5 @@ def chroma_routes(
     )
     return [
         ApiRoute(path, endpoint, middleware=chain, operation=CHROMA_PASSTHROUGH)
-        for path in ("/v1/chroma", "/v1/chroma/{path:anypath}")
+        for path in (CHROMA_PREFIX, CHROMA_PREFIX + "/{path:path}")
     ]

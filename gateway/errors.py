@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import orjson
 from sqlalchemy import exc as database_errors
@@ -257,10 +257,14 @@ def envelope(error: GatewayError) -> bytes:
     return orjson.dumps(body)
 
 
-def error_response(error: GatewayError) -> Response:
-    """The response a client sees for `error`."""
+# An error's body in another API's format than the envelope, for the clients of that API (Chroma's, say).
+ErrorFormat = Callable[[GatewayError], bytes]
+
+
+def error_response(error: GatewayError, body_of: ErrorFormat = envelope) -> Response:
+    """The response a client sees for `error`: the envelope, or the body `body_of` writes."""
     return Response(
-        envelope(error), status_code=error.status_code, headers=error.headers, media_type="application/json"
+        body_of(error), status_code=error.status_code, headers=error.headers, media_type="application/json"
     )
 
 
@@ -303,10 +307,14 @@ class ErrorMiddleware:
 
     It replaces Starlette's two error layers (the server-error and the exception middleware): one `send` wrapper
     instead of two, no `Request` per request, and no wrapping of our errors in a RuntimeError once the response
-    has started. It sits inside the context middleware, so that every answer carries the request id."""
+    has started. It sits inside the context middleware, so that every answer carries the request id.
 
-    def __init__(self, app: ASGIApp) -> None:
+    `formats` gives the paths under a prefix (`/v1/chroma`) their API's own error format instead of the envelope,
+    whatever raised the error there: a step of the route's chain, the router (404) or a fault (500)."""
+
+    def __init__(self, app: ASGIApp, *, formats: Mapping[str, ErrorFormat] | None = None) -> None:
         self.app = app
+        self.formats = tuple((formats or {}).items())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -335,15 +343,23 @@ class ErrorMiddleware:
                     raise  # the server refuses the handshake and logs the fault
                 _log_fault(scope, exc)
                 error = InternalError()
-            await _answer(scope, receive, send, error)
+            await _answer(scope, receive, send, error, self._format_of(scope["path"]))
+
+    def _format_of(self, path: str) -> ErrorFormat:
+        for prefix, body_of in self.formats:
+            if path == prefix or path.startswith(prefix + "/"):
+                return body_of
+        return envelope
 
 
-async def _answer(scope: Scope, receive: Receive, send: Send, error: GatewayError) -> None:
+async def _answer(
+    scope: Scope, receive: Receive, send: Send, error: GatewayError, body_of: ErrorFormat
+) -> None:
     if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):
         # No HTTP answer possible to this handshake: a policy-violation close, which the server turns into 403.
         await send({"type": "websocket.close", "code": WEBSOCKET_POLICY_CLOSE, "reason": ""})
         return
-    await error_response(error)(scope, receive, send)
+    await error_response(error, body_of)(scope, receive, send)
 
 
 OUTAGE_LOG_SECONDS = 10.0

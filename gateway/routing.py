@@ -9,7 +9,7 @@ and slash redirects included, is the scan's.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Route, Router
 from starlette.types import ASGIApp, Lifespan, Receive, Scope, Send
 
 from gateway.accesslog import AccessLog
-from gateway.errors import ErrorMiddleware
+from gateway.errors import ErrorFormat, ErrorMiddleware
 from gateway.metrics import Metrics
 from gateway.middleware.context import ContextMiddleware
 
@@ -76,14 +76,18 @@ class Gateway(Starlette):
         proxied: Sequence[Route] = (),
         access_log: AccessLog | None = None,
         metrics: Metrics | None = None,
+        error_formats: Mapping[str, ErrorFormat] | None = None,
         lifespan: Lifespan[Any] | None = None,
     ) -> None:
         super().__init__(lifespan=lifespan)
         self.router = HotPathRouter(proxied, routes, lifespan=lifespan)
         self.access_log = access_log
         self.metrics = metrics
+        self.error_formats = error_formats
 
     def build_middleware_stack(self) -> ASGIApp:
         return ContextMiddleware(
-            ErrorMiddleware(self.router), access_log=self.access_log, metrics=self.metrics
+            ErrorMiddleware(self.router, formats=self.error_formats),
+            access_log=self.access_log,
+            metrics=self.metrics,
         )
