@@ -202,8 +202,7 @@ class Turn:
             row = self._usage_record(seen)
             self.services.recorder.record(row)
             if seen.admission is not None and self.services.budgets is not None:
-                cost = row.input_cost_usd + row.output_cost_usd + row.ocr_cost_usd
-                self.services.budgets.settle(seen.admission, cost_usd=cost, tokens=row.total_tokens)
+                self.services.budgets.settle(seen.admission, cost_usd=row.cost_usd, tokens=row.total_tokens)
 
     async def _release(self, seen: _Seen) -> None:
         lease, seen.lease = seen.lease, None
@@ -257,10 +256,9 @@ class Turn:
         messages = [{"role": message.role, "content": message.content} for message in history]
         if (
             limits and services.budgets is not None
-        ):  # QuotaExceededError: an error frame, the model not called
+        ):  # refused: QuotaExceededError, an error frame, no model call
             price = services.pricing.price_of(agent.model)
-            prices = None if price is None else (price.input_per_million, price.output_per_million)
-            usd, tokens = worst_case(messages, services.default_max_tokens, prices)
+            usd, tokens = worst_case(messages, services.default_max_tokens, price)
             seen.admission = await services.budgets.admit(limits, usd=usd, tokens=tokens)
         reply_id = new_id("msg")
         parts: list[str] = []

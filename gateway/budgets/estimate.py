@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.budgets.limits import NANO
 
@@ -18,16 +18,24 @@ PER_MESSAGE_TOKENS = 4  # a chat format's framing of each message (role, separat
 _NANO_PER_TOKEN = Decimal(NANO) / Decimal(1_000_000)  # prices are per million tokens
 
 
-def worst_case(
-    messages: object, output_tokens: int, prices: tuple[Decimal, Decimal] | None
-) -> tuple[int, int]:
-    """(nano-USD, tokens) at most, each at least 1 (so that a spent budget refuses); an unpriced model (`prices`
+class TokenPrices(Protocol):
+    """A model's prices, as the price table has them (`gateway.usage.pricing.ModelPrice`)."""
+
+    @property
+    def input_per_million(self) -> Decimal: ...
+
+    @property
+    def output_per_million(self) -> Decimal: ...
+
+
+def worst_case(messages: object, output_tokens: int, price: TokenPrices | None) -> tuple[int, int]:
+    """(nano-USD, tokens) at most, each at least 1 (so that a spent budget refuses); an unpriced model (`price`
     None) costs 1 nano-USD."""
     prompt = prompt_tokens(messages)
     tokens = prompt + output_tokens
-    if prices is None:
+    if price is None:
         return 1, tokens
-    usd = (prompt * prices[0] + output_tokens * prices[1]) * _NANO_PER_TOKEN
+    usd = (prompt * price.input_per_million + output_tokens * price.output_per_million) * _NANO_PER_TOKEN
     return max(1, math.ceil(usd)), tokens
 
 

@@ -65,8 +65,7 @@ class AdmissionMiddleware:
         await self.app(scope, receive, send)
 
     def _settle(self, admission: Admission, row: UsageRecord) -> None:
-        cost = row.input_cost_usd + row.output_cost_usd + row.ocr_cost_usd
-        self.budgets.settle(admission, cost_usd=cost, tokens=row.total_tokens)
+        self.budgets.settle(admission, cost_usd=row.cost_usd, tokens=row.total_tokens)
 
     def _worst_case(self, request: dict[str, Any], limits: Sequence[AppliedLimit]) -> tuple[int, int]:
         """The most the request may cost: nano-USD and tokens."""
@@ -80,6 +79,5 @@ class AdmissionMiddleware:
                 code="model_not_priced",
                 param="model",
             )
-        prices = None if price is None else (price.input_per_million, price.output_per_million)
         output = max_tokens(request) or self.default_max_tokens
-        return worst_case(request.get("messages"), output, prices)
+        return worst_case(request.get("messages"), output, price)

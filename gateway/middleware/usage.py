@@ -110,14 +110,15 @@ class UsageMiddleware:
 
     def _record(self, scope: Scope, outcome: Outcome, observer: ResponseObserver | None) -> None:
         observed = observer.result() if observer is not None else ObservedUsage()
-        row = self._row(scope, outcome, observed)
-        self.recorder.record(row)
         context = RequestContext.of(scope)
+        row = self._row(scope, context, outcome, observed)
+        self.recorder.record(row)
         if context is not None and context.on_usage is not None:
             context.on_usage(row)  # the budget's settlement (gateway.middleware.admission)
 
-    def _row(self, scope: Scope, outcome: Outcome, observed: ObservedUsage) -> UsageRecord:
-        context = RequestContext.of(scope)
+    def _row(
+        self, scope: Scope, context: RequestContext | None, outcome: Outcome, observed: ObservedUsage
+    ) -> UsageRecord:
         request = (context.request_json if context is not None else None) or {}
         model = request.get("model")
         return usage_row(

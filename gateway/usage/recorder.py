@@ -89,6 +89,11 @@ class UsageRecord:
         None  # the gateway's error code when it failed the request (`upstream_incomplete`, ...)
     )
 
+    @property
+    def cost_usd(self) -> float:
+        """The request's whole estimated cost: its tokens' and its OCR pages' (what a budget is charged)."""
+        return self.input_cost_usd + self.output_cost_usd + self.ocr_cost_usd
+
 
 _RECORD_FIELDS = tuple(field.name for field in fields(UsageRecord))
 # What a row journaled before a field existed takes for it.

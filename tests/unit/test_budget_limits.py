@@ -11,6 +11,7 @@ import pytest
 from gateway.budgets.estimate import max_tokens, prompt_tokens, worst_case
 from gateway.budgets.limits import DAY_SECONDS, NANO, Period, day_of, parse_limits
 from gateway.errors import InvalidRequestError
+from gateway.usage.pricing import ModelPrice
 
 
 def at(text: str) -> float:
@@ -86,9 +87,12 @@ def test_the_worst_case_bounds_the_prompt_by_its_bytes_and_prices_it_exactly() -
     # "user" 4 + "héllo" 6 bytes + 4; "assistant" 9 + "text" 4 + "ok" 2 + 4: 33 prompt tokens at most.
     assert prompt_tokens(messages) == 33
     # 33 at 0.15 USD and 100 at 0.6 USD per million: 4,950 + 60,000 nano-USD.
-    assert worst_case(messages, 100, (Decimal("0.15"), Decimal("0.6"))) == (64_950, 133)
+    assert worst_case(messages, 100, ModelPrice(Decimal("0.15"), Decimal("0.6"))) == (64_950, 133)
     assert worst_case(messages, 100, None) == (1, 133)  # unpriced: admitted at no cost
-    assert worst_case([], 1, (Decimal(0), Decimal(0))) == (1, 1)  # never nothing: a spent budget refuses
+    assert worst_case([], 1, ModelPrice(Decimal(0), Decimal(0))) == (
+        1,
+        1,
+    )  # never nothing: a spent budget refuses
 
 
 def test_max_tokens_are_read_as_the_apis_name_them() -> None:
