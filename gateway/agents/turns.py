@@ -27,7 +27,7 @@ from gateway.context import RequestContext
 from gateway.db.agent_models import RUNNING, Agent, AgentMessage
 from gateway.db.base import utcnow
 from gateway.db.engine import Database
-from gateway.errors import QuotaExceededError
+from gateway.errors import QuotaExceededError, ServiceUnavailableError, expected_error
 from gateway.ids import new_id
 from gateway.principals import Principal
 from gateway.transparency.log import TransparencyLog, hash_text
@@ -127,12 +127,24 @@ class Turn:
             await self._finish(seen, {"type": "error", "code": exc.code, "message": exc.message})
         except (AgentNotRunningError, AgentGoneError, asyncio.CancelledError):
             raise
-        except Exception:
-            logger.exception("agent chat turn failed (request %s)", self.request_id)
-            seen.outcome.failed(500, "internal_error")
-            await self._finish(
-                seen, {"type": "error", "code": "internal_error", "message": "The turn failed."}
-            )
+        except Exception as exc:
+            away = _dependency_away(exc)
+            if away is None:
+                logger.exception("agent chat turn failed (request %s)", self.request_id)
+                seen.outcome.failed(500, "internal_error")
+                await self._finish(
+                    seen, {"type": "error", "code": "internal_error", "message": "The turn failed."}
+                )
+            else:  # an outage (a database partitioned or cut), not a fault: said as such, in one line
+                logger.warning(
+                    "agent chat turn of %s ended with %s: a dependency is away (%s; request %s)",
+                    self.agent_id,
+                    away.code,
+                    type(exc).__name__,
+                    self.request_id,
+                )
+                seen.outcome.failed(away.status_code, away.code)
+                await self._finish(seen, {"type": "error", "code": away.code, "message": away.message})
         finally:
             if seen.lease is not None:  # no frame ended the turn (the socket closed): let go now
                 await asyncio.shield(self._release(seen))
@@ -205,14 +217,26 @@ class Turn:
                 self.services.budgets.settle(seen.admission, cost_usd=row.cost_usd, tokens=row.total_tokens)
 
     async def _release(self, seen: _Seen) -> None:
+        """Let go of the agent. With the database away the claim is left to lapse (`TURN_LEASE`): the turn's last
+        frame and its usage row must not wait on, or be lost to, a network that does not answer."""
         lease, seen.lease = seen.lease, None
         if lease is None:
             return
-        async with self.services.database.session() as session, session.begin():
-            await session.execute(
-                update(Agent)
-                .where(Agent.id == self.agent_id, Agent.turn_until == lease)
-                .values(turn_until=None)
+        try:
+            async with self.services.database.session() as session, session.begin():
+                await session.execute(
+                    update(Agent)
+                    .where(Agent.id == self.agent_id, Agent.turn_until == lease)
+                    .values(turn_until=None)
+                )
+        except Exception as exc:
+            if _dependency_away(exc) is None:
+                raise
+            logger.warning(
+                "agent chat turn of %s: its claim on the agent could not be released (%s); it lapses at %s",
+                self.agent_id,
+                type(exc).__name__,
+                lease.isoformat(timespec="seconds"),
             )
 
     async def _evaluate(self, mode: str) -> Verdict:
@@ -356,6 +380,13 @@ class Turn:
             is_stream=True,
             agent_id=seen.agent.id,
         )
+
+
+def _dependency_away(exc: Exception) -> ServiceUnavailableError | None:
+    """`exc` as the 503 it stands for when it says a dependency is away (the database cut, partitioned or its pool
+    exhausted: every database call is bounded in time, gateway.db.engine); None for anything else."""
+    error = expected_error(exc)
+    return error if isinstance(error, ServiceUnavailableError) else None
 
 
 async def claim_turn(session: AsyncSession, agent_id: str, user_id: str) -> datetime | None:

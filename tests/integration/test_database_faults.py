@@ -5,6 +5,7 @@ partitioned away (tests/tcp_proxy.py between the gateway and Postgres)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,13 +15,16 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
+from websockets.exceptions import ConnectionClosed
 
 from gateway.auth.tokens import TokenCodec
 from gateway.db.migrate import downgrade, head_revision, upgrade
 from gateway.keys import load_server_keys
 from gateway.settings import Settings
 from tests.conftest import UPSTREAM_OPENAI_KEY, PostgresServer, add_user, usage_rows
+from tests.fakes.chat_provider import FakeChatProvider
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.integration.agents_support import User, new_user, next_frame, send_message
 from tests.serving import GATEWAY, LiveServer, clean_env, free_port, serving
 from tests.tcp_proxy import TcpProxy
 
@@ -136,14 +140,20 @@ def test_serve_on_an_unmigrated_database_says_what_to_run_and_is_not_ready_until
     assert after.json()["checks"]["database"]["status"] == "ok"
 
 
-def test_a_database_one_revision_behind_is_not_ready_until_migrated_and_keeps_every_row(
-    tmp_path: Path, postgres_server: PostgresServer, fake_openai_server: tuple[FakeOpenAI, LiveServer]
+@pytest.mark.parametrize("schema", ["never migrated", "one revision behind"])
+def test_a_database_not_at_head_is_not_ready_until_migrated_and_keeps_every_row(
+    tmp_path: Path,
+    postgres_server: PostgresServer,
+    fake_openai_server: tuple[FakeOpenAI, LiveServer],
+    schema: str,
 ) -> None:
-    """The gateway deployed before its migration: the rows the database refuses for a missing column wait in the
-    journal, and all arrive once `gateway migrate` has run (measured before: every one dropped, /ready 200)."""
+    """The gateway deployed before its migration, or on a database no one migrated: the rows the database refuses
+    for a missing table or column wait in the journal, and all arrive once `gateway migrate` has run (measured
+    before: every one dropped, /ready 200, and still 0 rows after the migration)."""
     database_url = postgres_server.create_database()
-    asyncio.run(upgrade(database_url))
-    asyncio.run(downgrade(database_url, "-1"))
+    if schema == "one revision behind":
+        asyncio.run(upgrade(database_url))
+        asyncio.run(downgrade(database_url, "-1"))
     env = clean_env(
         DATABASE_URL=plain(database_url),
         DATA_DIR=str(tmp_path / "data"),
@@ -301,3 +311,78 @@ def test_ready_and_a_credential_lookup_answer_within_seconds_during_a_partition(
     )
     assert lookup.status_code >= 400  # an error (401, 503), not a hang
     assert lookup_seconds < PARTITION_ANSWER_SECONDS, f"the lookup took {lookup_seconds:.1f} s"
+
+
+# --- an agent turn when the database goes silent --------------------------------------------------------------
+
+# A turn meets the database several times (its claim, the transparency log's appends, the reply, the release):
+# each bounded, so the turn ends, with a frame that says why, within a few of those bounds.
+TURN_END_SECONDS = 30.0
+TURN_REQUEST_ID = "turn-in-a-partition"
+
+
+@pytest.mark.parametrize("when", ["before the turn", "mid-reply"])
+def test_an_agent_turn_during_a_partition_ends_with_a_frame_within_seconds(
+    tmp_path: Path, postgres_server: PostgresServer, when: str
+) -> None:
+    """The transparency appends and the turn's own writes are database calls like the others: partitioned away,
+    the chat's client gets an error frame within seconds, not a socket that never says anything again."""
+    provider = FakeChatProvider()
+    database_url = postgres_server.create_database()
+    asyncio.run(upgrade(database_url))
+    target = make_url(database_url)
+    with (
+        LiveServer(provider.app) as provider_server,
+        TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy,
+    ):
+        env = clean_env(
+            DATABASE_URL=plain(database_url, host="127.0.0.1", port=proxy.port),
+            DATA_DIR=str(tmp_path / "data"),
+            WORKERS_AI_BASE_URL=f"{provider_server.url}/ai/v1",
+            WORKERS_AI_API_KEY="workers-ai-platform-secret",
+        )
+        with serving(tmp_path, env=env) as url:
+            user = new_user(env, url)
+            agent = user.running_agent(model="gated")
+            try:
+                frames, took = asyncio.run(turn_in_a_partition(user, agent["id"], proxy, provider, when))
+            finally:
+                provider.release()
+                proxy.heal()  # the drain at the SIGTERM below writes the turn's row
+        rows = asyncio.run(usage_rows(database_url, {TURN_REQUEST_ID}))
+
+    print(f"{when}: {[frame.get('type') for frame in frames]} in {took:.1f} s")
+    assert took < TURN_END_SECONDS, f"the turn took {took:.1f} s to end"
+    assert frames and frames[-1]["type"] == "error", frames
+    assert frames[-1]["code"] in AWAY_CODES, frames[-1]
+    if when == "mid-reply":  # the model answered: the turn has its usage row, though it could not be stored
+        assert rows == {TURN_REQUEST_ID}
+
+
+async def turn_in_a_partition(
+    user: User, agent_id: str, proxy: TcpProxy, provider: FakeChatProvider, when: str
+) -> tuple[list[dict[str, Any]], float]:
+    """The frames after the partition, up to the turn's last (an error frame, or the socket closed), and how
+    long that took."""
+    async with user.chat(agent_id, headers={"x-request-id": TURN_REQUEST_ID}) as socket:
+        if when == "mid-reply":
+            await send_message(socket, "hello")
+            assert [(await next_frame(socket))["type"] for _ in range(3)] == [
+                "governance",
+                "stream_start",
+                "stream_chunk",
+            ]
+        await asyncio.to_thread(proxy.partition)
+        began = time.monotonic()
+        if when == "mid-reply":
+            provider.release()  # the reply ends: it is to be stored and appended to the log
+        else:
+            await send_message(socket, "hello")
+        frames: list[dict[str, Any]] = []
+        try:
+            async with asyncio.timeout(TURN_END_SECONDS + 30):
+                while not frames or frames[-1]["type"] not in ("error", "stream_end"):
+                    frames.append(json.loads(await socket.recv()))
+        except (ConnectionClosed, TimeoutError) as exc:
+            frames.append({"type": "closed", "reason": repr(exc)})
+        return frames, time.monotonic() - began
