@@ -246,6 +246,29 @@ def test_a_database_outage_shows_in_the_journal_the_feed_lag_and_the_rows_writte
     assert value(after, "gateway_requests_total", route=CHAT, status="200") == 11
 
 
+def test_database_connections_in_use_count_those_a_partition_holds(
+    tmp_path: Path, postgres_server: PostgresServer, fake_openai_server: tuple[FakeOpenAI, LiveServer]
+) -> None:
+    database_url = postgres_server.create_database()
+    asyncio.run(upgrade(database_url))
+    (tmp_path / "data").mkdir()
+    target = make_url(database_url)
+    with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+        env = outage_gateway_env(tmp_path, database_url, proxy, fake_openai_server[1].url)
+        with serving(tmp_path, env=env) as url, httpx.Client(base_url=url, timeout=30) as client:
+            assert client.get("/v1/usage").status_code == 200
+            assert value(scrape(url), "gateway_database_connections_in_use") == 0
+            proxy.partition()  # packets dropped: a read waits for its statement timeout, its connection out
+            with ThreadPoolExecutor(2) as pool:
+                reads = [pool.submit(client.get, "/v1/usage") for _ in range(2)]
+                held = wait_for(url, lambda s: value(s, "gateway_database_connections_in_use") >= 1)
+                proxy.heal()
+                statuses = [read.result().status_code for read in reads]
+            wait_for(url, lambda s: value(s, "gateway_database_connections_in_use") == 0, within=30)
+    assert value(held, "gateway_database_connections_in_use") >= 1
+    assert set(statuses) <= {200, 503}, statuses
+
+
 def test_rows_usage_required_0_lets_through_unrecorded_are_counted_as_dropped(
     tmp_path: Path, postgres_server: PostgresServer, fake_openai_server: tuple[FakeOpenAI, LiveServer]
 ) -> None:
