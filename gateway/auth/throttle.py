@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import case, delete, select, update
@@ -59,12 +60,14 @@ class LoginThrottle:
         address_limit: int = ADDRESS_LIMIT,
         first_lock_seconds: int = FIRST_LOCK_SECONDS,
         max_lock_seconds: int = MAX_LOCK_SECONDS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.database = database
         self.pair_limit = pair_limit
         self.address_limit = address_limit
         self.first_lock_seconds = first_lock_seconds
         self.max_lock_seconds = max_lock_seconds
+        self.clock = clock
         self._reservations = 0
 
     async def reserve(self, email: str, address: str) -> Reservation:
@@ -74,7 +77,7 @@ class LoginThrottle:
             pair_key=throttle_key("pair", email.strip().lower(), address),
             address_key=throttle_key("address", address),
         )
-        now = time.time()
+        now = self.clock()
         async with self.database.session() as session, session.begin():
             for key, limit in (
                 (reservation.pair_key, self.pair_limit),
@@ -114,7 +117,11 @@ class LoginThrottle:
             )
 
     async def _counted(self, session: AsyncSession, key: str, *, limit: int, now: float) -> bool:
-        """Adds one attempt to `key` unless it is locked; the attempt that reaches `limit` locks it."""
+        """Adds one attempt to `key` unless it is locked; the attempt that reaches `limit` locks it.
+
+        An unlocked key's `locked_until` is 0, not the time of its last attempt: attempts run side by side (and
+        instances' clocks differ a little), so an attempt may read the clock before the one counted just ahead
+        of it, and would take that time for a lock."""
         insert = postgresql.insert if self.database.is_postgres else sqlite.insert
         forgotten = LoginAttempts.last_attempt <= now - FORGET_SECONDS
         failures = case((forgotten, 1), else_=LoginAttempts.failures + 1)
@@ -129,14 +136,18 @@ class LoginThrottle:
         statement = (
             insert(LoginAttempts)
             .values(
-                key=key, failures=1, lock_seconds=first_lock, locked_until=now + first_lock, last_attempt=now
+                key=key,
+                failures=1,
+                lock_seconds=first_lock,
+                locked_until=now + first_lock if first_lock else 0.0,
+                last_attempt=now,
             )
             .on_conflict_do_update(
                 index_elements=[LoginAttempts.key],
                 set_={
                     "failures": failures,
                     "lock_seconds": lock,
-                    "locked_until": lock + now,
+                    "locked_until": case((failures < limit, 0.0), else_=lock + now),
                     "last_attempt": now,
                 },
                 where=LoginAttempts.locked_until <= now,

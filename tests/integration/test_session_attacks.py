@@ -90,6 +90,39 @@ def test_parallel_wrong_passwords_reach_the_password_check_at_most_the_limit_tim
     assert statuses.count(429) >= PARALLEL_GUESSES - ACCOUNT_LIMIT
 
 
+def test_parallel_attempts_under_the_limit_all_reach_the_password_check(
+    gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    """A user who double-clicks, or a script retrying, is not locked out below the limit: an attempt that was
+    counted a moment after another must not be taken for a locked one (the unlocked state once carried the last
+    attempt's time, so an attempt whose clock read earlier was refused)."""
+    user = new_user(gateway_env)
+    for _ in range(5):
+        statuses = asyncio.run(guess_in_parallel(gateway, fresh_address(), user["email"], ACCOUNT_LIMIT - 1))
+
+        assert statuses == [401] * (ACCOUNT_LIMIT - 1)
+
+
+async def log_in_in_parallel(server: LiveServer, address: str, users: list[dict[str, str]]) -> list[int]:
+    transport = httpx.AsyncHTTPTransport(
+        local_address=address, limits=httpx.Limits(max_connections=len(users))
+    )
+    async with httpx.AsyncClient(transport=transport, timeout=60) as client:
+        responses = await asyncio.gather(*(client.post(f"{server.url}{LOGIN}", json=user) for user in users))
+    return [response.status_code for response in responses]
+
+
+def test_many_users_behind_one_address_log_in_at_once(
+    gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    """An office behind one NAT address: the address's counter takes their logins side by side."""
+    users = [new_user(gateway_env) for _ in range(8)]
+    address = fresh_address()
+
+    for _ in range(3):
+        assert asyncio.run(log_in_in_parallel(gateway, address, users)) == [200] * len(users)
+
+
 def test_a_locked_pair_answers_429_with_retry_after_even_to_the_right_password(
     gateway: LiveServer, gateway_env: dict[str, str]
 ) -> None:

@@ -4,6 +4,7 @@ that grow, a higher limit per address."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -125,3 +126,16 @@ async def test_a_release_forgets_the_pair_and_gives_the_address_back_one_attempt
 
     assert isinstance(await attempt(throttle, names.email("a"), names.first), Reservation)
     assert isinstance(await attempt(throttle, names.email("c"), names.first), int)  # b's failure still counts
+
+
+async def test_an_attempt_read_by_a_clock_behind_the_last_one_is_not_refused(
+    database: Database, names: Names
+) -> None:
+    """Two instances (or two requests) whose clocks read a little apart: below the limit, the order in which their
+    attempts land must not matter."""
+    ahead = LoginThrottle(database, pair_limit=5, address_limit=100, clock=lambda: time.time() + 5)
+    behind = LoginThrottle(database, pair_limit=5, address_limit=100)
+    await ahead.reserve(names.email("a"), names.first)
+
+    assert isinstance(await attempt(behind, names.email("a"), names.first), Reservation)
+    assert isinstance(await attempt(behind, names.email("b"), names.first), Reservation)  # the address too
