@@ -9,7 +9,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.auth.passwords import WeakPasswordError
+from gateway.auth.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, WeakPasswordError
 from gateway.auth.sessions import CSRF_COOKIE, REFRESH_COOKIE, SESSION_COOKIE, IssuedSession, SessionService
 from gateway.auth.throttle import LoginThrottle
 from gateway.auth.users import InvalidEmailError, UserExistsError, create_user, user_json
@@ -23,6 +23,7 @@ from gateway.errors import (
     PermissionDeniedError,
     UnsupportedMediaTypeError,
 )
+from gateway.fields import column_length
 from gateway.headers import TrustedProxies
 from gateway.middleware.auth import HEADER, check_csrf, header, is_own_origin, presented_credential
 from gateway.openapi import (
@@ -118,8 +119,10 @@ class SessionRoutes:
         try:
             async with self.database.session() as session, session.begin():
                 user = await create_user(session, email=email, password=password)
-        except (InvalidEmailError, WeakPasswordError) as exc:
-            raise InvalidRequestError(str(exc)) from None
+        except InvalidEmailError as exc:
+            raise InvalidRequestError(str(exc), param="email") from None
+        except WeakPasswordError as exc:
+            raise InvalidRequestError(str(exc), param="password") from None
         except UserExistsError:
             raise ConflictError("A user with that email already exists.", code="user_exists") from None
         return self._session_response(await self.service.start_for(user), status_code=201)
@@ -185,16 +188,32 @@ def _no_body_unless_json(request: Request) -> None:
 
 
 def _credentials(body: dict[str, object]) -> tuple[str, str]:
-    email, password = body.get("email"), body.get("password")
-    if not isinstance(email, str) or not isinstance(password, str) or not email or not password:
-        raise InvalidRequestError("Give an email and a password.", param="email")
-    return email, password
+    """(email, password), each a non-empty string. Raises 400 naming the first field that is not."""
+    for field in ("email", "password"):
+        value = body.get(field)
+        if not isinstance(value, str) or not value:
+            raise InvalidRequestError("Give an email and a password.", param=field)
+    return str(body["email"]), str(body["password"])
 
 
 USER_RECORD = obj(
     {"id": STRING, "email": STRING, "is_admin": BOOLEAN, "created_at": TIME, "disabled_at": nullable(TIME)}
 )
-CREDENTIALS = obj({"email": STRING, "password": STRING})
+CREDENTIALS = obj(
+    {"email": {"type": "string", "minLength": 1}, "password": {"type": "string", "minLength": 1}}
+)
+# What signup takes (`gateway.auth.users.normalise_email`, `gateway.auth.passwords`), so that a fuzzer's valid
+# request is one the route accepts.
+NEW_CREDENTIALS = obj(
+    {
+        "email": {
+            "type": "string",
+            "maxLength": column_length(User.email),
+            "pattern": r"^\s*[^@\s]+@[^@\s]+\.[^@\s]+\s*$",
+        },
+        "password": {"type": "string", "minLength": MIN_PASSWORD_LENGTH, "maxLength": MAX_PASSWORD_LENGTH},
+    }
+)
 SESSION_STARTED = Reply(
     "The session: the access JWT here and in the gw_session cookie, the refresh token in gw_refresh",
     obj({"user": USER_RECORD, "access_token": STRING, "token_type": STRING, "expires_in": INTEGER}),
@@ -223,7 +242,7 @@ LOGOUT = Operation(
 SIGNUP = Operation(
     "Create a user and sign in (when ALLOW_SIGNUP=1; 404 otherwise)",
     {201: SESSION_STARTED},
-    body=CREDENTIALS,
+    body=NEW_CREDENTIALS,
     errors=(*SESSION_CHANGE_ERRORS, 404, 409),
 )
 ME = Operation(

@@ -211,3 +211,39 @@ def test_a_chat_model_that_cannot_be_stored_is_400_and_recorded(
     assert_refused(response, 400, "model")
     rows: list[UsageEvent] = asyncio.run(usage_rows(gateway_env, request_id))
     assert [row.status for row in rows] == [400]
+
+
+# ----- the credentials' fields, each named when it is at fault -----
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"email": "a@example.com", "password": 5}, "password"),
+        ({"email": "a@example.com", "password": ""}, "password"),
+        ({"email": "a@example.com"}, "password"),
+        ({"email": ["a@example.com"], "password": "a long enough password"}, "email"),
+        ({"email": "", "password": "a long enough password"}, "email"),
+    ],
+)
+def test_login_names_the_field_at_fault(gateway: LiveServer, body: dict[str, Any], param: str) -> None:
+    assert_refused(httpx.post(f"{gateway.url}/api/v1/auth/login", json=body), 400, param)
+
+
+@pytest.mark.parametrize(
+    ("email", "password", "param"),
+    [
+        ("e" * 400 + "@example.com", "a long enough password", "email"),  # past the column's 320
+        ("not an email", "a long enough password", "email"),
+        ("short@example.com", "short", "password"),
+        ("long@example.com", "p" * 2000, "password"),
+        ("nostring@example.com", 12345678, "password"),
+    ],
+)
+def test_signup_names_the_field_at_fault(
+    signup_gateway: LiveServer, email: str, password: object, param: str
+) -> None:
+    response = httpx.post(
+        f"{signup_gateway.url}/api/v1/auth/signup", json={"email": email, "password": password}
+    )
+    assert_refused(response, 400, param)
