@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from gateway import __version__
 
@@ -133,6 +135,26 @@ class ApiRoute(Route):
     def __init__(self, path: str, endpoint: Any, *, operation: Operation, **options: Any) -> None:
         super().__init__(path, endpoint, **options)
         self.operation = operation
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The route's endpoint; for a method it does not take, 405 allowing every method of the path, whichever
+        route serves it (Starlette's own 405 names only the methods of the first route the path matched, while
+        the gateway declares one route per method)."""
+        if self.methods is not None and scope["method"] not in self.methods:
+            raise HTTPException(405, headers={"Allow": ", ".join(path_methods(scope))})
+        await super().handle(scope, receive, send)
+
+
+def path_methods(scope: Scope) -> list[str]:
+    """The methods the routes of the scope's router take at the scope's path, sorted."""
+    router = scope.get("router")
+    routes = router.routes if router is not None else []
+    path = scope.get("route_path") or scope["path"]
+    allowed: set[str] = set()
+    for route in routes:
+        if isinstance(route, Route) and route.methods is not None and route.path_regex.match(path):
+            allowed |= route.methods
+    return sorted(allowed)
 
 
 def served_methods(route: Route) -> list[str]:

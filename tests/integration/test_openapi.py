@@ -83,3 +83,23 @@ def test_a_route_declared_without_its_operation_is_refused() -> None:
 
     with pytest.raises(TypeError, match="/undocumented"):
         document([Route("/undocumented", endpoint)])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("OPTIONS", "/v1/api-tokens", {"GET", "HEAD", "POST"}),
+        ("PUT", "/v1/agents/ocs_x", {"DELETE", "GET", "HEAD", "PATCH"}),
+        ("POST", "/v1/agents/ocs_x/files/file_x", {"DELETE", "GET", "HEAD"}),
+        ("PUT", "/health", {"GET", "HEAD"}),
+    ],
+)
+def test_a_method_no_route_takes_is_405_allowing_every_method_of_the_path(
+    gateway: LiveServer, method: str, path: str, allowed: set[str]
+) -> None:
+    """A path served by several routes (one per method) answers 405 with all their methods in Allow, as
+    RFC 9110 asks and the document lists them, not only those of the first route that matched."""
+    response = httpx.request(method, f"{gateway.url}{path}")
+    assert response.status_code == 405, response.text
+    assert set(response.headers["allow"].split(", ")) == allowed
+    assert response.json()["error"]["code"] is not None
