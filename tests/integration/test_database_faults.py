@@ -355,6 +355,8 @@ def test_an_agent_turn_during_a_partition_ends_with_a_frame_within_seconds(
     assert took < TURN_END_SECONDS, f"the turn took {took:.1f} s to end"
     assert frames and frames[-1]["type"] == "error", frames
     assert frames[-1]["code"] in AWAY_CODES, frames[-1]
+    log = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in log, log  # an outage is not a fault, nor is a shutdown's abandoned write
     if when == "mid-reply":  # the model answered: the turn has its usage row, though it could not be stored
         assert rows == {TURN_REQUEST_ID}
 
