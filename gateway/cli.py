@@ -78,7 +78,9 @@ def reporting_database_errors(settings: Settings) -> Iterator[None]:
 def _cause(exc: BaseException) -> str:
     # SQLAlchemy wraps the driver's error with a link to its docs; the driver's own first line says it all.
     cause: BaseException = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    while cause.__cause__ is not None:  # the driver's own error, under the DB-API's emulation of it
+    # The driver's own error, under the DB-API's emulation of it; but a timeout is the cause itself (what it wraps
+    # is the CancelledError by which asyncio ended the wait: a partition read "CancelledError").
+    while cause.__cause__ is not None and not isinstance(cause, TimeoutError):
         cause = cause.__cause__
     text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
     if isinstance(cause, TimeoutError) and not text:

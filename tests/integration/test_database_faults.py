@@ -95,25 +95,39 @@ def test_two_concurrent_migrates_of_one_sqlite_file_both_succeed(tmp_path: Path)
 # --- a DATABASE_URL that cannot be used -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fault", ["nothing listens on the port", "no such database"])
+UNUSABLE = {  # the fault: what the one line must say of its cause
+    "nothing listens on the port": "Connect call failed",
+    "no such database": "does not exist",
+    "no such role": "does not exist",  # the server refuses the credentials (the tests' Postgres trusts any password)
+    "the network drops packets": "TimeoutError",
+}
+
+
+@pytest.mark.parametrize("fault", list(UNUSABLE))
 @pytest.mark.parametrize("command", [["migrate"], ["serve", "--port", "0"], ["users", "list"]])
 def test_an_unusable_database_is_one_line_naming_database_url(
     tmp_path: Path, postgres_url: str, fault: str, command: list[str]
 ) -> None:
-    if fault == "nothing listens on the port":
-        database_url = plain(postgres_url, password="hunter2", port=free_port())
-    else:
-        database_url = plain(postgres_url, password="hunter2", database="gateway_nowhere")
+    target = make_url(postgres_url)
+    with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+        if fault == "nothing listens on the port":
+            database_url = plain(postgres_url, password="hunter2", port=free_port())
+        elif fault == "no such database":
+            database_url = plain(postgres_url, password="hunter2", database="gateway_nowhere")
+        elif fault == "no such role":
+            database_url = plain(postgres_url, password="hunter2", username="gateway_nobody")
+        else:
+            proxy.partition()
+            database_url = plain(postgres_url, password="hunter2", host="127.0.0.1", port=proxy.port)
 
-    result = run_gateway(tmp_path, *command, database_url=database_url, timeout=30)
+        result = run_gateway(tmp_path, *command, database_url=database_url, timeout=30)
 
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "DATABASE_URL=" in lines[0] and "127.0.0.1" in lines[0]
     assert "hunter2" not in result.stderr
-    expected_cause = "Connect call failed" if fault == "nothing listens on the port" else "does not exist"
-    assert expected_cause in lines[0]
+    assert UNUSABLE[fault] in lines[0]
 
 
 # --- the schema's revision ------------------------------------------------------------------------------------
