@@ -37,6 +37,9 @@ BOOLEAN: Schema = {"type": "boolean"}
 TIME: Schema = {"type": "string", "description": "ISO 8601, UTC"}
 HASH: Schema = {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}
 ANY_OBJECT: Schema = {"type": "object", "additionalProperties": True}
+# Text a route stores or looks up: no NUL (`gateway.fields`; a lone surrogate has no JSON form a parser takes), and
+# not blank.
+TEXT: Schema = {"type": "string", "pattern": "^[^\\u0000]*[^\\u0000\\s][^\\u0000]*$"}
 
 # The credentials an operation takes, by the names of the document's security schemes.
 BEARER = "bearer"  # a platform JWT, an API token or an agent key
@@ -124,6 +127,7 @@ class Operation:
     body_media_type: str = JSON
     query: Mapping[str, Schema] = field(default_factory=dict)
     required_query: Collection[str] = ()
+    path: Mapping[str, Schema] = field(default_factory=dict)  # a path parameter's form (default: any string)
     security: Sequence[str] = ()
     auth_optional: bool = False
     passthrough: str | None = None
@@ -204,7 +208,8 @@ def document(routes: Iterable[BaseRoute], *, title: str = "gateway") -> Schema:
 
 def _operation(route: Route, operation: Operation) -> Schema:
     parameters: list[Schema] = [
-        {"name": name, "in": "path", "required": True, "schema": STRING} for name in route.param_convertors
+        {"name": name, "in": "path", "required": True, "schema": operation.path.get(name, STRING)}
+        for name in route.param_convertors
     ]
     parameters += [
         {"name": name, "in": "query", "required": name in operation.required_query, "schema": schema}

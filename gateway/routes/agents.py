@@ -36,11 +36,13 @@ from gateway.openapi import (
     HASH,
     INTEGER,
     STRING,
+    TEXT,
     TIME,
     USER,
     ApiRoute,
     Operation,
     Reply,
+    Schema,
     data_of,
     nullable,
     obj,
@@ -269,11 +271,16 @@ AGENT_RECORD = obj(
         "message_count": INTEGER,
     }
 )
+# What the routes take: text within its column, not blank (`_nonempty`), a governance mode by name. The providers
+# are the app's (a provider not configured is 400, which a document shared by every app cannot list).
+NAME: Schema = {**TEXT, "maxLength": MAX_NAME_CHARS}
 AGENT_FIELDS = obj(
     {},
     {
-        field: {"type": "string", "maxLength": MAX_NAME_CHARS}
-        for field in ("agent_name", "model", "model_provider", "governance_mode")
+        "agent_name": NAME,
+        "model": NAME,
+        "model_provider": NAME,
+        "governance_mode": {**NAME, "enum": sorted(MODES)},
     },
 )
 THE_AGENT = Reply("The agent", AGENT_RECORD)
@@ -387,6 +394,7 @@ PROOF = Operation(
             ),
         )
     },
+    path={"leaf_hash": HASH},
     errors=(400, *ON_AGENT),
     security=USER,
 )

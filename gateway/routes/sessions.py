@@ -200,7 +200,10 @@ USER_RECORD = obj(
     {"id": STRING, "email": STRING, "is_admin": BOOLEAN, "created_at": TIME, "disabled_at": nullable(TIME)}
 )
 CREDENTIALS = obj(
-    {"email": {"type": "string", "minLength": 1}, "password": {"type": "string", "minLength": 1}}
+    {
+        "email": {"type": "string", "pattern": "^[^\\u0000]+$"},
+        "password": {"type": "string", "pattern": "^[^\\u0000]+$"},
+    }
 )
 # What signup takes (`gateway.auth.users.normalise_email`, `gateway.auth.passwords`), so that a fuzzer's valid
 # request is one the route accepts.
@@ -209,9 +212,14 @@ NEW_CREDENTIALS = obj(
         "email": {
             "type": "string",
             "maxLength": column_length(User.email),
-            "pattern": r"^\s*[^@\s]+@[^@\s]+\.[^@\s]+\s*$",
+            "pattern": r"^\s*[^@\s\u0000]+@[^@\s\u0000]+\.[^@\s\u0000]+\s*$",
         },
-        "password": {"type": "string", "minLength": MIN_PASSWORD_LENGTH, "maxLength": MAX_PASSWORD_LENGTH},
+        "password": {
+            "type": "string",
+            "minLength": MIN_PASSWORD_LENGTH,
+            "maxLength": MAX_PASSWORD_LENGTH,
+            "pattern": "^[^\\u0000]*$",
+        },
     }
 )
 SESSION_STARTED = Reply(

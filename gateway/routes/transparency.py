@@ -29,6 +29,7 @@ VERIFY = Operation(
             "The proof and its verdict", {**PROOF, "required": [*PROOF["required"], "hash", "verified"]}
         )
     },
+    path={"hash": HASH},
     errors=(400, 404),
 )
 CHECKPOINT = Operation(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import httpx
 import pytest
 from openapi_spec_validator import validate
 from starlette.routing import Route
 
-from gateway.openapi import ANY_METHODS, document
+from gateway.openapi import ANY_METHODS, HASH, TEXT, document
 from tests.serving import LiveServer
 
 PARAMETER = re.compile(r"\{(\w+)(?::\w+)?\}")
@@ -103,3 +104,23 @@ def test_a_method_no_route_takes_is_405_allowing_every_method_of_the_path(
     assert response.status_code == 405, response.text
     assert set(response.headers["allow"].split(", ")) == allowed
     assert response.json()["error"]["code"] is not None
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [("/verify/proof/{hash}", "hash"), ("/v1/agents/{agent_id}/proofs/{leaf_hash}", "leaf_hash")],
+)
+def test_a_hash_in_a_path_is_documented_with_its_form(served: dict[str, Any], path: str, name: str) -> None:
+    """What the route takes, so that a request valid by the document is not refused as malformed (400)."""
+    parameters = served["paths"][path]["get"]["parameters"]
+    (parameter,) = [p for p in parameters if p["name"] == name]
+    assert parameter["schema"] == HASH
+
+
+@pytest.mark.parametrize("field", ["agent_name", "model", "model_provider", "governance_mode"])
+def test_agent_fields_are_documented_as_the_routes_take_them(served: dict[str, Any], field: str) -> None:
+    for method, path in (("post", "/v1/agents"), ("patch", "/v1/agents/{agent_id}")):
+        schema = served["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+        assert schema["properties"][field]["pattern"] == TEXT["pattern"]  # not blank, no NUL
+    modes = served["paths"]["/v1/agents"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert modes["properties"]["governance_mode"]["enum"] == ["enforcing", "transparent"]
