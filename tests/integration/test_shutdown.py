@@ -165,6 +165,8 @@ def test_sigterm_during_a_partition_exits_in_time_and_loses_no_answered_request(
             took = asyncio.run(partition_then_sigterm(gateway, load, proxy))
         log = gateway.log.read_text()
         assert took < EXIT_BOUND, f"exited {took:.1f} s after SIGTERM:\n{log}"
+        assert gateway.process.returncode == 0, log
+        assert "Traceback" not in log and "Application shutdown failed" not in log, log
 
         proxy.heal()
         answered = {request_id for request_id, _ in load.answered}
