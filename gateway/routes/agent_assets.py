@@ -373,7 +373,7 @@ LIST_VAULT_KEYS = Operation(
 DELETE_VAULT_KEY = Operation(
     "Delete the agent's key for a provider",
     {204: EMPTY},
-    query={"provider": STRING},
+    query={"provider": {"type": "string", "pattern": f"^{vault.PROVIDER_NAME.pattern}$"}},
     required_query=("provider",),
     errors=(400, *ON_AGENT),
     security=USER,

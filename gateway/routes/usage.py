@@ -128,6 +128,7 @@ USAGE_ERRORS = (400, 401, 403)
 NARROWED = {
     "user_id": {
         "type": "string",
+        "pattern": f"^{USER_ID_PREFIX}_[0-9a-f]{{24}}$",  # gateway.fields.ID_FORM: another form is 400
         "description": "One user's usage (admins, the operator's key, or anyone when no key is set; 403 otherwise)",
     }
 }

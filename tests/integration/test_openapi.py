@@ -124,3 +124,20 @@ def test_agent_fields_are_documented_as_the_routes_take_them(served: dict[str, A
         assert schema["properties"][field]["pattern"] == TEXT["pattern"]  # not blank, no NUL
     modes = served["paths"]["/v1/agents"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert modes["properties"]["governance_mode"]["enum"] == ["enforcing", "transparent"]
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "name", "valid", "malformed"),
+    [
+        ("/v1/usage", "get", "user_id", "usr_" + "0" * 24, "usr_x"),
+        ("/v1/usage/daily", "get", "user_id", "usr_" + "0" * 24, "E"),
+        ("/v1/usage/rollups", "get", "user_id", "usr_" + "0" * 24, ""),
+        ("/v1/agents/{agent_id}/vault", "delete", "provider", "openai", ""),
+    ],
+)
+def test_query_parameters_are_documented_with_the_form_their_route_takes(
+    served: dict[str, Any], path: str, method: str, name: str, valid: str, malformed: str
+) -> None:
+    (parameter,) = [p for p in served["paths"][path][method]["parameters"] if p["name"] == name]
+    pattern = parameter["schema"]["pattern"]
+    assert re.search(pattern, valid) and not re.search(pattern, malformed)
