@@ -1,8 +1,14 @@
-"""Passwords, hashed with argon2id; a check against an unknown user costs the same as against a known one."""
+"""Passwords, hashed with argon2id; a check against an unknown user costs the same as against a known one.
+
+Hashing runs on threads of its own, as many as there are CPUs: argon2 is CPU-bound, so more threads would not
+check faster, and on the event loop's default executor a flood of logins queued in front of everything else
+that uses it (the resolver of a new database connection, the usage journal's fsync)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -10,6 +16,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024
 
+_hashing = ThreadPoolExecutor(
+    max_workers=os.cpu_count() or 1, thread_name_prefix="argon2"
+)  # threads start on use
 _hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
 # Verified against when the email is unknown, so that both answers take about the same time.
 _UNKNOWN_USER_HASH = _hasher.hash("no such user: this only spends the same time as a real check")
@@ -43,6 +52,11 @@ def verify_password(stored_hash: str | None, password: str) -> tuple[bool, str |
     return True, _hasher.hash(password) if _hasher.check_needs_rehash(stored_hash) else None
 
 
+async def hash_password_off_loop(password: str) -> str:
+    """`hash_password` on a hashing thread: argon2 is deliberately slow and must not stall the loop."""
+    return await asyncio.get_running_loop().run_in_executor(_hashing, hash_password, password)
+
+
 async def verify_password_off_loop(stored_hash: str | None, password: str) -> tuple[bool, str | None]:
-    """`verify_password` in a worker thread: argon2 is deliberately slow and must not stall the loop."""
-    return await asyncio.to_thread(verify_password, stored_hash, password)
+    """`verify_password` on a hashing thread: argon2 is deliberately slow and must not stall the loop."""
+    return await asyncio.get_running_loop().run_in_executor(_hashing, verify_password, stored_hash, password)

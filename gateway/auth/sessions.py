@@ -74,15 +74,24 @@ class SessionService:
         self.refresh_ttl_seconds = refresh_ttl_seconds
 
     async def login(self, email: str, password: str) -> IssuedSession:
-        """A new session. Raises `AuthenticationError` with one message for every kind of wrong answer."""
-        async with self.database.session() as session, session.begin():
+        """A new session. Raises `AuthenticationError` with one message for every kind of wrong answer.
+
+        The password is checked with no database connection held: parallel checks queue for the CPUs, and
+        logins waiting there would hold the pool from every other request. The user is read again afterwards,
+        and must still have the hash that was checked and be enabled."""
+        async with self.database.session() as session:
             user = await find_user_by_email(session, email)
-            matches, new_hash = await verify_password_off_loop(user.password_hash if user else None, password)
-            if user is None or not matches or user.disabled_at is not None:
+        checked_hash = user.password_hash if user else None
+        matches, new_hash = await verify_password_off_loop(checked_hash, password)
+        if user is None or not matches:
+            raise AuthenticationError(INVALID_LOGIN, code="invalid_credentials")
+        async with self.database.session() as session, session.begin():
+            current = await session.get(User, user.id)
+            if current is None or current.password_hash != checked_hash or current.disabled_at is not None:
                 raise AuthenticationError(INVALID_LOGIN, code="invalid_credentials")
             if new_hash is not None:
-                user.password_hash = new_hash
-            return await self._issue(session, user, family_id=new_id("ses"))
+                current.password_hash = new_hash
+            return await self._issue(session, current, family_id=new_id("ses"))
 
     async def start_for(self, user: User) -> IssuedSession:
         """A session for a user who just proved themselves another way (signup)."""

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.auth.passwords import check_password_strength, hash_password
+from gateway.auth.passwords import check_password_strength, hash_password_off_loop
 from gateway.db.base import iso, utcnow
 from gateway.db.models import User
 from gateway.ids import new_id
@@ -41,7 +40,9 @@ async def create_user(session: AsyncSession, *, email: str, password: str, is_ad
     user = User(
         id=new_id("usr"),
         email=email,
-        password_hash=await asyncio.to_thread(hash_password, password),
+        password_hash=await hash_password_off_loop(
+            password
+        ),  # before the first statement: no connection held
         is_admin=is_admin,
         created_at=utcnow(),
     )

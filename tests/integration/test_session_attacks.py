@@ -103,15 +103,6 @@ def test_parallel_attempts_under_the_limit_all_reach_the_password_check(
         assert statuses == [401] * (ACCOUNT_LIMIT - 1)
 
 
-async def log_in_in_parallel(server: LiveServer, address: str, users: list[dict[str, str]]) -> list[int]:
-    transport = httpx.AsyncHTTPTransport(
-        local_address=address, limits=httpx.Limits(max_connections=len(users))
-    )
-    async with httpx.AsyncClient(transport=transport, timeout=60) as client:
-        responses = await asyncio.gather(*(client.post(f"{server.url}{LOGIN}", json=user) for user in users))
-    return [response.status_code for response in responses]
-
-
 def test_many_users_behind_one_address_log_in_at_once(
     gateway: LiveServer, gateway_env: dict[str, str]
 ) -> None:
@@ -121,6 +112,51 @@ def test_many_users_behind_one_address_log_in_at_once(
 
     for _ in range(3):
         assert asyncio.run(log_in_in_parallel(gateway, address, users)) == [200] * len(users)
+
+
+async def log_in_in_parallel(server: LiveServer, address: str, users: list[dict[str, str]]) -> list[int]:
+    transport = httpx.AsyncHTTPTransport(
+        local_address=address, limits=httpx.Limits(max_connections=len(users))
+    )
+    async with httpx.AsyncClient(transport=transport, timeout=60) as client:
+        responses = await asyncio.gather(*(client.post(f"{server.url}{LOGIN}", json=user) for user in users))
+    return [response.status_code for response in responses]
+
+
+def test_parallel_logins_do_not_hold_the_database_while_their_passwords_are_checked(
+    gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    """Argon2 takes a CPU's fraction of a second per check, and parallel checks queue for the CPUs: a login that
+    kept its database connection while it waited held the pool (15 connections, 5 s to get one on Postgres) from
+    every other request, and a few dozen logins from two addresses, below both limits, were answered 503."""
+    user = new_user(gateway_env)
+    attackers = [fresh_address(), fresh_address()]
+
+    async def guesses_and_a_token_list() -> tuple[list[int], int]:
+        guessing = [
+            asyncio.create_task(
+                log_in_in_parallel(
+                    gateway,
+                    address,
+                    [{"email": unique_email("nobody"), "password": "a guess"} for _ in range(30)],
+                )
+            )
+            for address in attackers
+        ]
+        await asyncio.sleep(1)
+        async with httpx.AsyncClient(timeout=60) as client:
+            token = (await client.post(f"{gateway.url}{LOGIN}", json=user)).json()["access_token"]
+            listed = await client.get(
+                f"{gateway.url}{API_TOKENS}", headers={"authorization": f"Bearer {token}"}
+            )
+        return [
+            status for statuses in await asyncio.gather(*guessing) for status in statuses
+        ], listed.status_code
+
+    statuses, listed = asyncio.run(guesses_and_a_token_list())
+
+    assert set(statuses) <= {401, 429}, statuses
+    assert listed == 200
 
 
 def test_a_locked_pair_answers_429_with_retry_after_even_to_the_right_password(
