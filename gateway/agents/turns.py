@@ -28,6 +28,7 @@ from gateway.db.agent_models import RUNNING, Agent, AgentMessage
 from gateway.db.base import utcnow
 from gateway.db.engine import Database
 from gateway.errors import QuotaExceededError, ServiceUnavailableError, expected_error
+from gateway.fields import storable_text
 from gateway.ids import new_id
 from gateway.principals import Principal
 from gateway.transparency.log import TransparencyLog, hash_text
@@ -297,9 +298,11 @@ class Turn:
             seen.completion = completion
             await self.send({"type": "stream_start", "message_id": reply_id, "role": ASSISTANT})
             try:
-                async for delta in completion.deltas():
+                async for text in completion.deltas():
                     if seen.outcome.first_byte_at is None:
                         seen.outcome.first_byte_at = time.perf_counter()
+                    # The provider's text as the message will be stored (a NUL replaced): sent, stored and proved alike.
+                    delta = storable_text(text, column=AgentMessage.content)
                     parts.append(delta)
                     await self.send({"type": "stream_chunk", "message_id": reply_id, "content": delta})
             except ProviderError as exc:

@@ -7,7 +7,8 @@
 - `endless`: a delta every 0.05 s until the client goes, marking `disconnected`;
 - `broken`: the provider's own 500 error;
 - `fails-midway`: one delta, then an error event in the stream;
-- `json`: a plain JSON completion although a stream was asked for.
+- `json`: a plain JSON completion although a stream was asked for;
+- `nul`: a reply holding a NUL character (U+0000), which Postgres cannot store in text.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ class FakeChatProvider:
             if model == "fails-midway":
                 yield sse({"error": {"message": "overloaded", "type": "server_error"}})
                 return
+            if model == "nul":
+                yield delta("\u0000")
             if model == "gated":
                 self.recorder.mark("first_chunk_sent")
                 await asyncio.to_thread(self._released.wait, 10)

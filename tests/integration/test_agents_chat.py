@@ -633,6 +633,23 @@ async def test_a_plain_json_answer_is_one_chunk(alice: User, provider: FakeChatP
     assert frames[-1]["usage"] == USAGE
 
 
+async def test_a_reply_holding_a_nul_is_streamed_and_stored_with_it_replaced(
+    alice: User, provider: FakeChatProvider
+) -> None:
+    """A provider's text is not the client's to be refused: what Postgres cannot store (NUL) is replaced, the same
+    in the stream, the stored message and its proof, on both databases."""
+    agent = alice.running_agent(model="nul")
+
+    async with alice.chat(agent["id"]) as socket:
+        frames = await turn_frames(socket, "zero")
+
+    assert frames[-1]["type"] == "stream_end", frames
+    streamed = "".join(frame["content"] for frame in frames if frame["type"] == "stream_chunk")
+    assert streamed == "Echo\ufffd: zero"
+    messages = alice.request("GET", f"/v1/agents/{agent['id']}/messages").json()["data"]
+    assert [message["content"] for message in messages if message["role"] == "assistant"] == [streamed]
+
+
 async def test_an_unconfigured_provider_is_an_error_frame(
     gateway_env: dict[str, str], gateway: LiveServer
 ) -> None:
