@@ -74,9 +74,13 @@ def _generated(path: Path) -> bytes:
 
 
 def _make_private_folder(folder: Path) -> None:
-    """The keys' folder, created 0700 whatever the umask (another worker may be creating it too)."""
+    """The keys' folder, created 0700 whatever the umask, and so is each missing parent (the data directory, when
+    a command reads the keys before anything made it); another worker may be creating them too."""
+    if folder.is_dir():
+        return
+    _make_private_folder(folder.parent)
     try:
-        folder.mkdir(parents=True, mode=PRIVATE_FOLDER_MODE)
+        folder.mkdir(mode=PRIVATE_FOLDER_MODE)
     except FileExistsError:
         return
     os.chmod(folder, PRIVATE_FOLDER_MODE)

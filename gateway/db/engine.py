@@ -129,11 +129,16 @@ def prepare_data_dir(settings: Settings) -> None:
 
 
 def make_private_folder(folder: Path) -> None:
-    """`folder` created 0700 whatever the umask, with any missing parent; left as it is when it exists."""
-    try:
-        folder.mkdir(parents=True, mode=PRIVATE_FOLDER_MODE)
-    except FileExistsError:
+    """`folder` created 0700 whatever the umask, and so is each missing parent (`mkdir(parents=True)` gives those
+    the umask's mode: world-writable under 000, and anyone could swap the folder below); left as it is when it
+    exists."""
+    if folder.is_dir():
         return
+    make_private_folder(folder.parent)
+    try:
+        folder.mkdir(mode=PRIVATE_FOLDER_MODE)
+    except FileExistsError:
+        return  # another worker made it
     os.chmod(folder, PRIVATE_FOLDER_MODE)
 
 

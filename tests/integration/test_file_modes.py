@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import time
 from pathlib import Path
 
 import httpx
@@ -15,10 +16,20 @@ from tests.conftest import add_user
 from tests.serving import clean_env, serving
 
 PASSWORD = "correct horse battery staple"
+JOURNAL_SECONDS = 10.0
 
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
+
+
+def journal_files(folder: Path) -> list[Path]:
+    """The journal's files, once the usage writer has opened it (at its first flush, half a second after start)."""
+    deadline = time.monotonic() + JOURNAL_SECONDS
+    while not (folder.is_dir() and (files := list(folder.iterdir()))):
+        assert time.monotonic() < deadline, f"no journal in {folder}"
+        time.sleep(0.05)
+    return files
 
 
 def test_the_data_directory_and_everything_in_it_are_the_owners_alone(tmp_path: Path) -> None:
@@ -42,7 +53,7 @@ def test_the_data_directory_and_everything_in_it_are_the_owners_alone(tmp_path: 
             assert upload.status_code == 201, upload.text
             # While serving: SQLite removes its -wal and -shm files at the last close.
             database_modes = {path.name: mode(path) for path in data.glob("gateway.db*")}
-            journal_modes = [mode(path) for path in (data / "usage-journal").iterdir()]
+            journal_modes = [mode(path) for path in journal_files(data / "usage-journal")]
     finally:
         os.umask(previous)
 
@@ -58,3 +69,22 @@ def test_the_data_directory_and_everything_in_it_are_the_owners_alone(tmp_path: 
     assert [path.read_bytes() for path in stored] == [b"private notes"]
     assert mode(stored[0]) == 0o600
     assert all(mode(folder) == 0o700 for folder in [files, *(p for p in files.rglob("*") if p.is_dir())])
+
+
+def test_the_folders_it_makes_on_the_way_to_the_data_directory_are_the_owners_alone(tmp_path: Path) -> None:
+    """DATA_DIR (and a SQLite file of its own elsewhere) below folders that do not exist yet: each folder the
+    gateway makes is 0700, not the umask's choice (with 000, a world-writable parent would let anyone swap the
+    data directory for their own)."""
+    data = tmp_path / "srv" / "gateway" / "data"
+    database = tmp_path / "db" / "sqlite" / "gateway.db"
+    env = clean_env(DATA_DIR=str(data), DATABASE_URL=f"sqlite+aiosqlite:///{database}")
+    previous = os.umask(0o000)
+    try:
+        with serving(tmp_path, env=env):
+            pass
+    finally:
+        os.umask(previous)
+
+    made = [tmp_path / "srv", tmp_path / "srv" / "gateway", data, tmp_path / "db", database.parent]
+    assert {folder.name: mode(folder) for folder in made} == {folder.name: 0o700 for folder in made}
+    assert mode(database) == 0o600
