@@ -25,6 +25,16 @@ JSON_RENAMED = {"levelname": "level", "name": "logger"}
 # there ("Key (email)=(a@example.com) already exists"), which SQLAlchemy's hide_parameters does not reach.
 DATABASE_DETAIL = re.compile(r"^DETAIL:  .*$", re.MULTILINE)
 HIDDEN_DETAIL = "DETAIL:  [hidden: it may quote the statement's values]"
+# The errors whose first line quotes a value: Postgres' on a value it cannot take as its type ('invalid input
+# syntax for type integer: "..."', and the like for enums, ranges and dates), and asyncpg's on an argument it
+# cannot encode ("invalid input for query argument $2: '...' (reason)", where the reason may quote it again).
+QUOTED_VALUE = re.compile(
+    r"(invalid input syntax for type [^:\n]+: |invalid input value for enum [^:\n]+: "
+    r"|field value out of range: |value )\"[^\n]*?\"(?=$| is out of range)"
+    r"|(invalid input for query argument \$\d+[^:\n]*: ).*$",
+    re.MULTILINE,
+)
+HIDDEN_VALUE = "[hidden: a value]"
 
 
 class RequestIdFilter(logging.Filter):
@@ -41,11 +51,13 @@ class RequestIdFilter(logging.Filter):
 
 class DatabaseDetailFilter(logging.Filter):
     """Writes a record's traceback without the database's DETAIL lines, which may quote the values of a failed
-    statement: the traceback is formatted here, once, and the formatters take the text as it is."""
+    statement, nor the values its errors quote (`QUOTED_VALUE`): the traceback is formatted here, once, and the
+    formatters take the text as it is."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None:
             text = logging.Formatter().formatException(record.exc_info)
+            text = QUOTED_VALUE.sub(lambda match: (match[1] or match[2]) + HIDDEN_VALUE, text)
             record.exc_text = DATABASE_DETAIL.sub(HIDDEN_DETAIL, text)
             record.exc_info = None
         return True

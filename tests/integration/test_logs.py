@@ -211,6 +211,49 @@ def test_a_500_logs_its_traceback_without_the_statement_parameters(
         assert "DETAIL:  [hidden: it may quote the statement's values]" in content
 
 
+def check_token_names_as_numbers(database_url: str) -> None:
+    """Another botched change behind the gateway's back: a trigger that reads each new token's name as a number.
+    Postgres' error then quotes the value in its first line ('invalid input syntax for type integer: "..."'),
+    where no DETAIL filter looks."""
+
+    async def alter() -> None:
+        engine = create_async_engine(database_url)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(
+                    text(
+                        "CREATE FUNCTION names_as_numbers() RETURNS trigger LANGUAGE plpgsql AS "
+                        "$$ BEGIN PERFORM NEW.name::integer; RETURN NEW; END $$"
+                    )
+                )
+                await connection.execute(
+                    text(
+                        "CREATE TRIGGER names_as_numbers BEFORE INSERT ON api_tokens "
+                        "FOR EACH ROW EXECUTE FUNCTION names_as_numbers()"
+                    )
+                )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(alter())
+
+
+def test_a_500_whose_database_error_quotes_a_value_logs_it_hidden(
+    tmp_path: Path, fake_openai_server: tuple[FakeOpenAI, LiveServer], postgres_server: PostgresServer
+) -> None:
+    database_url = postgres_server.create_database()
+    with gateway(tmp_path, fake_openai_server, DATABASE_URL=database_url) as (url, log):
+        headers = {"authorization": f"Bearer {access_token(url)}", "x-request-id": "quoted-1"}
+        check_token_names_as_numbers(database_url)
+        response = httpx.post(f"{url}/v1/api-tokens", json={"name": CANARY}, headers=headers)
+        assert response.status_code == 500, response.text
+        content = wait_for(log, lambda content: "Traceback" in content)
+
+    assert "unhandled DBAPIError on POST /v1/api-tokens (request quoted-1)" in content
+    assert "invalid input syntax for type integer: [hidden: a value]" in content
+    assert CANARY not in content
+
+
 def test_json_logs_are_one_object_per_line_with_the_request_id(
     tmp_path: Path, fake_openai_server: tuple[FakeOpenAI, LiveServer]
 ) -> None:
