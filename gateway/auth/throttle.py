@@ -7,7 +7,7 @@ Two counters are reserved together, in one transaction, each by one conditional 
 reservation that reaches the limit sets the lock itself, so N parallel attempts count N and at most the limit
 reach the password check. Each further lock doubles (`FIRST_LOCK_SECONDS` up to `MAX_LOCK_SECONDS`); a key
 quiet for `FORGET_SECONDS` starts again. Locking the pair, not the account, means an attacker elsewhere cannot
-lock the user out.
+lock the user out. An IPv6 client is counted by its /64 (`client_of`), or each of its addresses would be new.
 
 The counters live in the database, not in process memory: instances share one database, and a count per process
 would multiply the allowance by their number. Keys are hashes, so no email or address is stored here.
@@ -16,6 +16,7 @@ would multiply the allowance by their number. Keys are hashes, so no email or ad
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import time
 from collections.abc import Callable
@@ -35,6 +36,8 @@ FIRST_LOCK_SECONDS = 60
 MAX_LOCK_SECONDS = 15 * 60
 FORGET_SECONDS = 60 * 60
 PRUNE_EVERY_RESERVATIONS = 500
+# An IPv6 subscriber is given a /64 at least: its 2^64 addresses are one client to the throttle.
+IPV6_CLIENT_PREFIX = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,20 @@ class Reservation:
 
 def throttle_key(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def client_of(address: str) -> str:
+    """The client an address is counted as: an IPv4 address (IPv4-mapped IPv6 ones too) as it is, an IPv6 one
+    by its /64, which one subscriber holds whole; anything else (no address known) as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, IPV6_CLIENT_PREFIX), strict=False))
+    return str(ip)
 
 
 class LoginThrottle:
@@ -73,9 +90,10 @@ class LoginThrottle:
     async def reserve(self, email: str, address: str) -> Reservation:
         """Counts an attempt of `email` from `address` as failed until `release`. Raises `QuotaExceededError`
         (429 with Retry-After) while the pair or the address is locked, counting nothing."""
+        client = client_of(address)
         reservation = Reservation(
-            pair_key=throttle_key("pair", email.strip().lower(), address),
-            address_key=throttle_key("address", address),
+            pair_key=throttle_key("pair", email.strip().lower(), client),
+            address_key=throttle_key("address", client),
         )
         now = self.clock()
         async with self.database.session() as session, session.begin():

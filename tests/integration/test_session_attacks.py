@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import json
 import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -448,6 +449,21 @@ def test_behind_a_trusted_proxy_the_throttle_counts_the_client_not_the_proxy(
 
     assert login_through_proxy(proxied_gateway, "203.0.113.7", victim) == 429
     assert login_through_proxy(proxied_gateway, "198.51.100.8", victim) == 200
+
+
+def test_an_ipv6_client_is_counted_by_its_64_prefix(
+    proxied_gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    """One IPv6 subscriber holds a /64 (2^64 addresses): counted per address, each new one bought a fresh
+    allowance against the same account, and the per-address limit held no one."""
+    victim = new_user(gateway_env)
+    prefix = f"2001:db8:{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}"
+    for attempt in range(ACCOUNT_LIMIT):
+        body = {**victim, "password": f"guess {attempt}"}
+        assert login_through_proxy(proxied_gateway, f"{prefix}::{attempt + 1:x}", body) == 401
+
+    assert login_through_proxy(proxied_gateway, f"{prefix}:ffff:ffff:ffff:ffff", victim) == 429
+    assert login_through_proxy(proxied_gateway, f"2001:db8:ffff:{uuid.uuid4().hex[:4]}::1", victim) == 200
 
 
 def test_a_client_that_is_not_a_trusted_proxy_cannot_choose_its_address(
