@@ -52,15 +52,32 @@ class RequestIdFilter(logging.Filter):
 class DatabaseDetailFilter(logging.Filter):
     """Writes a record's traceback without the database's DETAIL lines, which may quote the values of a failed
     statement, nor the values its errors quote (`QUOTED_VALUE`): the traceback is formatted here, once, and the
-    formatters take the text as it is."""
+    formatters take the text as it is. A warning or an error that puts a database error's text in its message (a
+    background writer's one line) is cleaned alike; the access lines (INFO) are not looked at."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None:
-            text = logging.Formatter().formatException(record.exc_info)
-            text = QUOTED_VALUE.sub(lambda match: (match[1] or match[2]) + HIDDEN_VALUE, text)
-            record.exc_text = DATABASE_DETAIL.sub(HIDDEN_DETAIL, text)
+            record.exc_text = hide_values(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
+        if record.levelno >= logging.WARNING and isinstance(record.args, tuple):
+            record.args = tuple(_hidden_arg(arg) for arg in record.args)
         return True
+
+
+def _hidden_arg(arg: object) -> object:
+    """A message's argument: an error's text (or the text of one) without the values it quotes, else as it is.
+    Each argument alone, as `QUOTED_VALUE` reads a quoted value to the end of its text."""
+    if not isinstance(arg, str | BaseException):
+        return arg
+    text = str(arg)
+    hidden = hide_values(text)
+    return arg if hidden == text else hidden
+
+
+def hide_values(text: str) -> str:
+    """`text` without the values a database error may quote (its DETAIL lines, `QUOTED_VALUE`)."""
+    text = QUOTED_VALUE.sub(lambda match: (match[1] or match[2]) + HIDDEN_VALUE, text)
+    return DATABASE_DETAIL.sub(HIDDEN_DETAIL, text)
 
 
 class HandshakeEchoFilter(logging.Filter):
