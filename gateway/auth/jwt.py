@@ -123,10 +123,14 @@ class PlatformTokens:
         payload.update(iat=now, exp=now + ttl_seconds, jti=secrets.token_urlsafe(16))
         return jwt.encode(payload, self._secret, algorithm=PLATFORM_ALGORITHM)
 
-    def verify(self, token: str) -> Claims:
-        """The claims of a token this gateway issued. Raises `InvalidTokenError`."""
+    def verify(self, token: str, *, expired_ok: bool = False) -> Claims:
+        """The claims of a token this gateway issued. Raises `InvalidTokenError`. `expired_ok` takes one past its
+        `exp` too (still signed here, for this audience): ending the session a token names needs no live token."""
+        checks = self._checks
+        if expired_ok:
+            checks = {**checks, "options": {**checks["options"], "verify_exp": False}}
         with _token_errors():
-            payload = jwt.decode(token, self._secret, algorithms=[PLATFORM_ALGORITHM], **self._checks)
+            payload = jwt.decode(token, self._secret, algorithms=[PLATFORM_ALGORITHM], **checks)
             return Claims.from_payload(payload)
 
 

@@ -142,9 +142,10 @@ class SessionService:
             return family_id
 
     def session_of_access(self, access_token: str) -> str | None:
-        """The login a valid access token of this gateway belongs to (its `sid`), or None."""
+        """The login an access token of this gateway belongs to (its `sid`), expired or not, or None: a client
+        whose token has lapsed can still end its session."""
         try:
-            session_id = self.platform.verify(access_token).raw.get(SESSION_CLAIM)
+            session_id = self.platform.verify(access_token, expired_ok=True).raw.get(SESSION_CLAIM)
         except InvalidTokenError:
             return None
         return session_id if isinstance(session_id, str) else None

@@ -4,6 +4,7 @@ aimed at a victim, logouts that must end the session, login CSRF and CSRF tokens
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import time
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import GatewayFactory
+from tests.forgery import hs256_by_hand
 from tests.integration.test_sessions import (
     API_TOKENS,
     FOREIGN_ORIGIN,
@@ -260,6 +262,45 @@ def test_logout_with_only_the_session_cookie_ends_its_access_and_refresh_tokens(
     assert response.status_code == 204
     assert wait_until_refused(gateway, session.access_token) == 401
     assert refresh(gateway, session).status_code == 401
+
+
+PLATFORM_SECRET = "a platform secret for the expired-token test, 32+ bytes"
+
+
+@pytest.fixture(scope="module")
+def secret_gateway(start_gateway: GatewayFactory) -> Iterator[LiveServer]:
+    """A gateway whose platform secret the test knows, so that it can make a token of its own that has expired."""
+    with start_gateway(PLATFORM_JWT_SECRET=PLATFORM_SECRET) as server:
+        yield server
+
+
+def expired(access_token: str, secret: str) -> str:
+    """`access_token` re-signed with `secret`, an hour past its expiry (its session claim kept)."""
+    payload = json.loads(base64.urlsafe_b64decode(access_token.split(".")[1] + "=="))
+    now = int(time.time())
+    return hs256_by_hand({**payload, "iat": now - 7200, "exp": now - 3600}, secret.encode())
+
+
+def test_logout_with_an_expired_access_token_still_ends_its_session(
+    secret_gateway: LiveServer, gateway_env: dict[str, str]
+) -> None:
+    """A client whose access token has lapsed (its refresh cookie gone, or an API client keeping only the Bearer
+    token) can still end the login it names; a token not signed by the gateway ends nothing."""
+    ended, kept = (log_in(secret_gateway, new_user(gateway_env)) for _ in range(2))
+    assert (
+        me(secret_gateway, expired(ended.access_token, PLATFORM_SECRET)).status_code == 401
+    )  # lapsed indeed
+
+    for session, secret in ((kept, "not the platform secret, but as long as it"), (ended, PLATFORM_SECRET)):
+        response = httpx.post(
+            f"{secret_gateway.url}{LOGOUT}",
+            headers={"authorization": f"Bearer {expired(session.access_token, secret)}"},
+        )
+        assert response.status_code in (204, 401), response.text
+
+    assert refresh(secret_gateway, ended).status_code == 401
+    assert wait_until_refused(secret_gateway, ended.access_token) == 401
+    assert refresh(secret_gateway, kept).status_code == 200
 
 
 def test_logout_with_the_session_cookie_and_the_csrf_header_ends_the_session(
