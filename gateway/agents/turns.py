@@ -77,6 +77,9 @@ class ChatServices:
     # called and settled by the turn's usage row; the output a turn reserves, which names no max_tokens.
     budgets: Budgets | None = None
     default_max_tokens: int = 4096
+    # The claims this process could not release (the database away), by agent: its next turn may take the agent
+    # over from them, rather than every turn of that agent waiting for `TURN_LEASE` to end.
+    unreleased: dict[str, datetime] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -156,7 +159,11 @@ class Turn:
         # Its own transaction, committed at once: other instances see the claim, and on SQLite the write lock is
         # not held while the transparency log (another connection) appends below.
         async with services.database.session() as session, session.begin():
-            seen.lease = await claim_turn(session, self.agent_id, self.principal.user_id)
+            seen.lease = await claim_turn(
+                session, self.agent_id, self.principal.user_id, ours=services.unreleased.get(self.agent_id)
+            )
+        if seen.lease is not None:
+            services.unreleased.pop(self.agent_id, None)
         async with services.database.session() as session, session.begin():
             agent = await session.get(Agent, self.agent_id)
             if agent is None or agent.user_id != self.principal.user_id:
@@ -233,8 +240,10 @@ class Turn:
         except Exception as exc:
             if _dependency_away(exc) is None:
                 raise
+            self.services.unreleased[self.agent_id] = lease
             logger.warning(
-                "agent chat turn of %s: its claim on the agent could not be released (%s); it lapses at %s",
+                "agent chat turn of %s: its claim on the agent could not be released (%s); it lapses at %s, or at"
+                " this process's next turn of the agent",
                 self.agent_id,
                 type(exc).__name__,
                 lease.isoformat(timespec="seconds"),
@@ -392,18 +401,22 @@ def _dependency_away(exc: Exception) -> ServiceUnavailableError | None:
     return error if isinstance(error, ServiceUnavailableError) else None
 
 
-async def claim_turn(session: AsyncSession, agent_id: str, user_id: str) -> datetime | None:
+async def claim_turn(
+    session: AsyncSession, agent_id: str, user_id: str, *, ours: datetime | None = None
+) -> datetime | None:
     """Mark the user's agent as mid-turn until the lease ends; None when another turn holds it (or there is no
     such agent). One conditional UPDATE, so two instances cannot both win; the lease ends a turn whose process
-    died before it could release it."""
+    died before it could release it. `ours` is a lease of this process's that could not be released: still the
+    agent's, it is taken over."""
     now = utcnow()
     until = now + TURN_LEASE
+    free = or_(Agent.turn_until.is_(None), Agent.turn_until < now)
     claimed = await session.execute(
         update(Agent)
         .where(
             Agent.id == agent_id,
             Agent.user_id == user_id,
-            or_(Agent.turn_until.is_(None), Agent.turn_until < now),
+            free if ours is None else or_(free, Agent.turn_until == ours),
         )
         .values(turn_until=until)
     )

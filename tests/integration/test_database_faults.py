@@ -24,7 +24,7 @@ from gateway.settings import Settings
 from tests.conftest import UPSTREAM_OPENAI_KEY, PostgresServer, add_user, usage_rows
 from tests.fakes.chat_provider import FakeChatProvider
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.integration.agents_support import User, new_user, next_frame, send_message
+from tests.integration.agents_support import User, new_user, next_frame, send_message, turn_frames
 from tests.serving import GATEWAY, LiveServer, clean_env, free_port, serving
 from tests.tcp_proxy import TcpProxy
 
@@ -332,6 +332,7 @@ def test_ready_and_a_credential_lookup_answer_within_seconds_during_a_partition(
 # A turn meets the database several times (its claim, the transparency log's appends, the reply, the release):
 # each bounded, so the turn ends, with a frame that says why, within a few of those bounds.
 TURN_END_SECONDS = 30.0
+HEALED_WITHIN_SECONDS = 15.0  # the pool finds its partitioned connections dead (bounded by their timeouts)
 TURN_REQUEST_ID = "turn-in-a-partition"
 
 
@@ -363,6 +364,7 @@ def test_an_agent_turn_during_a_partition_ends_with_a_frame_within_seconds(
             finally:
                 provider.release()
                 proxy.heal()  # the drain at the SIGTERM below writes the turn's row
+            after = asyncio.run(turn_when_healed(user, agent["id"]))
         rows = asyncio.run(usage_rows(database_url, {TURN_REQUEST_ID}))
 
     print(f"{when}: {[frame.get('type') for frame in frames]} in {took:.1f} s")
@@ -373,6 +375,19 @@ def test_an_agent_turn_during_a_partition_ends_with_a_frame_within_seconds(
     assert "Traceback" not in log, log  # an outage is not a fault, nor is a shutdown's abandoned write
     if when == "mid-reply":  # the model answered: the turn has its usage row, though it could not be stored
         assert rows == {TURN_REQUEST_ID}
+    # The database back, the agent answers at once: the claim the failed turn could not release is taken over.
+    assert after[-1]["type"] == "stream_end", after
+
+
+async def turn_when_healed(user: User, agent_id: str) -> list[dict[str, Any]]:
+    """The frames of one turn once the database answers again (a few seconds for the pool to see it)."""
+    deadline = time.monotonic() + HEALED_WITHIN_SECONDS
+    while True:
+        async with user.chat(agent_id) as socket:
+            frames = await turn_frames(socket, "are you back?")
+        if frames[-1].get("code") not in AWAY_CODES or time.monotonic() > deadline:
+            return frames
+        await asyncio.sleep(0.5)
 
 
 async def turn_in_a_partition(
