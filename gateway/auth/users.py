@@ -37,12 +37,11 @@ async def create_user(session: AsyncSession, *, email: str, password: str, is_ad
     """A new user. Raises `InvalidEmailError`, `WeakPasswordError` or `UserExistsError`."""
     email = normalise_email(email)
     check_password_strength(password)
+    password_hash = await hash_password_off_loop(password)  # before the first statement: no connection held
     user = User(
         id=new_id("usr"),
         email=email,
-        password_hash=await hash_password_off_loop(
-            password
-        ),  # before the first statement: no connection held
+        password_hash=password_hash,
         is_admin=is_admin,
         created_at=utcnow(),
     )
