@@ -276,6 +276,7 @@ def test_a_reply_cut_short_by_the_provider_is_marked_interrupted(page: Page, per
     create_agent(page, "Flaky", "fails-midway")
     row = page.get_by_role("row").filter(has_text="Flaky")
     row.get_by_role("button", name="Start Flaky").click()
+    expect(row.get_by_role("button", name="Stop Flaky")).to_be_visible()  # started, before its page is opened
     row.get_by_role("link", name="Flaky").click()
     chat = page.get_by_role("region", name="Chat")
     expect(chat.get_by_role("status")).to_have_text("Connected.")
