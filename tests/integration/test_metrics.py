@@ -9,8 +9,9 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -195,6 +196,20 @@ def wait_for(url: str, check: Callable[[Samples], bool], *, within: float = 15.0
         time.sleep(0.2)
 
 
+@contextmanager
+def database_behind_a_proxy(
+    postgres_server: PostgresServer, data_dir: Path
+) -> Iterator[tuple[str, TcpProxy]]:
+    """A migrated database of the test's own, a TCP forwarder to it that the test cuts or partitions, and the
+    gateway's DATA_DIR made."""
+    database_url = postgres_server.create_database()
+    asyncio.run(upgrade(database_url))
+    data_dir.mkdir()
+    target = make_url(database_url)
+    with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+        yield database_url, proxy
+
+
 def outage_gateway_env(
     tmp_path: Path, database_url: str, proxy: TcpProxy, fake_openai_url: str, **variables: str
 ) -> dict[str, str]:
@@ -207,11 +222,7 @@ def outage_gateway_env(
 def test_a_database_outage_shows_in_the_journal_the_feed_lag_and_the_rows_written(
     tmp_path: Path, postgres_server: PostgresServer, fake_openai_server: tuple[FakeOpenAI, LiveServer]
 ) -> None:
-    database_url = postgres_server.create_database()
-    asyncio.run(upgrade(database_url))
-    (tmp_path / "data").mkdir()
-    target = make_url(database_url)
-    with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+    with database_behind_a_proxy(postgres_server, tmp_path / "data") as (database_url, proxy):
         env = outage_gateway_env(tmp_path, database_url, proxy, fake_openai_server[1].url)
         with serving(tmp_path, env=env) as url, httpx.Client(base_url=url) as client:
             assert client.post(CHAT, json=CHAT_BODY).status_code == 200
@@ -249,11 +260,7 @@ def test_a_database_outage_shows_in_the_journal_the_feed_lag_and_the_rows_writte
 def test_database_connections_in_use_count_those_a_partition_holds(
     tmp_path: Path, postgres_server: PostgresServer, fake_openai_server: tuple[FakeOpenAI, LiveServer]
 ) -> None:
-    database_url = postgres_server.create_database()
-    asyncio.run(upgrade(database_url))
-    (tmp_path / "data").mkdir()
-    target = make_url(database_url)
-    with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+    with database_behind_a_proxy(postgres_server, tmp_path / "data") as (database_url, proxy):
         env = outage_gateway_env(tmp_path, database_url, proxy, fake_openai_server[1].url)
         with serving(tmp_path, env=env) as url, httpx.Client(base_url=url, timeout=30) as client:
             assert client.get("/v1/usage").status_code == 200
@@ -272,13 +279,9 @@ def test_database_connections_in_use_count_those_a_partition_holds(
 def test_rows_usage_required_0_lets_through_unrecorded_are_counted_as_dropped(
     tmp_path: Path, postgres_server: PostgresServer, fake_openai_server: tuple[FakeOpenAI, LiveServer]
 ) -> None:
-    database_url = postgres_server.create_database()
-    asyncio.run(upgrade(database_url))
-    (tmp_path / "data").mkdir()
-    # A file where the journal's folder should be: the rows can be kept only in memory, up to USAGE_MAX_QUEUE.
-    (tmp_path / "data" / "usage-journal").write_text("not a folder")
-    target = make_url(database_url)
-    with TcpProxy(target.host or "127.0.0.1", target.port or 5432) as proxy:
+    with database_behind_a_proxy(postgres_server, tmp_path / "data") as (database_url, proxy):
+        # A file where the journal's folder should be: the rows can be kept only in memory, up to USAGE_MAX_QUEUE.
+        (tmp_path / "data" / "usage-journal").write_text("not a folder")
         env = outage_gateway_env(
             tmp_path,
             database_url,
