@@ -3,7 +3,9 @@ has ended asks for a sign-in over the page, which keeps what it showed and carri
 
 from __future__ import annotations
 
-from playwright.sync_api import Page, expect
+import time
+
+from playwright.sync_api import Page, Route, expect
 
 from tests.browser.conftest import People, assert_accessible, screenshot, sign_in
 
@@ -96,3 +98,36 @@ def test_requests_that_meet_an_expired_session_together_share_one_refresh(page: 
     assert emails == [people.dana.email, True, people.dana.email, 403, "admin_only"]
     assert refreshes == [200]
     expect(page.get_by_role("dialog", name="Sign in")).to_be_hidden()
+
+
+def test_a_401_that_arrives_after_the_shared_refresh_is_only_sent_again(page: Page, people: People) -> None:
+    """A request sent with the expired session whose 401 comes back once the renewal is done (a slow route, a busy
+    host) is sent again on the renewed session, not given a renewal of its own."""
+    sign_in(page, people.dana.login, "#/tokens")
+    expect(page.get_by_role("heading", level=1)).to_have_text("API tokens")
+    refreshes: list[int] = []
+    page.on(
+        "response", lambda r: refreshes.append(r.status) if r.url.endswith("/api/v1/auth/refresh") else None
+    )
+    slow: list[int] = []
+
+    def answer_late(route: Route) -> None:
+        response = route.fetch()
+        slow.append(response.status)
+        if response.status == 401:
+            time.sleep(1)  # the other request's renewal ends meanwhile
+        route.fulfill(response=response)
+
+    page.route("**/v1/users", answer_late)
+    page.context.clear_cookies(name="gw_session")
+
+    answers = page.evaluate(
+        """async () => {
+            const { api } = await import('/dashboard/static/api.js');
+            const [me, users] = await Promise.all([api('/api/v1/auth/me'), api('/v1/users').catch(e => e)]);
+            return [me.user.email, users.status, users.code];
+        }"""
+    )
+    assert answers == [people.dana.email, 403, "admin_only"]
+    assert slow == [401, 403]
+    assert refreshes == [200]

@@ -25,6 +25,9 @@ let signInHandler = async () => {
 };
 let refreshing = null;
 let signingIn = null;
+// Sessions renewed (or signed into) so far: a request sent before the latest renewal that meets a 401 is only sent
+// again, as another renewal would spend the new refresh token for nothing.
+let renewals = 0;
 
 /** `handler(reason)` returns a promise that settles once the user has signed in again (app.js's dialog). */
 export function onSignInNeeded(handler) {
@@ -34,7 +37,10 @@ export function onSignInNeeded(handler) {
 /** One renewal of the session at a time, shared by every request that needs it. True when it worked. */
 export function refreshSession() {
   refreshing ??= fetch("/api/v1/auth/refresh", { method: "POST", credentials: "same-origin", headers: csrf("POST") })
-    .then((response) => response.ok)
+    .then((response) => {
+      if (response.ok) renewals += 1;
+      return response.ok;
+    })
     .catch(() => false)
     .finally(() => {
       refreshing = null;
@@ -43,9 +49,13 @@ export function refreshSession() {
 }
 
 function signInAgain(reason) {
-  signingIn ??= Promise.resolve(signInHandler(reason)).finally(() => {
-    signingIn = null;
-  });
+  signingIn ??= Promise.resolve(signInHandler(reason))
+    .then(() => {
+      renewals += 1;
+    })
+    .finally(() => {
+      signingIn = null;
+    });
   return signingIn;
 }
 
@@ -60,9 +70,12 @@ function csrf(method) {
  * one, the text for another type). Throws `ApiError` for an error answer, after the renewal and sign-in above.
  */
 export async function api(path, options = {}) {
+  const renewed = renewals;
   let response = await send(path, options);
   if (response.status === 401 && !NOT_RENEWED.has(path)) {
-    if (!(await refreshSession())) await signInAgain("Your session has ended. Sign in to carry on where you were.");
+    if (renewals === renewed && !(await refreshSession())) {
+      await signInAgain("Your session has ended. Sign in to carry on where you were.");
+    }
     response = await send(path, options);
   }
   if (response.status >= 400) throw errorOf(response);
