@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -166,6 +167,10 @@ class LiveServer:
         self.server.should_exit = True
         self._thread.join(STARTUP_SECONDS)
         self._socket.close()
+        # What the stopped app left behind past its shutdown's bounds (a database connection whose task was cut
+        # mid-transaction) is freed now, as `gateway serve`'s exit frees it, not when the collector next runs:
+        # a SQLite connection holds the file's write lock until then, and every other gateway of the file fails.
+        gc.collect()
 
 
 def read_all(client: socket.socket) -> bytes:

@@ -39,12 +39,14 @@ from gateway.auth.tokens import (
 from gateway.db.base import utcnow
 from gateway.db.engine import Database
 from gateway.db.models import ApiToken, RefreshToken, User
+from gateway.db.uncancelled import finish_uncancelled
 from gateway.errors import AuthenticationError, AuthUnavailableError
 from gateway.principals import API_TOKEN, JWT, SESSION, AppliedLimit, Principal
 
 logger = logging.getLogger("gateway.auth")
 
 LAST_USED_FLUSH_SECONDS = 10.0
+LAST_USED_STOP_SECONDS = 1.0  # how long a flush under way when the app stops is waited for
 LOOKUP_TIMEOUT_SECONDS = 2.0  # a credential lookup slower than this: the database is away
 # Once a lookup found it away, the lookups of the next second do not wait for it again, unless the revocation feed
 # has reached it since.
@@ -276,7 +278,8 @@ class Authenticator:
             while True:
                 await asyncio.sleep(LAST_USED_FLUSH_SECONDS)
                 try:
-                    await self.flush_last_used()
+                    # A cancel lets the flush's transaction end rather than cut it (gateway.db.uncancelled).
+                    await finish_uncancelled(self.flush_last_used(), grace=LAST_USED_STOP_SECONDS)
                 except Exception as exc:  # a database hiccup must not end the writer
                     logger.warning("could not record token last use: %s", type(exc).__name__)
         finally:

@@ -51,6 +51,7 @@ from gateway.budgets.limits import (
     shown,
 )
 from gateway.db.engine import Database, create_engine
+from gateway.db.uncancelled import finish_uncancelled, left_to_finish
 from gateway.errors import QuotaExceededError
 from gateway.ids import new_id
 from gateway.metrics import Metrics
@@ -174,15 +175,8 @@ class Budgets:
                 sweep = time.monotonic() - last_sweep >= SWEEP_SECONDS
                 if sweep:
                     last_sweep = time.monotonic()
-                # Shielded: the app stopping (a cancel) lets the round's statements finish, within DRAIN_SECONDS,
-                # rather than abandon one mid-call (on SQLite, aiosqlite's thread then answered a closed loop).
-                written = asyncio.ensure_future(self._round(sweep=sweep))
                 try:
-                    await asyncio.shield(written)
-                except asyncio.CancelledError:
-                    await asyncio.wait({written}, timeout=DRAIN_SECONDS)
-                    _left_to_finish(written)
-                    raise
+                    await finish_uncancelled(self._round(sweep=sweep), grace=DRAIN_SECONDS)
                 except Exception as exc:
                     # The database away: the same failure every half second; one line a minute says it.
                     if time.monotonic() - last_error >= ERROR_EVERY_SECONDS:
@@ -194,7 +188,7 @@ class Budgets:
             draining = asyncio.ensure_future(self._drain())
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(draining), DRAIN_SECONDS)
-            _left_to_finish(draining)
+            left_to_finish(draining)
             if self._engine is not None:
                 await self._engine.dispose()
 
@@ -424,10 +418,3 @@ class Budgets:
 
 def _iso(moment: float) -> str:
     return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _left_to_finish(task: asyncio.Future[None]) -> None:
-    """A write abandoned at the shutdown's bound (a partitioned database answers no statement) may still end in
-    an error, which no one awaits any more: taken here, not printed as a "never retrieved" traceback at exit (the
-    write was already reported as failed, or as left to expire)."""
-    task.add_done_callback(lambda done: done.cancelled() or done.exception())

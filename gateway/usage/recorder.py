@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.engine import Database
 from gateway.db.models import UsageEvent
+from gateway.db.uncancelled import finish_uncancelled
 from gateway.ids import random_hex
 from gateway.usage.hours import add_to_hours, postgres_hours_from
 from gateway.usage.journal import Row, UsageJournal, encode, read_rows
@@ -192,14 +193,19 @@ class UsageRecorder:
                     await asyncio.wait_for(self._wakeup.wait(), FLUSH_SECONDS)
                 self._wakeup.clear()
                 try:
-                    if await self.flush():
-                        await self._replay_now_and_then()
+                    # A cancel (the app stopping) does not cut the round's statements: it goes on, and the drain
+                    # that follows waits for it (the write lock), within the drain's bound.
+                    await finish_uncancelled(self._round(), grace=0)
                 except Exception:
                     # The writer must outlive any one failure: once it is gone, every later row would stay put.
                     logger.exception("usage: the writer failed; it carries on")
         finally:
             syncing.cancel()
             await asyncio.shield(self.close())
+
+    async def _round(self) -> None:
+        if await self.flush():
+            await self._replay_now_and_then()
 
     async def close(self) -> None:
         """Drain for at most `DRAIN_SECONDS`, then sync and close the journal: what was not written stays in it.

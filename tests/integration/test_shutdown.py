@@ -1,12 +1,14 @@
 """`gateway serve` stopped by a signal, as a real process: SIGTERM, SIGINT and SIGHUP each drain (requests in flight
 finish, one line names the signal) and exit 0, with one worker or two; a request longer than SHUTDOWN_TIMEOUT is
-cut; and with Postgres partitioned away, the process is still gone within SHUTDOWN_TIMEOUT + 5 s, and every
-request it answered is a row once it is started again with the network healed."""
+cut; with Postgres partitioned away, the process is still gone within SHUTDOWN_TIMEOUT + 5 s, and every
+request it answered is a row once it is started again with the network healed; and a write waiting for SQLite's
+lock when the signal comes is finished, not cut."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -192,4 +194,50 @@ async def partition_then_sigterm(gateway: GatewayProcess, load: Load, proxy: Tcp
     finally:
         stop.set()
         await running
+    return took
+
+
+# --- SIGTERM while another process holds SQLite's write lock ---------------------------------------------------
+
+
+def test_sigterm_while_sqlite_is_locked_a_moment_finishes_every_write_cleanly(
+    tmp_path: Path, fake_openai_server: tuple[FakeOpenAI, LiveServer]
+) -> None:
+    """A write under way when the signal comes is finished, not cut: a cut one left its transaction open, and so
+    SQLite's write lock held, until the connection was collected, and the drain behind it gave up."""
+    env = gateway_env(tmp_path / "data", fake_openai_server[1].url, ACCESS_LOG="0")
+    database = tmp_path / "data" / "gateway.db"
+    with gateway_process(tmp_path, env) as gateway:
+        load = Load(gateway.url, model="gpt-4o-mini", clients=4)
+        took = asyncio.run(lock_then_sigterm(gateway, load, database, hold=1.5))
+
+    log = gateway.log.read_text()
+    assert gateway.process.returncode == 0, log
+    assert took < EXIT_BOUND, f"{took:.1f} s"
+    for trouble in ("Traceback", "left behind", "did not end", "failed", "rolled back"):
+        assert trouble not in log, log
+    answered = {request_id for request_id, _ in load.answered}
+    database_url = f"sqlite+aiosqlite:///{database}"
+    missing = answered - asyncio.run(usage_rows(database_url, answered))
+    assert answered and not missing, f"{len(missing)} of {len(answered)} answered requests are not rows"
+
+
+async def lock_then_sigterm(gateway: GatewayProcess, load: Load, database: Path, *, hold: float) -> float:
+    """Load, then another connection takes the database's write lock for `hold` seconds (writes queue behind it),
+    and SIGTERM comes while they wait."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(load.run(stop))
+    blocker = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    try:
+        await asyncio.sleep(1.5)
+        blocker.execute("BEGIN IMMEDIATE")
+        released = asyncio.get_running_loop().call_later(hold, blocker.execute, "ROLLBACK")
+        await asyncio.sleep(0.6)  # a flush (every 0.5 s) is waiting for the lock
+        stop.set()
+        took = await asyncio.to_thread(gateway.stop, signal.SIGTERM)
+        released.cancel()
+    finally:
+        stop.set()
+        await running
+        blocker.close()
     return took
