@@ -284,7 +284,7 @@ class Authenticator:
                     logger.warning("could not record token last use: %s", type(exc).__name__)
         finally:
             with contextlib.suppress(Exception):
-                await asyncio.shield(self.flush_last_used())
+                await finish_uncancelled(self.flush_last_used(), grace=LAST_USED_STOP_SECONDS)
 
 
 def _token_is_live(record: ApiToken, user: User, *, now: datetime) -> bool:
