@@ -280,9 +280,7 @@ def expected_error(exc: Exception) -> GatewayError | None:
         error = error_class(headers=exc.headers)
         error.status_code = exc.status_code
         return error
-    if isinstance(exc, DATABASE_AWAY) or (
-        isinstance(exc, database_errors.DBAPIError) and exc.connection_invalidated
-    ):
+    if database_is_away(exc):
         return DatabaseUnavailableError()
     if isinstance(exc, DEPENDENCY_AWAY):
         return ServiceUnavailableError()
@@ -295,9 +293,24 @@ DATABASE_AWAY = (
     database_errors.InterfaceError,
     database_errors.TimeoutError,  # no pooled connection free in time
 )
+# Postgres' own word that it cannot serve now, whatever the statement: a connection exception (08), insufficient
+# resources such as too many connections or a full disk (53), an operator's or a timeout's intervention such as
+# a statement cancelled past `statement_timeout` (57014) or a shutting-down server (57P01-57P03).
+AWAY_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
 # What the database driver raises itself when the network refuses or stays silent (asyncpg's connect and its
 # command timeout), and any other dependency's wait that ran out.
 DEPENDENCY_AWAY = (ConnectionError, TimeoutError)
+
+
+def database_is_away(exc: BaseException) -> bool:
+    """Whether `exc` is the database being unable to serve now (an outage, answered 503 and retried by the
+    background writers) rather than a refusal of what was asked or a fault of ours."""
+    if isinstance(exc, DATABASE_AWAY):
+        return True
+    if not isinstance(exc, database_errors.DBAPIError):
+        return False
+    sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+    return exc.connection_invalidated or sqlstate[:2] in AWAY_SQLSTATE_CLASSES
 
 
 class ErrorMiddleware:

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.db.engine import Database
 from gateway.db.models import UsageEvent
 from gateway.db.uncancelled import finish_uncancelled
+from gateway.errors import database_is_away
 from gateway.ids import random_hex
 from gateway.usage.hours import add_to_hours, postgres_hours_from
 from gateway.usage.journal import Row, UsageJournal, encode, read_rows
@@ -49,7 +50,8 @@ INSERT_TIMEOUT_SECONDS = 10.0
 # left stays in the journal for the next start.
 DRAIN_SECONDS = 2.5
 JOURNAL_ERROR_EVERY_SECONDS = 60.0
-# The database cannot be reached (as opposed to refusing what is sent): keep the rows for later.
+# The database cannot be reached (as opposed to refusing what is sent): keep the rows for later. Besides these,
+# what Postgres says of itself that it cannot serve now (a statement it cancelled: gateway.errors.database_is_away).
 DATABASE_AWAY = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError, OSError)
 # The database refuses a row's values (data exception, integrity violation): only such a row is dropped.
 CONTENT_SQLSTATE_CLASSES = frozenset({"22", "23"})
@@ -383,7 +385,7 @@ class UsageRecorder:
                     )
                 self._not_migrated = True
                 return False
-            if isinstance(exc, DATABASE_AWAY):
+            if isinstance(exc, DATABASE_AWAY) or database_is_away(exc):
                 logger.debug("usage insert failed: %s", type(exc).__name__)
                 return False
             if not _refuses_content(exc):

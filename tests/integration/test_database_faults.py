@@ -7,17 +7,22 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
 from websockets.exceptions import ConnectionClosed
 
 from gateway.auth.tokens import TokenCodec
+from gateway.db.engine import STATEMENT_TIMEOUT_SECONDS
 from gateway.db.migrate import downgrade, head_revision, upgrade
 from gateway.keys import load_server_keys
 from gateway.settings import Settings
@@ -417,3 +422,64 @@ async def turn_in_a_partition(
         except (ConnectionClosed, TimeoutError) as exc:
             frames.append({"type": "closed", "reason": repr(exc)})
         return frames, time.monotonic() - began
+
+
+# --- a statement the database cancels ------------------------------------------------------------------------
+
+CHAT_BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@contextmanager
+def usage_table_locked(database_url: str, *, seconds: float) -> Iterator[None]:
+    """Another session holds `usage_events` locked against every reader and writer for `seconds` from entry."""
+    held = threading.Event()
+
+    async def hold() -> None:
+        connection = await asyncpg.connect(plain(database_url))
+        try:
+            async with connection.transaction():
+                await connection.execute("LOCK TABLE usage_events IN ACCESS EXCLUSIVE MODE")
+                held.set()
+                await asyncio.sleep(seconds)
+        finally:
+            await connection.close()
+
+    holder = threading.Thread(target=asyncio.run, args=(hold(),))
+    holder.start()
+    try:
+        assert held.wait(10), "the lock was not taken"
+        yield
+    finally:
+        holder.join()
+
+
+def test_a_statement_the_database_cancels_is_an_outage_not_a_fault(
+    tmp_path: Path, postgres_server: PostgresServer, fake_openai_server: tuple[FakeOpenAI, LiveServer]
+) -> None:
+    """A statement past the server's `statement_timeout` (here waiting on a lock another session holds) is
+    cancelled by Postgres (SQLSTATE 57014): a read answers 503 `database_unavailable`, not a 500 with a
+    traceback, and the usage writer keeps its row in the journal without an error line until the lock is gone
+    (before: 500, and "writing to the database failed (DBAPIError)")."""
+    database_url = postgres_server.create_database()
+    asyncio.run(upgrade(database_url))
+    env = clean_env(
+        DATABASE_URL=plain(database_url),
+        DATA_DIR=str(tmp_path / "data"),
+        OPENAI_API_KEY=UPSTREAM_OPENAI_KEY,
+        OPENAI_BASE_URL=f"{fake_openai_server[1].url}/v1",
+    )
+    request_id = "req_cancelled_statement"
+    with serving(tmp_path, env=env) as url, httpx.Client(base_url=url, timeout=30) as client:
+        with usage_table_locked(database_url, seconds=STATEMENT_TIMEOUT_SECONDS + 4):
+            chat = client.post("/v1/chat/completions", json=CHAT_BODY, headers={"x-request-id": request_id})
+            usage = client.get("/v1/usage")
+        deadline = time.monotonic() + 30
+        while not asyncio.run(usage_rows(database_url, {request_id})):
+            assert time.monotonic() < deadline, "the row never arrived"
+            time.sleep(0.25)
+
+    assert chat.status_code == 200, chat.text
+    assert usage.status_code == 503, usage.text
+    assert usage.json()["error"]["code"] == "database_unavailable"
+    log = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in log and "writing to the database failed" not in log, log
