@@ -33,6 +33,7 @@ from gateway.auth.principals import Principal, PrincipalCache
 from gateway.db.base import utcnow
 from gateway.db.engine import Database
 from gateway.db.models import RevocationEvent
+from gateway.db.uncancelled import finish_uncancelled
 
 logger = logging.getLogger("gateway.auth")
 
@@ -41,6 +42,7 @@ POLL_SECONDS = 0.2  # between two reads of the events
 READ_TIMEOUT_SECONDS = 0.3  # a read (or LISTEN) slower than this: the connection is stalled, and replaced
 CONNECT_TIMEOUT_SECONDS = 2.0
 RECONNECT_SECONDS = 0.2
+STOP_SECONDS = 1.0  # how long a stop waits for a read under way (SQLite) to end
 PRUNE_EVERY_POLLS = 300  # about once a minute
 EVENT_RETENTION_SECONDS = 600  # far longer than any instance takes between two reads
 # After a gap longer than this, events it needed may be pruned: the catch-up clears the cache instead.
@@ -143,29 +145,33 @@ class Revocations:
     async def _follow_events(self) -> None:
         """SQLite: several workers share one file and no NOTIFY; reading the events is the whole feed."""
         while True:
-            began = time.monotonic()
             try:
-                async with self.database.session() as session, session.begin():
-                    if self._seen is None:
-                        self._seen = await session.scalar(
-                            select(func.coalesce(func.max(RevocationEvent.id), 0))
-                        )
-                    events = await session.execute(
-                        select(RevocationEvent.id, RevocationEvent.target)
-                        .where(RevocationEvent.id > self._seen)
-                        .order_by(RevocationEvent.id)
-                    )
-                    self._caught_up(events, began=began)
-                    if self._prune_due():
-                        cutoff = utcnow() - timedelta(seconds=EVENT_RETENTION_SECONDS)
-                        await session.execute(
-                            delete(RevocationEvent).where(
-                                RevocationEvent.created_at < cutoff, RevocationEvent.id < self._seen
-                            )
-                        )
+                # A stop lets the read under way end rather than cut it: a transaction cut mid-statement (the
+                # prune is a write) holds the file's lock until collected, its rollback cut logs a traceback.
+                await finish_uncancelled(self._read_events(), grace=STOP_SECONDS)
             except FEED_ERRORS as exc:
                 self._lost(exc)
             await asyncio.sleep(POLL_SECONDS)
+
+    async def _read_events(self) -> None:
+        """One read of the events table (SQLite), and now and then a prune of the old events."""
+        began = time.monotonic()
+        async with self.database.session() as session, session.begin():
+            if self._seen is None:
+                self._seen = await session.scalar(select(func.coalesce(func.max(RevocationEvent.id), 0)))
+            events = await session.execute(
+                select(RevocationEvent.id, RevocationEvent.target)
+                .where(RevocationEvent.id > self._seen)
+                .order_by(RevocationEvent.id)
+            )
+            self._caught_up(events, began=began)
+            if self._prune_due():
+                cutoff = utcnow() - timedelta(seconds=EVENT_RETENTION_SECONDS)
+                await session.execute(
+                    delete(RevocationEvent).where(
+                        RevocationEvent.created_at < cutoff, RevocationEvent.id < self._seen
+                    )
+                )
 
     async def _follow_notifications(self) -> None:
         """Postgres: a dedicated connection that listens, and reads the events; replaced whenever it fails."""
