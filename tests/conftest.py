@@ -118,9 +118,10 @@ def fake_mistral_server() -> Iterator[tuple[FakeMistral, LiveServer]]:
 
 
 @pytest.fixture
-def fake_openai(fake_openai_server: tuple[FakeOpenAI, LiveServer]) -> FakeOpenAI:
-    fake_openai_server[0].recorder.reset()
-    return fake_openai_server[0]
+def fake_openai(fake_openai_server: tuple[FakeOpenAI, LiveServer]) -> Iterator[FakeOpenAI]:
+    fake_openai_server[0].reset()
+    yield fake_openai_server[0]
+    fake_openai_server[0].release()  # a test that failed midway leaves no stream held
 
 
 @pytest.fixture

@@ -39,6 +39,9 @@ NARROW = {"width": 375, "height": 812}
 PASSWORD = "correct horse battery staple"
 # Messages the browser logs that are not the page's faults: the 401 that starts a renewal or a sign-in.
 EXPECTED_CONSOLE = ("Failed to load resource",)
+# `expect()` has a timeout of its own (5 s by default) that the page's default does not change: the same 10 s
+# for the assertions as for the page's waits, on a host the suite's other workers keep busy.
+expect.set_options(timeout=10_000)
 
 
 @dataclass

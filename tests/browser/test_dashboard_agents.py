@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -123,7 +124,7 @@ def test_create_start_chat_streamed_and_its_proof_verified(
     reply = log.locator(".chat-assistant").last
     # The first chunk is on the page while the provider still holds back the rest of its answer.
     expect(reply.locator(".chat-text")).to_have_text("Echo")
-    assert provider.recorder.wait_for("first_chunk_sent", 0) is not None
+    assert provider.recorder.wait_for("first_chunk_sent", 5) is not None
     assert provider.recorder.wait_for("finished", 0) is None
     expect(reply).to_contain_text("Streaming…")
     provider.release()
@@ -156,9 +157,11 @@ def test_create_start_chat_streamed_and_its_proof_verified(
     page.go_back()
     expect(log.locator(".chat-assistant .chat-text")).to_have_text(["Echo: Hello there"])
     page.get_by_role("button", name="Stop Scribe").click()
+    # First and in one look: the toast goes after 4 s, which a busy host's round trips can outlast.
+    expect(page.locator("#toasts")).to_contain_text(
+        re.compile(r"Scribe stopped\. Checkpoint ckpt_\S+: 2 messages, log size")
+    )
     expect(page.locator(".agent-facts")).to_contain_text("Stopped")
-    expect(page.locator("#toasts")).to_contain_text("Scribe stopped. Checkpoint ckpt_")
-    expect(page.locator("#toasts")).to_contain_text(": 2 messages, log size")
     expect(chat.get_by_label("Message")).to_be_disabled()
     stopped = api(dashboard_gateway, person, f"/v1/agents/{agents[0]['id']}").json()
     assert stopped["state"] == "stopped"

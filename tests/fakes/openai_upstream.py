@@ -2,6 +2,8 @@
 
 - any model: a completion (or an SSE stream: three deltas, the usage chunk when asked for, `[DONE]`);
 - `slow-stream`: five deltas 0.3 s apart, marking `last_chunk_sent` just before the last;
+- `gated-stream`: `part0`, then nothing until the test calls `release()` (10 s at most), then `part1` to `part4`,
+  marking `last_chunk_sent` just before the last;
 - `endless-stream`: a delta every 0.1 s until the client goes, marking `disconnected`;
 - `never-answer`: no response headers at all until the client goes, marking `disconnected`;
 - `rate-limited`: the upstream's own 429 error, with its own headers;
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -58,10 +61,23 @@ def chunk(model: str, content: str | None, *, usage: dict[str, int] | None = Non
     return f"data: {json.dumps(body)}\n\n".encode()
 
 
+GATE_SECONDS = 10.0  # how long a `gated-stream` waits for its release at most
+
+
 class FakeOpenAI:
     def __init__(self) -> None:
         self.recorder = Recorder()
+        self._released = threading.Event()
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat_completions, methods=["POST"])])
+
+    def reset(self) -> None:
+        """Forget what was recorded; the next `gated-stream` waits for its release again."""
+        self.recorder.reset()
+        self._released.clear()
+
+    def release(self) -> None:
+        """Let the `gated-stream`s go on past their first delta."""
+        self._released.set()
 
     async def chat_completions(self, request: Request) -> Response:
         recorded = await self.recorder.record(request)
@@ -96,12 +112,14 @@ class FakeOpenAI:
                 while True:
                     yield chunk(model, "tick")
                     await asyncio.sleep(0.1)
-            deltas = [f"part{i} " for i in range(5)] if model == "slow-stream" else DELTAS
+            deltas = [f"part{i} " for i in range(5)] if model in ("slow-stream", "gated-stream") else DELTAS
             for index, delta in enumerate(deltas):
+                if model == "gated-stream" and index == 1:
+                    await asyncio.to_thread(self._released.wait, GATE_SECONDS)
                 if model == "slow-stream" and index > 0:
                     await asyncio.sleep(0.3)
-                    if index == len(deltas) - 1:
-                        self.recorder.mark("last_chunk_sent")
+                if model in ("slow-stream", "gated-stream") and index == len(deltas) - 1:
+                    self.recorder.mark("last_chunk_sent")
                 yield chunk(model, delta)
             if include_usage:
                 yield chunk(model, None, usage=USAGE)

@@ -419,8 +419,8 @@ async def test_closing_the_socket_closes_the_upstream_and_records_the_turn(
         assert (await next_frame(socket))["type"] == "stream_chunk"
         closed_at = time.monotonic()
 
-    disconnected = await asyncio.to_thread(provider.recorder.wait_for, "disconnected", 5)
-    assert disconnected is not None and disconnected - closed_at < 2
+    disconnected = await asyncio.to_thread(provider.recorder.wait_for, "disconnected", 10)
+    assert disconnected is not None and disconnected - closed_at < 5  # at once: not the 30 s read timeout
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         by_type = alice.request("GET", "/v1/usage?hours=1").json()["by_type"]
@@ -514,7 +514,7 @@ def test_a_reply_that_breaks_off_is_recorded_as_upstream_incomplete_with_the_tok
     with (
         BreakingUpstream() as provider,
         start_gateway(
-            WORKERS_AI_BASE_URL=f"{provider.url}/ai/v1", WORKERS_AI_API_KEY="k", UPSTREAM_READ_TIMEOUT="1"
+            WORKERS_AI_BASE_URL=f"{provider.url}/ai/v1", WORKERS_AI_API_KEY="k", UPSTREAM_READ_TIMEOUT="5"
         ) as gateway,
     ):
         user = new_user(gateway_env, gateway.url)

@@ -72,10 +72,11 @@ async def test_stream_is_forwarded_before_the_upstream_finishes(
     gateway: LiveServer, fake_openai: FakeOpenAI, api_token: str
 ) -> None:
     async with async_client(gateway, api_token) as client:
-        stream = await client.chat.completions.create(model="slow-stream", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
+        stream = await client.chat.completions.create(model="gated-stream", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
         first = await anext(aiter(stream))
         first_arrived_at = time.monotonic()
         last_already_sent = "last_chunk_sent" in fake_openai.recorder.moments
+        fake_openai.release()  # the rest only now: a gateway that buffered the stream would wait for it
         rest = [c async for c in stream]
 
     assert first.choices[0].delta.content == "part0 "

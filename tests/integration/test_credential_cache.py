@@ -7,7 +7,7 @@ import secrets
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,11 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from gateway.auth.principals import FEED_CURRENT_SECONDS
 from gateway.settings import Settings
 from tests.conftest import PostgresServer, add_user
+from tests.integration.test_metrics import revocation_feed_lag
+from tests.revocation import seconds_served
 from tests.serving import GATEWAY, LiveServer, clean_env, serving
 
 REVOCATION_BOUND_SECONDS = 1.0
@@ -66,6 +69,24 @@ def chat(gateway_url: str, token: str) -> int:
     return httpx.post(f"{gateway_url}/v1/chat/completions", json=CHAT, headers=bearer(token)).status_code
 
 
+def queries_of_a_cached_use(url: str, queries: QueryCounter, send: Callable[[], int]) -> int:
+    """The credential queries of one `send()` (answered 200) made while the revocation feed was current all
+    along: the cache serves only within FEED_CURRENT_SECONDS of the feed's last read, which a loaded host can
+    hold back a moment (on Postgres a read slower than 0.3 s replaces the listener). A use that may have fallen
+    in such a moment is sent again, for at most 5 s."""
+    deadline = time.monotonic() + 5
+    while True:
+        began = time.monotonic()
+        lag = revocation_feed_lag(url)  # sampled at or after `began`: the feed read at or after began - lag
+        before = queries.selects
+        assert send() == 200
+        cost = queries.selects - before
+        if time.monotonic() - began + lag <= FEED_CURRENT_SECONDS:
+            return cost
+        assert time.monotonic() < deadline, "the revocation feed was never current for a whole request"
+        time.sleep(0.1)
+
+
 def test_a_known_token_costs_no_query_the_second_time(
     gateway: LiveServer, access_token: str, queries: QueryCounter
 ) -> None:
@@ -74,8 +95,7 @@ def test_a_known_token_costs_no_query_the_second_time(
     before = queries.selects
     assert chat(gateway.url, token) == 200
     first = queries.selects - before
-    assert chat(gateway.url, token) == 200
-    second = queries.selects - before - first
+    second = queries_of_a_cached_use(gateway.url, queries, lambda: chat(gateway.url, token))
 
     assert first >= 1
     assert second == 0
@@ -85,11 +105,8 @@ def test_a_known_session_token_costs_no_query_the_second_time(
     gateway: LiveServer, access_token: str, queries: QueryCounter
 ) -> None:
     httpx.get(f"{gateway.url}/api/v1/auth/me", headers=bearer(access_token))  # warm: the fixture's own use
-    before = queries.selects
-    response = httpx.post(f"{gateway.url}/v1/chat/completions", json=CHAT, headers=bearer(access_token))
 
-    assert response.status_code == 200
-    assert queries.selects == before
+    assert queries_of_a_cached_use(gateway.url, queries, lambda: chat(gateway.url, access_token)) == 0
 
 
 def test_made_up_tokens_never_reach_the_database(
@@ -106,11 +123,12 @@ def test_made_up_tokens_never_reach_the_database(
                     f"{gateway.url}/v1/chat/completions", json=CHAT, headers=bearer(forged)
                 ).status_code
             )
-        valid = client.post(f"{gateway.url}/v1/chat/completions", json=CHAT, headers=bearer(api_token))
+        forged_queries = queries.selects - before
+    valid_queries = queries_of_a_cached_use(gateway.url, queries, lambda: chat(gateway.url, api_token))
 
     assert statuses == {401}
-    assert queries.selects == before
-    assert valid.status_code == 200
+    assert forged_queries == 0
+    assert valid_queries == 0
 
 
 def test_a_revoked_token_replayed_costs_at_most_one_query(
@@ -137,16 +155,6 @@ def test_revocation_is_instant_on_the_instance_that_revokes(gateway: LiveServer,
     httpx.delete(f"{gateway.url}/v1/api-tokens/{created['id']}", headers=bearer(access_token))
 
     assert chat(gateway.url, created["token"]) == 401
-
-
-def wait_until_refused(url: str, check: Any) -> float:
-    """Seconds until `check()` returns 401 on `url` (polling), or fails after a generous bound."""
-    began = time.monotonic()
-    while time.monotonic() - began < 10:
-        if check() == 401:
-            return time.monotonic() - began
-        time.sleep(0.02)
-    raise AssertionError(f"{url} still accepts the revoked credential after 10 s")
 
 
 @dataclass
@@ -202,7 +210,7 @@ def test_a_token_revoked_on_one_instance_is_refused_by_another_within_a_second(
 
     revoked = httpx.delete(f"{first}/v1/api-tokens/{created['id']}", headers=bearer(access))
     assert revoked.status_code == 204
-    elapsed = wait_until_refused(second, lambda: me_status(second, created["token"]))
+    elapsed = seconds_served(lambda: me_status(second, created["token"]))
 
     assert elapsed < REVOCATION_BOUND_SECONDS
     assert me_status(second, access) == 200  # only that token was revoked
@@ -223,7 +231,7 @@ def test_a_logout_on_one_instance_ends_the_session_on_another_within_a_second(
     )
     assert logout.status_code == 204
 
-    assert wait_until_refused(second, lambda: me_status(second, access)) < REVOCATION_BOUND_SECONDS
+    assert seconds_served(lambda: me_status(second, access)) < REVOCATION_BOUND_SECONDS
 
 
 def test_a_user_disabled_by_the_operator_is_refused_everywhere_within_a_second(
@@ -247,4 +255,4 @@ def test_a_user_disabled_by_the_operator_is_refused_everywhere_within_a_second(
 
     for url in (first, second):
         for credential in (token, access):
-            assert wait_until_refused(url, lambda: me_status(url, credential)) < REVOCATION_BOUND_SECONDS  # noqa: B023
+            assert seconds_served(lambda: me_status(url, credential)) < REVOCATION_BOUND_SECONDS  # noqa: B023

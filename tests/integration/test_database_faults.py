@@ -368,8 +368,16 @@ def test_an_agent_turn_during_a_partition_ends_with_a_frame_within_seconds(
                 frames, took = asyncio.run(turn_in_a_partition(user, agent["id"], proxy, provider, when))
             finally:
                 provider.release()
-                proxy.heal()  # the drain at the SIGTERM below writes the turn's row
+                proxy.heal()
             after = asyncio.run(turn_when_healed(user, agent["id"]))
+            # The running gateway writes the turn's journaled row once the network is back (a replay every 2 s),
+            # not left to the SIGTERM's bounded drain, which may first wait out a write the partition held.
+            deadline = time.monotonic() + HEALED_WITHIN_SECONDS
+            while when == "mid-reply" and not asyncio.run(usage_rows(database_url, {TURN_REQUEST_ID})):
+                assert time.monotonic() < deadline, (
+                    "the turn's row was not written once the database was back"
+                )
+                time.sleep(0.5)
         rows = asyncio.run(usage_rows(database_url, {TURN_REQUEST_ID}))
 
     print(f"{when}: {[frame.get('type') for frame in frames]} in {took:.1f} s")

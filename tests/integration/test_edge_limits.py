@@ -89,10 +89,11 @@ def test_a_64_mib_header_is_refused_at_once_while_health_keeps_answering(tmp_pat
         sender = threading.Thread(target=flood)
         sender.start()
         times = []
-        for _ in range(5):
-            started = time.monotonic()
-            assert httpx.get(f"{url}/health", timeout=10).status_code == 200
-            times.append(time.monotonic() - started)
+        with httpx.Client(timeout=10) as client:  # its set-up is not what is timed
+            for _ in range(5):
+                started = time.monotonic()
+                assert client.get(f"{url}/health", headers={"connection": "close"}).status_code == 200
+                times.append(time.monotonic() - started)
         sender.join(60)
     assert max(times) < 2
     assert outcome["answer"].startswith(b"HTTP/1.1 431 ") and b"connection: close" in outcome["answer"]

@@ -59,6 +59,12 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
+def revocation_feed_lag(url: str) -> float:
+    """The seconds since the gateway's last confirmed read of the revocation feed began, as it answers: its
+    credential cache is trusted only while this is under `FEED_CURRENT_SECONDS`."""
+    return value(scrape(url), "gateway_revocation_feed_lag_seconds")
+
+
 def test_requests_are_counted_by_route_template_and_status(
     start_gateway: GatewayFactory, fake_openai: FakeOpenAI
 ) -> None:
@@ -88,7 +94,7 @@ def test_requests_are_counted_by_route_template_and_status(
     assert value(samples, "gateway_upstream_latency_seconds_count", upstream="openai") == 5
     assert value(samples, "gateway_added_latency_seconds_count", route=CHAT) == 5
     assert value(samples, "gateway_added_latency_seconds_bucket", route=CHAT, le="+Inf") == 5
-    assert 0 < value(samples, "gateway_added_latency_seconds_sum", route=CHAT) < 1
+    assert 0 < value(samples, "gateway_added_latency_seconds_sum", route=CHAT) < 5  # a second each at most
 
 
 def test_each_credential_lookup_is_a_cache_hit_or_a_miss(
@@ -96,6 +102,9 @@ def test_each_credential_lookup_is_a_cache_hit_or_a_miss(
 ) -> None:
     sent = 12
     with start_gateway() as gateway, httpx.Client(base_url=gateway.url) as client:
+        # Until the revocation feed's first read every lookup misses, and that read clears the cache (it starts
+        # unconfirmed): on a loaded host its connect can lose the race to the first requests several times over.
+        wait_for(gateway.url, lambda s: value(s, "gateway_revocation_feed_lag_seconds") < 0.5)
         for _ in range(sent):
             response = client.post(CHAT, json=CHAT_BODY, headers={"authorization": f"Bearer {api_token}"})
             assert response.status_code == 200
@@ -226,12 +235,13 @@ def test_a_database_outage_shows_in_the_journal_the_feed_lag_and_the_rows_writte
         env = outage_gateway_env(tmp_path, database_url, proxy, fake_openai_server[1].url)
         with serving(tmp_path, env=env) as url, httpx.Client(base_url=url) as client:
             assert client.post(CHAT, json=CHAT_BODY).status_code == 200
-            # None held between requests, once the background readers' moment (the feed's poll) is over.
+            # None held between requests, once the background work's moment (a budgets sweep, a flush) is over.
             before = wait_for(
                 url,
                 lambda s: (
                     value(s, "gateway_usage_rows_written_total") == 1
                     and value(s, "gateway_database_connections_in_use") == 0
+                    and value(s, "gateway_revocation_feed_lag_seconds") < 1.5
                 ),
             )
             assert all(any(name == family for name, _ in before) for family in SERVICE_FAMILIES), before
@@ -270,7 +280,7 @@ def test_database_connections_in_use_count_those_a_partition_holds(
         env = outage_gateway_env(tmp_path, database_url, proxy, fake_openai_server[1].url)
         with serving(tmp_path, env=env) as url, httpx.Client(base_url=url, timeout=30) as client:
             assert client.get("/v1/usage").status_code == 200
-            # The feed's poll holds one a moment five times a second: a sample may catch it; none stays held.
+            # The budgets' sweep and the usage flush hold one a moment: a sample may catch it; none stays held.
             wait_for(url, lambda s: value(s, "gateway_database_connections_in_use") == 0, within=5)
             proxy.partition()  # packets dropped: a read waits for its statement timeout, its connection out
             with ThreadPoolExecutor(2) as pool:

@@ -11,7 +11,7 @@ import asyncio
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from sqlalchemy.engine import make_url
 
 from tests.conftest import UPSTREAM_OPENAI_KEY, PostgresServer, add_user
 from tests.fakes.openai_upstream import FakeOpenAI
+from tests.integration.test_metrics import revocation_feed_lag
+from tests.revocation import seconds_served
 from tests.serving import GATEWAY, LiveServer, clean_env, serving
 from tests.tcp_proxy import TcpProxy
 
@@ -62,16 +64,6 @@ def new_token(pair: Pair) -> dict[str, Any]:
 def revoke(pair: Pair, token_id: str) -> None:
     response = httpx.delete(f"{pair.first}/v1/api-tokens/{token_id}", headers=bearer(pair.access))
     assert response.status_code == 204, response.text
-
-
-def seconds_until(status: int, send: Callable[[], httpx.Response], *, within: float = 10.0) -> float:
-    """Seconds until `send()` answers `status` (polling); fails after `within`."""
-    began = time.monotonic()
-    while time.monotonic() - began < within:
-        if send().status_code == status:
-            return time.monotonic() - began
-        time.sleep(0.02)
-    raise AssertionError(f"no {status} after {within} s")
 
 
 @dataclass
@@ -129,7 +121,7 @@ def test_a_stalled_listener_still_sees_a_revocation_within_a_second(pair: Pair) 
     pair.proxy.partition(new=False)  # the second's connections, its listener's included, go silent
     revoke(pair, revoked["id"])
 
-    assert seconds_until(401, lambda: chat(pair.second, revoked["token"])) < REVOCATION_BOUND_SECONDS
+    assert seconds_served(lambda: chat(pair.second, revoked["token"]).status_code) < REVOCATION_BOUND_SECONDS
     assert chat(pair.second, kept["token"]).status_code == 200  # caught up, not blind: the rest still served
 
 
@@ -139,7 +131,9 @@ def test_a_cut_off_instance_serves_its_cache_for_auth_cache_seconds_then_503(pai
         assert chat(pair.second, token["token"]).status_code == 200
 
     pair.proxy.cut()
-    cut_at = time.monotonic()
+    # The cache is served for AUTH_CACHE_SECONDS from the feed's last confirmed read, which began before the cut
+    # by up to a poll (more when a loaded host held the poll back): counted from there, as the gateway does.
+    cut_at = time.monotonic() - revocation_feed_lag(pair.second)
     revoke(pair, revoked_meanwhile["id"])  # on the first, which still reaches the database
 
     statuses = []
@@ -147,7 +141,7 @@ def test_a_cut_off_instance_serves_its_cache_for_auth_cache_seconds_then_503(pai
         statuses.append(chat(pair.second, cached["token"]).status_code)
         time.sleep(0.05)
     assert set(statuses) == {200}
-    assert seconds_until(503, lambda: chat(pair.second, cached["token"]), within=2.0) < 1.5
+    assert seconds_served(lambda: chat(pair.second, cached["token"]).status_code, until=503, within=2.0) < 1.5
     for token in (cached, unseen):
         refused = chat(pair.second, token["token"])
         assert refused.status_code == 503
@@ -155,7 +149,8 @@ def test_a_cut_off_instance_serves_its_cache_for_auth_cache_seconds_then_503(pai
 
     pair.proxy.restore()
     assert (
-        seconds_until(401, lambda: chat(pair.second, revoked_meanwhile["token"])) < REVOCATION_BOUND_SECONDS
+        seconds_served(lambda: chat(pair.second, revoked_meanwhile["token"]).status_code)
+        < REVOCATION_BOUND_SECONDS
     )
     assert chat(pair.second, cached["token"]).status_code == 200
     assert chat(pair.second, unseen["token"]).status_code == 200
@@ -168,7 +163,7 @@ def test_a_partition_is_an_outage_not_a_hang(pair: Pair) -> None:
     pair.proxy.partition()  # packets dropped: open connections and new ones alike are silent
     partitioned_at = time.monotonic()
     refused = chat(pair.second, unseen["token"])
-    assert time.monotonic() - partitioned_at < LOOKUP_TIMEOUT_SECONDS + 1
+    assert time.monotonic() - partitioned_at < LOOKUP_TIMEOUT_SECONDS + 2  # not the 6 s statement bound
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "auth_unavailable"
 
@@ -205,5 +200,5 @@ def test_a_user_disabled_from_the_cli_is_refused_everywhere_within_a_second(
 
     for url in (pair.first, pair.second):
         for credential in (token, pair.access):
-            elapsed = seconds_until(401, lambda: chat(url, credential))  # noqa: B023
+            elapsed = seconds_served(lambda: chat(url, credential).status_code)  # noqa: B023
             assert elapsed < REVOCATION_BOUND_SECONDS

@@ -7,7 +7,6 @@ does so for an email of its own, or from a loopback address of its own."""
 from __future__ import annotations
 
 import asyncio
-import statistics
 import subprocess
 import time
 import uuid
@@ -231,7 +230,9 @@ def test_wrong_password_and_unknown_email_take_about_the_same_time(
                 times.append(time.perf_counter() - started)
             assert response.status_code == 401, response.text
 
-    ratio = statistics.median(wrong) / statistics.median(unknown)
+    # The fastest of each: a loaded host only ever adds time, and the two paths do the same work (argon2 against
+    # the user's hash or a dummy one); a path that skipped the check would be several times faster still.
+    ratio = min(wrong) / min(unknown)
     assert 0.5 <= ratio <= 2, (wrong, unknown)
 
 
