@@ -228,6 +228,22 @@ def outage_gateway_env(
     return {**env, "ACCESS_LOG": "0", **variables}
 
 
+def settled(url: str, *, rows_written: int, within: float = 15.0) -> Samples:
+    """The first scrape with `rows_written` rows in the database, none waiting in the journal, no database
+    connection held (once the background work's moment, a budgets sweep or a flush, is over) and the revocation
+    feed current."""
+    return wait_for(
+        url,
+        lambda s: (
+            value(s, "gateway_usage_rows_written_total") == rows_written
+            and value(s, "gateway_usage_journal_bytes") == 0
+            and value(s, "gateway_database_connections_in_use") == 0
+            and value(s, "gateway_revocation_feed_lag_seconds") < 1.5
+        ),
+        within=within,
+    )
+
+
 def test_a_database_outage_shows_in_the_journal_the_feed_lag_and_the_rows_written(
     tmp_path: Path, postgres_server: PostgresServer, fake_openai_server: tuple[FakeOpenAI, LiveServer]
 ) -> None:
@@ -235,19 +251,9 @@ def test_a_database_outage_shows_in_the_journal_the_feed_lag_and_the_rows_writte
         env = outage_gateway_env(tmp_path, database_url, proxy, fake_openai_server[1].url)
         with serving(tmp_path, env=env) as url, httpx.Client(base_url=url) as client:
             assert client.post(CHAT, json=CHAT_BODY).status_code == 200
-            # None held between requests, once the background work's moment (a budgets sweep, a flush) is over.
-            before = wait_for(
-                url,
-                lambda s: (
-                    value(s, "gateway_usage_rows_written_total") == 1
-                    and value(s, "gateway_database_connections_in_use") == 0
-                    and value(s, "gateway_revocation_feed_lag_seconds") < 1.5
-                ),
-            )
+            before = settled(url, rows_written=1)
             assert all(any(name == family for name, _ in before) for family in SERVICE_FAMILIES), before
-            assert value(before, "gateway_usage_journal_bytes") == 0
             assert value(before, "gateway_usage_queue_depth") == 0
-            assert value(before, "gateway_revocation_feed_lag_seconds") < 1.5
 
             proxy.cut()
             for _ in range(10):
@@ -259,15 +265,7 @@ def test_a_database_outage_shows_in_the_journal_the_feed_lag_and_the_rows_writte
             assert value(during, "gateway_usage_rows_dropped_total") == 0
 
             proxy.restore()
-            after = wait_for(
-                url,
-                lambda s: (
-                    value(s, "gateway_usage_rows_written_total") == 11
-                    and value(s, "gateway_usage_journal_bytes") == 0
-                    and value(s, "gateway_revocation_feed_lag_seconds") < 1.5
-                ),
-                within=20,
-            )
+            after = settled(url, rows_written=11, within=20)
     assert value(after, "gateway_usage_queue_depth") == 0
     assert value(after, "gateway_usage_rows_dropped_total") == 0
     assert value(after, "gateway_requests_total", route=CHAT, status="200") == 11
