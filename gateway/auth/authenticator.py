@@ -268,9 +268,16 @@ class Authenticator:
             return
         batch, self._last_used = self._last_used, {}
         agent_keys = {key_id: at for key_id, at in batch.items() if self.agent_keys.is_key_id(key_id)}
-        async with self.database.session() as session, session.begin():
-            await record_last_used(session, {k: at for k, at in batch.items() if k not in agent_keys})
-            await self.agent_keys.record_last_used(session, agent_keys)
+        try:
+            async with self.database.session() as session, session.begin():
+                await record_last_used(session, {k: at for k, at in batch.items() if k not in agent_keys})
+                await self.agent_keys.record_last_used(session, agent_keys)
+        except BaseException:
+            # Kept for the next flush (the database away), unless a later use came meanwhile: a time is never
+            # written backwards, so writing one twice is harmless.
+            for key_id, at in batch.items():
+                self._last_used.setdefault(key_id, at)
+            raise
 
     async def run_last_used_writer(self) -> None:
         """Flush `last_used_at` every few seconds until cancelled, then once more."""

@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from websockets.exceptions import ConnectionClosed
 
+from gateway.auth.authenticator import LAST_USED_FLUSH_SECONDS
 from gateway.auth.tokens import TokenCodec
 from gateway.db.engine import STATEMENT_TIMEOUT_SECONDS
 from gateway.db.migrate import downgrade, head_revision, upgrade
@@ -290,6 +291,35 @@ def test_routes_that_need_the_database_answer_503_while_it_is_away(
         assert seconds < PARTITION_ANSWER_SECONDS, (path, seconds)
     text = log.read_text()
     assert "Traceback" not in text and "answered 503: a dependency is away" in text
+
+
+def test_a_tokens_use_during_an_outage_is_recorded_once_the_database_is_back(signed_in_gateway: Any) -> None:
+    """The last-used writer's flush that fails (the database cut) keeps its batch for the next flush rather than
+    drop it (before: the token's `last_used_at` stayed null)."""
+    url, proxy, access, log = signed_in_gateway
+    created = httpx.post(
+        f"{url}/v1/api-tokens",
+        json={"name": "used", "scopes": ["usage:read"]},
+        headers={"authorization": f"Bearer {access}"},
+    )
+    assert created.status_code == 201, created.text
+    token = created.json()["token"]
+    assert httpx.get(f"{url}/v1/usage", headers={"authorization": f"Bearer {token}"}).status_code == 200
+
+    proxy.cut()  # before the writer's next flush, every LAST_USED_FLUSH_SECONDS
+    deadline = time.monotonic() + LAST_USED_FLUSH_SECONDS + PARTITION_ANSWER_SECONDS
+    while "could not record token last use" not in log.read_text():
+        assert time.monotonic() < deadline, "no flush failed during the cut"
+        time.sleep(0.2)
+    proxy.restore()
+
+    deadline = time.monotonic() + LAST_USED_FLUSH_SECONDS + PARTITION_ANSWER_SECONDS
+    while True:
+        listed = httpx.get(f"{url}/v1/api-tokens", headers={"authorization": f"Bearer {access}"})
+        if listed.status_code == 200 and listed.json()["data"][0]["last_used_at"] is not None:
+            break
+        assert time.monotonic() < deadline, f"last_used_at not recorded: {listed.text}"
+        time.sleep(0.5)
 
 
 def test_ready_says_database_unreachable_when_the_database_is_cut(proxied_gateway: Any) -> None:
