@@ -56,7 +56,7 @@ def test_sigkill_under_load_loses_no_answered_request(
     env = gateway_process_env(data_dir, backend_url, fake_openai_server[1].url)
     with gateway_process(tmp_path, env, log_name="killed.log") as gateway:
         load = ChatLoad(gateway.url, concurrency=16)
-        asyncio.run(kill_under(load, gateway.process))
+        asyncio.run(kill_under(load, gateway.process, data_dir))
     answered = {answer.request_id for answer in load.answered}
     assert journal_segments(data_dir), "the journal held nothing at the kill: did the load run?"
     print(f"sigkill: {len(answered)} answered, {load.failures} failed")
@@ -75,10 +75,16 @@ def test_sigkill_under_load_loses_no_answered_request(
     assert journal_segments(data_dir) == []
 
 
-async def kill_under(load: ChatLoad, process: subprocess.Popen[bytes]) -> None:
+async def kill_under(load: ChatLoad, process: subprocess.Popen[bytes], data_dir: Path) -> None:
+    """SIGKILL after LOAD_SECONDS of load, at a moment the journal holds rows the database has not taken yet (on
+    a busy host the writer may have caught up an instant: the kill waits for the next rows, 10 s at most)."""
     running = asyncio.create_task(load.run())
     try:
         await asyncio.sleep(LOAD_SECONDS)
+        for _ in range(2000):  # 10 s at most
+            if journal_segments(data_dir):
+                break
+            await asyncio.sleep(0.005)
         process.send_signal(signal.SIGKILL)
         await asyncio.to_thread(process.wait, 10)
     finally:
