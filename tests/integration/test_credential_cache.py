@@ -73,8 +73,8 @@ def queries_of_a_cached_use(url: str, queries: QueryCounter, send: Callable[[], 
     """The credential queries of one `send()` (answered 200) made while the revocation feed was current all
     along: the cache serves only within FEED_CURRENT_SECONDS of the feed's last read, which a loaded host can
     hold back a moment (on Postgres a read slower than 0.3 s replaces the listener). A use that may have fallen
-    in such a moment is sent again, for at most 5 s."""
-    deadline = time.monotonic() + 5
+    in such a moment is sent again, for at most 15 s."""
+    deadline = time.monotonic() + 15
     while True:
         began = time.monotonic()
         lag = revocation_feed_lag(url)  # sampled at or after `began`: the feed read at or after began - lag

@@ -199,4 +199,5 @@ def test_hostile_messages_are_checked_in_bounded_time(hostile: str) -> None:
 
     list(POLICY.findings(hostile))
 
-    assert time.perf_counter() - started < 5
+    # A catastrophic backtracking takes minutes on these; 15 s leaves room for the suite's busiest moments.
+    assert time.perf_counter() - started < 15
