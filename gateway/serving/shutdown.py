@@ -46,6 +46,9 @@ class DrainingServer(Server):
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self.drain_signal: str | None = None
+        self.drained = (
+            threading.Event()
+        )  # the requests and the app's shutdown are done: only the exit is left
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -72,8 +75,9 @@ class DrainingServer(Server):
             "unbounded" if timeout is None else f"{timeout:g}",
         )
         if timeout is not None:
-            _exit_after(timeout + EXIT_GRACE_SECONDS)
+            _exit_after(timeout + EXIT_GRACE_SECONDS, drained=self.drained)
         await super().shutdown(sockets)
+        self.drained.set()
 
 
 class DrainingSupervisor(Multiprocess):
@@ -106,11 +110,17 @@ class DrainingSupervisor(Multiprocess):
                 worker.process.join()
 
 
-def _exit_after(seconds: float) -> None:
+def _exit_after(seconds: float, *, drained: threading.Event) -> None:
     """Ends the process in `seconds` unless it has ended by then: nothing in the shutdown (a database that does not
-    answer, a thread that does not end) may keep it alive past its promise."""
+    answer, a thread that does not end) may keep it alive past its promise. Once `drained`, only the event loop's
+    own end was left (tasks abandoned on a partitioned database, cancelled): the drain succeeded, the status is 0."""
 
     def exit_now() -> None:
+        if drained.is_set():
+            logger.warning(
+                "the event loop's end still running %.1f s after the shutdown began: exiting now", seconds
+            )
+            os._exit(0)
         logger.error("shutdown still running %.1f s after it began: exiting now", seconds)
         os._exit(EXIT_FORCED)
 
