@@ -46,9 +46,8 @@ class DrainingServer(Server):
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self.drain_signal: str | None = None
-        self.drained = (
-            threading.Event()
-        )  # the requests and the app's shutdown are done: only the exit is left
+        # Set once the requests and the app's shutdown are done: only the event loop's own end is left.
+        self.drained = threading.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
